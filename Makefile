@@ -1,0 +1,50 @@
+# res_scale: build, install, test and run the module and its test pool.
+# `make run` starts a local pool; `make test` runs every test. Both provision what they need.
+
+CARGO        ?= cargo
+MODULE_DIR   ?= /usr/lib/x86_64-linux-gnu/asterisk/modules
+RELEASE      := target/release
+TEST_MODULE  := target/test-module/res_scale.so
+
+.PHONY: build install provision test unit-test integration-test run clean
+
+## build: target/release/res_scale.so
+build:
+	$(CARGO) build --release -p res_scale
+	cp $(RELEASE)/libres_scale.so $(RELEASE)/.res_scale.so.tmp
+	mv -f $(RELEASE)/.res_scale.so.tmp $(RELEASE)/res_scale.so
+
+## install: copy the module into Asterisk's module folder (temp file + rename: overwriting a
+## mapped .so in place crashes a running Asterisk)
+install: build
+	install -m 0644 $(RELEASE)/res_scale.so $(MODULE_DIR)/.res_scale.so.tmp
+	mv -f $(MODULE_DIR)/.res_scale.so.tmp $(MODULE_DIR)/res_scale.so
+	@echo "installed $(MODULE_DIR)/res_scale.so; load it with: asterisk -rx 'module load res_scale.so'"
+
+## provision: Asterisk 22 rootfs/image, Consul, RabbitMQ, Kamailio, SIPp, pjsua2 (cached)
+provision:
+	bash tests/provision.sh
+
+# The module built with the test-only CLI commands (feature test-hooks).
+$(TEST_MODULE): FORCE
+	$(CARGO) build --release -p res_scale --features test-hooks
+	mkdir -p $(dir $(TEST_MODULE))
+	cp $(RELEASE)/libres_scale.so $(TEST_MODULE).tmp
+	mv -f $(TEST_MODULE).tmp $(TEST_MODULE)
+FORCE:
+
+## test: unit tests, then integration tests against a real pool
+test: provision unit-test integration-test
+
+unit-test:
+	$(CARGO) test --release -p res-scale-core
+
+integration-test: $(TEST_MODULE)
+	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) test --release -p res-scale-tests -- --test-threads=2
+
+## run: a local pool (Consul, RabbitMQ, two Asterisk 22 nodes with res_scale loaded)
+run: provision build
+	RES_SCALE_MODULE=$(CURDIR)/$(RELEASE)/res_scale.so $(CARGO) run --release -p res-scale-tests --bin scale-pool
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,619 @@
+//! The model of `res_scale.conf` and its validation.
+//!
+//! The module reads the file with Asterisk's own config API and hands the result over as a
+//! [`RawConfig`]; [`Config::from_raw`] turns it into typed settings, or into the complete list
+//! of problems so that an operator fixes them all in one go instead of one per reload.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::duration;
+
+/// The file name Asterisk looks up in its config directory.
+pub const FILE_NAME: &str = "res_scale.conf";
+
+/// One `key = value` line as Asterisk parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    pub key: String,
+    pub value: String,
+    pub line: u32,
+}
+
+/// One `[section]` as Asterisk parsed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawSection {
+    pub name: String,
+    pub entries: Vec<RawEntry>,
+}
+
+/// The whole file, sections in file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawConfig {
+    pub sections: Vec<RawSection>,
+}
+
+/// One problem in the file, with enough context to find and fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub section: String,
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub line: Option<u32>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{FILE_NAME} [{}]", self.section)?;
+        if let Some(key) = &self.key {
+            write!(f, " {key}")?;
+        }
+        if let Some(value) = &self.value {
+            write!(f, " = '{value}'")?;
+        }
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct General {
+    /// Consul service ID of this node; `None` means `asterisk-<eid without colons>`.
+    pub node_id: Option<String>,
+    /// `host:port` advertised in Consul; `None` means the first PJSIP transport.
+    pub sip_address: Option<String>,
+    /// How the gateway reaches this node's ARI; `None` means derived from http.conf.
+    pub ari_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consul {
+    pub enabled: bool,
+    /// Agents tried in order.
+    pub urls: Vec<String>,
+    pub token: String,
+    pub service_name: String,
+    pub check_ttl: Duration,
+    pub deregister_after: Duration,
+    pub apps_prefix: String,
+}
+
+impl Default for Consul {
+    fn default() -> Self {
+        Consul {
+            enabled: true,
+            urls: vec!["http://127.0.0.1:8500".into()],
+            token: String::new(),
+            service_name: "asterisk".into(),
+            check_ttl: Duration::from_secs(15),
+            deregister_after: Duration::from_secs(60),
+            apps_prefix: "res_scale/apps/".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amqp {
+    pub enabled: bool,
+    /// Brokers, failover in order.
+    pub urls: Vec<String>,
+    pub events_exchange: String,
+    pub queue_capacity: usize,
+    pub persistent: bool,
+    pub confirms: bool,
+    /// Zero turns heartbeats off.
+    pub heartbeat: Duration,
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        Amqp {
+            enabled: true,
+            urls: vec!["amqp://guest:guest@127.0.0.1:5672/%2f".into()],
+            events_exchange: "res_scale.events".into(),
+            queue_capacity: 10_000,
+            persistent: false,
+            confirms: false,
+            heartbeat: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registrations {
+    pub enabled: bool,
+    pub exchange: String,
+    pub publish_local: bool,
+    pub sync_on_start: bool,
+    pub withdraw_on_node_loss: bool,
+}
+
+impl Default for Registrations {
+    fn default() -> Self {
+        Registrations {
+            enabled: true,
+            exchange: "res_scale.registrations".into(),
+            publish_local: true,
+            sync_on_start: true,
+            withdraw_on_node_loss: true,
+        }
+    }
+}
+
+/// Everything `res_scale.conf` configures. `Default` is what an absent file means.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub general: General,
+    pub consul: Consul,
+    pub amqp: Amqp,
+    pub registrations: Registrations,
+}
+
+/// Why a single `key = value` was not accepted.
+enum Reject {
+    UnknownKey,
+    Invalid(String),
+}
+
+impl From<String> for Reject {
+    fn from(reason: String) -> Self {
+        Reject::Invalid(reason)
+    }
+}
+
+type Setter<T> = fn(&mut T, &str, &str) -> Result<(), Reject>;
+
+impl Config {
+    /// Validates the whole file. On failure every problem is reported, not just the first.
+    pub fn from_raw(raw: &RawConfig) -> Result<Config, Vec<ConfigError>> {
+        let mut config = Config::default();
+        let mut errors = Vec::new();
+        let mut seen: Vec<(&str, &str, u32)> = Vec::new();
+
+        for section in &raw.sections {
+            let name = section.name.as_str();
+            for entry in &section.entries {
+                if let Some(&(_, _, first)) =
+                    seen.iter().find(|(s, k, _)| *s == name && *k == entry.key)
+                {
+                    errors.push(error_at(
+                        name,
+                        entry,
+                        format!("given more than once (first on line {first})"),
+                    ));
+                    continue;
+                }
+                seen.push((name, &entry.key, entry.line));
+            }
+            let outcome = match name {
+                "general" => apply(section, &mut config.general, set_general, &mut errors),
+                "consul" => apply(section, &mut config.consul, set_consul, &mut errors),
+                "amqp" => apply(section, &mut config.amqp, set_amqp, &mut errors),
+                "registrations" => {
+                    apply(section, &mut config.registrations, set_registrations, &mut errors)
+                }
+                _ => Err(()),
+            };
+            if outcome.is_err() {
+                errors.push(ConfigError {
+                    section: name.to_string(),
+                    key: None,
+                    value: None,
+                    line: None,
+                    reason: "unknown section (known: general, consul, amqp, registrations)".into(),
+                });
+            }
+        }
+        check_relations(&config, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// One line per section for `scale show status`, secrets masked.
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        let on_off = |b: bool| if b { "yes" } else { "no" };
+        let c = &self.consul;
+        let a = &self.amqp;
+        let r = &self.registrations;
+        let g = &self.general;
+        let auto = |v: &Option<String>| v.clone().unwrap_or_else(|| "(auto)".into());
+        vec![
+            (
+                "general",
+                format!(
+                    "node_id={} sip_address={} ari_url={}",
+                    auto(&g.node_id),
+                    auto(&g.sip_address),
+                    auto(&g.ari_url)
+                ),
+            ),
+            (
+                "consul",
+                format!(
+                    "enabled={} url={} token={} service_name={} check_ttl={} deregister_after={} apps_prefix={}",
+                    on_off(c.enabled),
+                    c.urls.join(","),
+                    if c.token.is_empty() { "(none)" } else { "****" },
+                    c.service_name,
+                    duration::format(c.check_ttl),
+                    duration::format(c.deregister_after),
+                    c.apps_prefix
+                ),
+            ),
+            (
+                "amqp",
+                format!(
+                    "enabled={} url={} events_exchange={} queue_capacity={} persistent={} confirms={} heartbeat={}",
+                    on_off(a.enabled),
+                    a.urls.iter().map(|u| mask_password(u)).collect::<Vec<_>>().join(","),
+                    a.events_exchange,
+                    a.queue_capacity,
+                    on_off(a.persistent),
+                    on_off(a.confirms),
+                    duration::format(a.heartbeat)
+                ),
+            ),
+            (
+                "registrations",
+                format!(
+                    "enabled={} exchange={} publish_local={} sync_on_start={} withdraw_on_node_loss={}",
+                    on_off(r.enabled),
+                    r.exchange,
+                    on_off(r.publish_local),
+                    on_off(r.sync_on_start),
+                    on_off(r.withdraw_on_node_loss)
+                ),
+            ),
+        ]
+    }
+}
+
+/// The Consul service ID a node uses when `node_id` is not set.
+pub fn default_node_id(eid: &str) -> String {
+    format!("asterisk-{}", eid.replace(':', ""))
+}
+
+/// Replaces the password of a URL with `****`, for logs and CLI output.
+pub fn mask_password(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("****"));
+            url.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
+fn error_at(section: &str, entry: &RawEntry, reason: String) -> ConfigError {
+    ConfigError {
+        section: section.to_string(),
+        key: Some(entry.key.clone()),
+        value: Some(entry.value.clone()),
+        line: Some(entry.line),
+        reason,
+    }
+}
+
+/// Feeds every entry of a known section to its setter; `Err` means the section is unknown.
+fn apply<T>(
+    section: &RawSection,
+    target: &mut T,
+    set: Setter<T>,
+    errors: &mut Vec<ConfigError>,
+) -> Result<(), ()> {
+    for entry in &section.entries {
+        match set(target, &entry.key, entry.value.trim()) {
+            Ok(()) => {}
+            Err(Reject::UnknownKey) => errors.push(error_at(
+                &section.name,
+                entry,
+                "unknown key (see configs/res_scale.conf.sample for the keys of this section)"
+                    .into(),
+            )),
+            Err(Reject::Invalid(reason)) => errors.push(error_at(&section.name, entry, reason)),
+        }
+    }
+    Ok(())
+}
+
+fn set_general(g: &mut General, key: &str, v: &str) -> Result<(), Reject> {
+    match key {
+        "node_id" => g.node_id = optional(v, identifier)?,
+        "sip_address" => g.sip_address = optional(v, host_port)?,
+        "ari_url" => g.ari_url = optional(v, |v| url_with_scheme(v, &["http", "https"]))?,
+        _ => return Err(Reject::UnknownKey),
+    }
+    Ok(())
+}
+
+fn set_consul(c: &mut Consul, key: &str, v: &str) -> Result<(), Reject> {
+    match key {
+        "enabled" => c.enabled = boolean(v)?,
+        "url" => c.urls = list(v, |u| url_with_scheme(u, &["http", "https"]))?,
+        "token" => c.token = v.to_string(),
+        "service_name" => c.service_name = identifier(v)?,
+        "check_ttl" => c.check_ttl = duration_between(v, Duration::from_secs(3), None)?,
+        "deregister_after" => {
+            // Consul itself treats anything shorter as one minute.
+            c.deregister_after = duration_between(v, Duration::from_secs(60), None)?
+        }
+        "apps_prefix" => c.apps_prefix = kv_prefix(v)?,
+        _ => return Err(Reject::UnknownKey),
+    }
+    Ok(())
+}
+
+fn set_amqp(a: &mut Amqp, key: &str, v: &str) -> Result<(), Reject> {
+    match key {
+        "enabled" => a.enabled = boolean(v)?,
+        "url" => a.urls = list(v, |u| url_with_scheme(u, &["amqp", "amqps"]))?,
+        "events_exchange" => a.events_exchange = exchange_name(v)?,
+        "queue_capacity" => a.queue_capacity = whole_number(v, 1, 1_000_000)?,
+        "persistent" => a.persistent = boolean(v)?,
+        "confirms" => a.confirms = boolean(v)?,
+        // AMQP carries the heartbeat as 16-bit seconds.
+        "heartbeat" => {
+            a.heartbeat = duration_between(v, Duration::ZERO, Some(Duration::from_secs(65_535)))?
+        }
+        _ => return Err(Reject::UnknownKey),
+    }
+    Ok(())
+}
+
+fn set_registrations(r: &mut Registrations, key: &str, v: &str) -> Result<(), Reject> {
+    match key {
+        "enabled" => r.enabled = boolean(v)?,
+        "exchange" => r.exchange = exchange_name(v)?,
+        "publish_local" => r.publish_local = boolean(v)?,
+        "sync_on_start" => r.sync_on_start = boolean(v)?,
+        "withdraw_on_node_loss" => r.withdraw_on_node_loss = boolean(v)?,
+        _ => return Err(Reject::UnknownKey),
+    }
+    Ok(())
+}
+
+/// Rules that involve more than one key.
+fn check_relations(config: &Config, errors: &mut Vec<ConfigError>) {
+    let amqp = &config.amqp;
+    if amqp.enabled && config.registrations.enabled && amqp.events_exchange == config.registrations.exchange
+    {
+        errors.push(ConfigError {
+            section: "registrations".into(),
+            key: Some("exchange".into()),
+            value: Some(config.registrations.exchange.clone()),
+            line: None,
+            reason: "must differ from [amqp] events_exchange".into(),
+        });
+    }
+}
+
+/// Same words as Asterisk's ast_true()/ast_false().
+fn boolean(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "y" | "t" | "1" | "on" => Ok(true),
+        "no" | "false" | "n" | "f" | "0" | "off" => Ok(false),
+        _ => Err("expected yes or no".into()),
+    }
+}
+
+fn optional(v: &str, parse: impl Fn(&str) -> Result<String, String>) -> Result<Option<String>, String> {
+    if v.is_empty() {
+        Ok(None)
+    } else {
+        parse(v).map(Some)
+    }
+}
+
+fn list(v: &str, parse: impl Fn(&str) -> Result<String, String>) -> Result<Vec<String>, String> {
+    let items: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if items.is_empty() {
+        return Err("expected at least one value (comma-separated list)".into());
+    }
+    items.into_iter().map(parse).collect()
+}
+
+fn identifier(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err("expected 1 to 128 characters among letters, digits, '-', '_' and '.'".into())
+    }
+}
+
+fn host_port(v: &str) -> Result<String, String> {
+    let bad = || "expected host:port, e.g. 192.0.2.10:5060 or [2001:db8::1]:5060".to_string();
+    let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = if let Some(inner) = host.strip_prefix('[') {
+        inner.strip_suffix(']').is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty() && !host.contains(':')
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && host_ok => Ok(v.to_string()),
+        _ => Err(bad()),
+    }
+}
+
+fn url_with_scheme(v: &str, schemes: &[&str]) -> Result<String, String> {
+    let url = url::Url::parse(v).map_err(|e| format!("not a URL: {e}"))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(format!("scheme must be one of: {}", schemes.join(", ")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("URL has no host".into());
+    }
+    Ok(v.to_string())
+}
+
+fn duration_between(v: &str, min: Duration, max: Option<Duration>) -> Result<Duration, String> {
+    let d = duration::parse(v)?;
+    if d < min {
+        return Err(format!("must be at least {}", duration::format(min)));
+    }
+    if let Some(max) = max.filter(|max| d > *max) {
+        return Err(format!("must be at most {}", duration::format(max)));
+    }
+    Ok(d)
+}
+
+fn whole_number(v: &str, min: usize, max: usize) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+/// AMQP 0-9-1 exchange names; the `amq.` prefix belongs to the broker.
+fn exchange_name(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 255
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if !ok {
+        return Err("expected 1 to 255 characters among letters, digits, '-', '_', '.' and ':'".into());
+    }
+    if v.starts_with("amq.") {
+        return Err("names starting with 'amq.' are reserved by the broker".into());
+    }
+    Ok(v.to_string())
+}
+
+fn kv_prefix(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.starts_with('/') || !v.ends_with('/') {
+        return Err("expected a Consul KV folder such as res_scale/apps/ (no leading '/', trailing '/')".into());
+    }
+    Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> RawConfig {
+        // A tiny stand-in for Asterisk's parser, enough for tests: [section] and key = value.
+        let mut sections: Vec<RawSection> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                sections.push(RawSection { name: name.into(), entries: vec![] });
+            } else if let Some((k, v)) = line.split_once('=') {
+                sections.last_mut().unwrap().entries.push(RawEntry {
+                    key: k.trim().into(),
+                    value: v.trim().into(),
+                    line: i as u32 + 1,
+                });
+            }
+        }
+        RawConfig { sections }
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::from_raw(&RawConfig::default()), Ok(Config::default()));
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let c = Config::from_raw(&raw(
+            "[general]\nnode_id = ast-1\nsip_address = 10.0.0.1:5060\nari_url = http://10.0.0.1:8088/ari\n\
+             [consul]\nenabled = no\nurl = http://a:8500, https://b:8501\ntoken = s3cret\ncheck_ttl = 30s\n\
+             deregister_after = 2m\napps_prefix = applications/\n\
+             [amqp]\nurl = amqps://u:p@broker/vh\nqueue_capacity = 500\npersistent = yes\nconfirms = on\nheartbeat = 0\n\
+             [registrations]\npublish_local = no\nwithdraw_on_node_loss = false\n",
+        ))
+        .unwrap();
+        assert_eq!(c.general.node_id.as_deref(), Some("ast-1"));
+        assert_eq!(c.general.sip_address.as_deref(), Some("10.0.0.1:5060"));
+        assert!(!c.consul.enabled);
+        assert_eq!(c.consul.urls, ["http://a:8500", "https://b:8501"]);
+        assert_eq!(c.consul.check_ttl, Duration::from_secs(30));
+        assert_eq!(c.consul.deregister_after, Duration::from_secs(120));
+        assert_eq!(c.consul.apps_prefix, "applications/");
+        assert_eq!(c.amqp.queue_capacity, 500);
+        assert!(c.amqp.persistent && c.amqp.confirms);
+        assert_eq!(c.amqp.heartbeat, Duration::ZERO);
+        assert!(!c.registrations.publish_local && !c.registrations.withdraw_on_node_loss);
+        assert!(c.registrations.sync_on_start);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_with_context() {
+        let errors = Config::from_raw(&raw(
+            "[consul]\ncheck_ttl = soon\nurl = ftp://x\nbogus = 1\n\
+             [amqp]\nqueue_capacity = -3\nenabled = maybe\nevents_exchange = amq.topic\n\
+             [general]\nsip_address = nohost\n\
+             [extra]\nx = 1\n",
+        ))
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 8, "{text:#?}");
+        assert!(text.contains(&"res_scale.conf [consul] check_ttl = 'soon' (line 2): expected a number with an optional unit (ms, s, m, h), e.g. 15s".to_string()));
+        assert!(text.iter().any(|t| t.starts_with("res_scale.conf [consul] url = 'ftp://x' (line 3): scheme must be")));
+        assert!(text.iter().any(|t| t.starts_with("res_scale.conf [consul] bogus = '1' (line 4): unknown key")));
+        assert!(text.iter().any(|t| t.contains("[amqp] queue_capacity = '-3' (line 6): expected a whole number from 1 to 1000000")));
+        assert!(text.iter().any(|t| t.contains("[amqp] enabled = 'maybe' (line 7): expected yes or no")));
+        assert!(text.iter().any(|t| t.contains("[amqp] events_exchange = 'amq.topic' (line 8): names starting with 'amq.'")));
+        assert!(text.iter().any(|t| t.contains("[general] sip_address = 'nohost' (line 10): expected host:port")));
+        assert!(text.iter().any(|t| t == "res_scale.conf [extra]: unknown section (known: general, consul, amqp, registrations)"));
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        let e = Config::from_raw(&raw("[consul]\ncheck_ttl = 1s\nderegister_after = 30s\n[amqp]\nheartbeat = 20h\n")).unwrap_err();
+        let text: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert!(text[0].ends_with("check_ttl = '1s' (line 2): must be at least 3s"), "{text:?}");
+        assert!(text[1].ends_with("deregister_after = '30s' (line 3): must be at least 1m"), "{text:?}");
+        assert!(text[2].ends_with("heartbeat = '20h' (line 5): must be at most 65535s"), "{text:?}");
+    }
+
+    #[test]
+    fn repeated_key_is_an_error_even_across_repeated_sections() {
+        let e = Config::from_raw(&raw("[amqp]\npersistent = yes\n[amqp]\npersistent = no\n")).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].to_string(), "res_scale.conf [amqp] persistent = 'no' (line 4): given more than once (first on line 2)");
+    }
+
+    #[test]
+    fn same_exchange_for_events_and_registrations_is_refused() {
+        let e = Config::from_raw(&raw("[registrations]\nexchange = res_scale.events\n")).unwrap_err();
+        assert_eq!(e[0].reason, "must differ from [amqp] events_exchange");
+    }
+
+    #[test]
+    fn empty_optional_values_mean_automatic() {
+        let c = Config::from_raw(&raw("[general]\nnode_id =\nsip_address =\n")).unwrap();
+        assert_eq!(c.general, General::default());
+    }
+
+    #[test]
+    fn host_port_accepts_names_v4_and_bracketed_v6() {
+        for ok in ["pbx1.example.net:5060", "192.0.2.1:5070", "[2001:db8::1]:5060"] {
+            assert!(host_port(ok).is_ok(), "{ok}");
+        }
+        for bad in ["2001:db8::1:5060", ":5060", "host:0", "host:99999", "[nothex]:5060"] {
+            assert!(host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn summary_masks_secrets() {
+        let c = Config::from_raw(&raw("[consul]\ntoken = topsecret\n[amqp]\nurl = amqp://user:hunter2@mq:5672/%2f\n")).unwrap();
+        let text = format!("{:?}", c.summary());
+        assert!(!text.contains("topsecret") && !text.contains("hunter2"), "{text}");
+        assert!(text.contains("token=****"));
+        assert!(text.contains("amqp://user:****@mq:5672/%2f"));
+    }
+
+    #[test]
+    fn default_node_id_strips_colons() {
+        assert_eq!(default_node_id("02:00:00:00:00:01"), "asterisk-020000000001");
+    }
+}

@@ -1,0 +1,9 @@
+//! Safe wrappers over Asterisk's C API. Every `unsafe` block of the module lives below here,
+//! and every entry point Asterisk calls goes through [`guard::guarded`].
+
+pub mod cli;
+pub mod config;
+mod entry;
+pub mod guard;
+pub mod identity;
+pub mod log;

@@ -1,0 +1,89 @@
+//! A private Consul 1.8.7 dev agent on free loopback ports.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::ports::free_port;
+use crate::testbed::Testbed;
+use crate::wait;
+
+pub struct Consul {
+    pub http_port: u16,
+    binary: PathBuf,
+    dir: PathBuf,
+    ports: [u16; 3],
+    child: Option<Child>,
+}
+
+impl Consul {
+    pub fn start(testbed: &Testbed, dir: &Path) -> Consul {
+        fs::create_dir_all(dir).unwrap();
+        let mut consul = Consul {
+            http_port: free_port(),
+            binary: testbed.consul.clone(),
+            dir: dir.to_path_buf(),
+            ports: [free_port(), free_port(), free_port()],
+            child: None,
+        };
+        consul.restart();
+        consul
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Stops the agent (a dev agent forgets everything: services, checks, KV).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the agent if it runs, then starts a fresh dev agent on the same ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = fs::File::create(self.dir.join("consul.log")).unwrap();
+        let [server, serf_lan, serf_wan] = self.ports;
+        let child = Command::new(&self.binary)
+            .args(["agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1"])
+            .args(["-http-port", &self.http_port.to_string(), "-dns-port", "-1", "-grpc-port", "-1"])
+            .args(["-server-port", &server.to_string()])
+            .args(["-serf-lan-port", &serf_lan.to_string(), "-serf-wan-port", &serf_wan.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn consul");
+        self.child = Some(child);
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
+        let leader = format!("{}/v1/status/leader", self.url());
+        wait::until("consul to elect itself leader", Duration::from_secs(20), Duration::from_millis(100), || {
+            let body = agent.get(&leader).call().ok()?.into_string().ok()?;
+            (body.trim() != "\"\"").then_some(())
+        });
+    }
+
+    /// GET a Consul API path and parse the JSON answer.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let body = ureq::get(&format!("{}{path}", self.url())).call().expect("consul GET").into_string().unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn put(&self, path: &str, body: &str) {
+        ureq::put(&format!("{}{path}", self.url())).send_string(body).expect("consul PUT");
+    }
+
+    pub fn delete(&self, path: &str) {
+        ureq::delete(&format!("{}{path}", self.url())).call().expect("consul DELETE");
+    }
+}
+
+impl Drop for Consul {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,360 @@
+//! One Asterisk 22 node of a test pool: its generated config, its process (a Docker container
+//! or a chroot), and the ways a test talks to it (CLI, ARI, logs, thread count).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::ari::Ari;
+use crate::testbed::Testbed;
+use crate::wait;
+
+pub const ARI_USER: &str = "ari";
+pub const ARI_PASSWORD: &str = "ari-secret";
+/// Where Debian's asterisk-modules put the modules inside the rootfs.
+const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
+
+/// Every module a node loads (autoload=no does not pull in dependencies).
+const MODULES: &[&str] = &[
+    "pbx_config", "app_dial", "app_playback", "app_echo", "app_stasis", "func_callerid", "func_channel",
+    "codec_ulaw", "codec_alaw", "format_wav", "format_gsm", "format_pcm", "res_timing_timerfd",
+    "bridge_simple", "bridge_native_rtp", "bridge_softmix", "bridge_holding", "res_pjproject",
+    "res_sorcery_config", "res_sorcery_memory", "res_sorcery_astdb", "res_rtp_asterisk", "res_pjsip",
+    "res_pjsip_session", "res_pjsip_pubsub", "chan_pjsip", "res_pjsip_authenticator_digest",
+    "res_pjsip_endpoint_identifier_user", "res_pjsip_endpoint_identifier_ip", "res_pjsip_registrar",
+    "res_pjsip_sdp_rtp", "res_pjsip_caller_id", "res_pjsip_nat", "res_pjsip_outbound_authenticator_digest",
+    "res_stasis", "res_websocket_client", "res_ari_model", "res_http_websocket", "res_ari",
+    "res_ari_applications", "res_ari_asterisk", "res_ari_bridges", "res_ari_channels",
+    "res_ari_device_states", "res_ari_endpoints", "res_ari_events", "res_ari_playbacks",
+    "res_ari_recordings", "res_ari_sounds", "res_stasis_answer", "res_stasis_playback",
+    "res_stasis_recording", "res_stasis_snoop", "res_stasis_device_state"
+];
+
+/// How a node is set up before it boots.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub eid: String,
+    /// `load => res_scale.so` in modules.conf.
+    pub preload_module: bool,
+    /// Contents of res_scale.conf; `None` leaves the file out.
+    pub res_scale_conf: Option<String>,
+}
+
+enum Process {
+    Chroot(Child),
+    Docker(String),
+}
+
+pub struct Node {
+    pub name: String,
+    pub eid: String,
+    pub sip_port: u16,
+    pub http_port: u16,
+    /// The node's folder as the host sees it.
+    pub dir: PathBuf,
+    /// The same folder as Asterisk sees it (inside the rootfs).
+    pub inner_dir: String,
+    container: String,
+    pool_dir: PathBuf,
+    pool_inner: String,
+    testbed: Testbed,
+    process: Option<Process>,
+}
+
+/// Where a pool's folder is, on the host and inside the rootfs.
+pub struct PoolPlace {
+    pub id: String,
+    pub dir: PathBuf,
+    pub inner: String,
+}
+
+/// The loopback ports one node uses.
+#[derive(Debug, Clone, Copy)]
+pub struct NodePorts {
+    pub sip: u16,
+    pub http: u16,
+    /// First of 200 RTP ports.
+    pub rtp_base: u16,
+}
+
+impl Node {
+    /// Lays out the node's folder under `pool_dir` (seen as `pool_inner` inside the rootfs).
+    pub(crate) fn create(testbed: &Testbed, pool: &PoolPlace, spec: &NodeSpec, ports: NodePorts) -> Node {
+        let dir = pool.dir.join(&spec.name);
+        let inner_dir = format!("{}/{}", pool.inner, spec.name);
+        for sub in ["etc", "modules", "run", "log", "lib", "spool", "cache"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // Every system module is linked in, plus a copy of the module under test; the symlinks
+        // resolve inside the rootfs, whether it is a chroot or a container.
+        for entry in fs::read_dir(testbed.rootfs.join(SYSTEM_MODULES.trim_start_matches('/'))).unwrap() {
+            let name = entry.unwrap().file_name();
+            std::os::unix::fs::symlink(Path::new(SYSTEM_MODULES).join(&name), dir.join("modules").join(&name)).unwrap();
+        }
+        let node = Node {
+            name: spec.name.clone(),
+            eid: spec.eid.clone(),
+            sip_port: ports.sip,
+            http_port: ports.http,
+            container: format!("res_scale-{}-{}", pool.id, spec.name),
+            pool_dir: pool.dir.clone(),
+            pool_inner: pool.inner.clone(),
+            dir,
+            inner_dir,
+            testbed: testbed.clone(),
+            process: None,
+        };
+        node.install_module(&testbed.module);
+        node.write_configs(spec, ports.rtp_base);
+        node
+    }
+
+    /// Installs a module build the way `make install` does: a temp file renamed over the old one.
+    pub fn install_module(&self, module: &Path) {
+        let tmp = self.dir.join("modules/.res_scale.so.tmp");
+        fs::copy(module, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", module.display()));
+        fs::rename(&tmp, self.dir.join("modules/res_scale.so")).unwrap();
+    }
+
+    fn write_configs(&self, spec: &NodeSpec, rtp_base: u16) {
+        let d = &self.inner_dir;
+        self.write_config(
+            "asterisk.conf",
+            &format!(
+                "[directories]\nastcachedir => {d}/cache\nastetcdir => {d}/etc\nastmoddir => {d}/modules\n\
+                 astvarlibdir => /var/lib/asterisk\nastdbdir => {d}/lib\nastkeydir => {d}/lib\n\
+                 astdatadir => /usr/share/asterisk\nastagidir => /usr/share/asterisk/agi-bin\n\
+                 astspooldir => {d}/spool\nastrundir => {d}/run\nastlogdir => {d}/log\nastsbindir => /usr/sbin\n\
+                 [options]\nsystemname = {}\nentityid = {}\nverbose = 3\n",
+                spec.name, spec.eid
+            ),
+        );
+        let mut modules = String::from("[modules]\nautoload = no\n");
+        for m in MODULES {
+            modules.push_str(&format!("load => {m}.so\n"));
+        }
+        if spec.preload_module {
+            modules.push_str("load => res_scale.so\n");
+        }
+        self.write_config("modules.conf", &modules);
+        self.write_config(
+            "logger.conf",
+            "[general]\ndateformat = %F %T.%3q\n[logfiles]\nmessages.log => notice,warning,error,verbose(3)\nconsole => notice,warning,error\n",
+        );
+        self.write_config(
+            "http.conf",
+            &format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {}\n", self.http_port),
+        );
+        self.write_config(
+            "ari.conf",
+            &format!("[general]\nenabled = yes\npretty = no\nallowed_origins = *\n[{ARI_USER}]\ntype = user\nread_only = no\npassword = {ARI_PASSWORD}\npassword_format = plain\n"),
+        );
+        self.write_config("rtp.conf", &format!("[general]\nrtpstart = {rtp_base}\nrtpend = {}\n", rtp_base + 199));
+        // Contacts that res_scale learns from other nodes live in memory, never in astdb.
+        self.write_config("sorcery.conf", "[res_pjsip]\ncontact = memory\n");
+        let mut pjsip = format!(
+            "[global]\ntype = global\nendpoint_identifier_order = username,ip\n\
+             [transport-udp]\ntype = transport\nprotocol = udp\nbind = 127.0.0.1:{}\n",
+            self.sip_port
+        );
+        for user in ["alice", "bob", "carol"] {
+            pjsip.push_str(&format!(
+                "[{user}]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\nauth = {user}-auth\naors = {user}\ndirect_media = no\n\
+                 [{user}-auth]\ntype = auth\nauth_type = userpass\nusername = {user}\npassword = {user}-secret\n\
+                 [{user}]\ntype = aor\nmax_contacts = 5\nremove_existing = yes\n"
+            ));
+        }
+        pjsip.push_str("[sipp]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\ndirect_media = no\n");
+        self.write_config("pjsip.conf", &pjsip);
+        self.write_config(
+            "extensions.conf",
+            "[from-sip]\nexten => 100,1,Answer()\n same => n,Wait(5)\n same => n,Hangup()\n\
+             exten => _X.,1,Stasis(conf)\n same => n,Hangup()\n\
+             exten => _[a-z].,1,Dial(PJSIP/${EXTEN},10)\n same => n,Hangup()\n",
+        );
+        match &spec.res_scale_conf {
+            Some(text) => self.write_config("res_scale.conf", text),
+            None => {
+                let _ = fs::remove_file(self.dir.join("etc/res_scale.conf"));
+            }
+        }
+    }
+
+    /// Writes (or replaces) a file in the node's config folder.
+    pub fn write_config(&self, file: &str, contents: &str) {
+        fs::write(self.dir.join("etc").join(file), contents).unwrap();
+    }
+
+    fn asterisk_conf(&self) -> String {
+        format!("{}/etc/asterisk.conf", self.inner_dir)
+    }
+
+    /// Starts Asterisk and waits until it is fully booted.
+    pub fn start(&mut self) {
+        assert!(self.process.is_none(), "{} already running", self.name);
+        let conf = self.asterisk_conf();
+        let console = fs::File::create(self.dir.join("log/console.out")).unwrap();
+        let process = if self.testbed.use_docker() {
+            // The pool folder is mounted at the same path it has in the rootfs, so paths in the
+            // generated configs are the same for chroot and container.
+            let out = Command::new("docker")
+                .args(["run", "-d", "--rm", "--network", "host", "--name", &self.container])
+                .arg("-v")
+                .arg(format!("{}:{}", self.pool_dir.display(), self.pool_inner))
+                .arg(self.testbed.image.as_deref().unwrap())
+                .args(["sh", "-c", &format!("exec /usr/sbin/asterisk -C {conf} -f > {}/log/console.out 2>&1", self.inner_dir)])
+                .output()
+                .expect("run docker");
+            assert!(out.status.success(), "docker run failed: {}", String::from_utf8_lossy(&out.stderr));
+            Process::Docker(self.container.clone())
+        } else {
+            let child = Command::new("chroot")
+                .arg(&self.testbed.rootfs)
+                .args(["/usr/sbin/asterisk", "-C", &conf, "-f"])
+                .stdin(Stdio::null())
+                .stdout(console.try_clone().unwrap())
+                .stderr(console)
+                .spawn()
+                .expect("spawn chroot asterisk");
+            Process::Chroot(child)
+        };
+        self.process = Some(process);
+        wait::until(&format!("{} to boot", self.name), Duration::from_secs(30), Duration::from_millis(100), || {
+            if !self.is_running() {
+                panic!("{} exited during boot:\n{}", self.name, self.console());
+            }
+            let out = self.try_cli("core waitfullybooted")?;
+            out.contains("fully booted").then_some(())
+        });
+    }
+
+    /// Whether the Asterisk process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.process {
+            Some(Process::Chroot(child)) => matches!(child.try_wait(), Ok(None)),
+            Some(Process::Docker(name)) => Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Running}}", name])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Runs a CLI command (`asterisk -rx`); `None` if the node could not be reached.
+    pub fn try_cli(&self, command: &str) -> Option<String> {
+        let conf = self.asterisk_conf();
+        let mut cmd = match &self.process {
+            Some(Process::Docker(name)) => {
+                let mut c = Command::new("docker");
+                c.args(["exec", name, "/usr/sbin/asterisk"]);
+                c
+            }
+            _ => {
+                let mut c = Command::new("chroot");
+                c.arg(&self.testbed.rootfs).arg("/usr/sbin/asterisk");
+                c
+            }
+        };
+        let out = cmd.args(["-C", &conf, "-rx", command]).stdin(Stdio::null()).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() || text.contains("Unable to connect to remote asterisk") {
+            return None;
+        }
+        Some(text)
+    }
+
+    /// Runs a CLI command; panics if the node does not answer.
+    pub fn cli(&self, command: &str) -> String {
+        self.try_cli(command).unwrap_or_else(|| panic!("{} did not answer '{command}'", self.name))
+    }
+
+    pub fn ari(&self) -> Ari {
+        Ari::new(&format!("http://127.0.0.1:{}/ari", self.http_port), ARI_USER, ARI_PASSWORD)
+    }
+
+    /// The host PID of the Asterisk process.
+    pub fn pid(&self) -> u32 {
+        match &self.process {
+            Some(Process::Chroot(child)) => child.id(),
+            Some(Process::Docker(name)) => {
+                let out = Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", name]).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+            }
+            None => panic!("{} is not running", self.name),
+        }
+    }
+
+    /// Threads of the Asterisk process, as the kernel counts them.
+    pub fn thread_count(&self) -> usize {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+    }
+
+    /// Names of the Asterisk process's threads.
+    pub fn thread_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for task in fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap().flatten() {
+            if let Ok(n) = fs::read_to_string(task.path().join("comm")) {
+                names.push(n.trim().to_string());
+            }
+        }
+        names
+    }
+
+    /// The node's messages log (notice and above, verbose 3).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("log/messages.log")).unwrap_or_default()
+    }
+
+    /// Whatever Asterisk wrote to stdout/stderr.
+    pub fn console(&self) -> String {
+        fs::read_to_string(self.dir.join("log/console.out")).unwrap_or_default()
+    }
+
+    /// Stops Asterisk: `core stop now`, then a kill if it does not go within 10 s.
+    pub fn stop(&mut self) {
+        if self.process.is_none() {
+            return;
+        }
+        let _ = self.try_cli("core stop now");
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            !self.is_running()
+        });
+        if !gone {
+            eprintln!("{}: did not stop within 10 s; killing it", self.name);
+        }
+        self.kill();
+    }
+
+    /// Ends the process at once.
+    pub fn kill(&mut self) {
+        match self.process.take() {
+            Some(Process::Chroot(mut child)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Some(Process::Docker(name)) => {
+                let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} messages.log ({}) ----", self.name, self.dir.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        self.kill();
+    }
+}

@@ -1,0 +1,149 @@
+//! A pool: N Asterisk nodes with res_scale, optionally a Consul agent and a RabbitMQ broker,
+//! all private to one test.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::consul::Consul;
+use crate::node::{Node, NodePorts, NodeSpec, PoolPlace};
+use crate::ports::free_port;
+use crate::rabbitmq::RabbitMq;
+use crate::testbed::Testbed;
+
+pub struct PoolBuilder {
+    nodes: usize,
+    consul: bool,
+    rabbitmq: bool,
+    preload_module: bool,
+    res_scale_conf: Option<String>,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder { nodes: 1, consul: false, rabbitmq: false, preload_module: true, res_scale_conf: None }
+    }
+}
+
+impl PoolBuilder {
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    pub fn with_consul(mut self) -> Self {
+        self.consul = true;
+        self
+    }
+
+    pub fn with_rabbitmq(mut self) -> Self {
+        self.rabbitmq = true;
+        self
+    }
+
+    /// Boot without `load => res_scale.so`; the test loads it with `module load`.
+    pub fn without_module_loaded(mut self) -> Self {
+        self.preload_module = false;
+        self
+    }
+
+    /// res_scale.conf for every node. `{consul_url}` and `{amqp_url}` are replaced by the
+    /// pool's own services. Without this call a config pointing at the pool's services (or
+    /// with them disabled when the pool has none) is written.
+    pub fn res_scale_conf(mut self, text: &str) -> Self {
+        self.res_scale_conf = Some(text.to_string());
+        self
+    }
+
+    pub fn start(self) -> Pool {
+        let testbed = Testbed::load();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let inner = format!("/srv/res_scale/{id}");
+        let dir = testbed.rootfs.join(inner.trim_start_matches('/'));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let place = PoolPlace { id: id.clone(), dir: dir.clone(), inner };
+
+        let consul = self.consul.then(|| Consul::start(&testbed, &dir.join("consul")));
+        let rabbitmq = self.rabbitmq.then(|| RabbitMq::start(&dir.join("rabbitmq")));
+        let consul_url = consul.as_ref().map(Consul::url);
+        let amqp_url = rabbitmq.as_ref().map(RabbitMq::url);
+        let conf = self
+            .res_scale_conf
+            .clone()
+            .unwrap_or_else(|| default_conf(consul_url.as_deref(), amqp_url.as_deref()))
+            .replace("{consul_url}", consul_url.as_deref().unwrap_or(""))
+            .replace("{amqp_url}", amqp_url.as_deref().unwrap_or(""));
+
+        // A random middle part keeps EIDs apart across pools; the last byte is the node number.
+        let salt = std::process::id() as u16 ^ (COUNTER.load(Ordering::SeqCst) as u16).rotate_left(8);
+        let mut nodes = Vec::new();
+        for i in 1..=self.nodes {
+            let spec = NodeSpec {
+                name: format!("node{i}"),
+                eid: format!("02:{:02x}:{:02x}:00:00:{:02x}", salt >> 8, salt & 0xff, i),
+                preload_module: self.preload_module,
+                res_scale_conf: Some(conf.clone()),
+            };
+            let ports = NodePorts { sip: free_port(), http: free_port(), rtp_base: 20_000 + (free_port() % 200) * 200 };
+            nodes.push(Node::create(&testbed, &place, &spec, ports));
+        }
+        let mut pool = Pool { nodes, consul, rabbitmq, dir };
+        for node in &mut pool.nodes {
+            node.start();
+        }
+        pool
+    }
+}
+
+/// The res_scale.conf a pool gets unless the test gives its own: each subsystem pointed at
+/// the pool's service, or disabled when the pool has none.
+fn default_conf(consul_url: Option<&str>, amqp_url: Option<&str>) -> String {
+    let section = |name: &str, url: Option<&str>, extra: &str| match url {
+        Some(url) => format!("[{name}]\nenabled = yes\nurl = {url}\n{extra}"),
+        None => format!("[{name}]\nenabled = no\n"),
+    };
+    let registrations = if amqp_url.is_some() { "yes" } else { "no" };
+    format!(
+        "{}{}[registrations]\nenabled = {registrations}\n",
+        section("consul", consul_url, "check_ttl = 3s\n"),
+        section("amqp", amqp_url, "")
+    )
+}
+
+pub struct Pool {
+    pub nodes: Vec<Node>,
+    pub consul: Option<Consul>,
+    pub rabbitmq: Option<RabbitMq>,
+    /// The pool's folder on the host: node folders, service data and logs.
+    pub dir: PathBuf,
+}
+
+impl Pool {
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i]
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut Node {
+        &mut self.nodes[i]
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Nodes first (they talk to the services), then the services.
+        self.nodes.clear();
+        self.consul = None;
+        self.rabbitmq = None;
+        if std::thread::panicking() || std::env::var_os("RES_SCALE_KEEP").is_some() {
+            eprintln!("pool folder kept for inspection: {}", self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The module's life in a real Asterisk 22: load, status, config errors, reload, repeated
+//! unload/load, and a panic that must not take Asterisk down.
+
+use std::time::Duration;
+
+use res_scale_tests::{wait, Pool};
+
+const VALID_CONF: &str = "[consul]\nenabled = no\ntoken = consul-secret-token\n\
+    [amqp]\nenabled = no\nurl = amqp://scale:amqp-secret-pw@127.0.0.1:5672/%2f\nqueue_capacity = 2000\n\
+    [registrations]\nenabled = no\n";
+
+/// Whether `module show` lists res_scale as running ("Running", not "Not Running").
+fn module_running(pool: &Pool) -> bool {
+    let out = pool.node(0).cli("module show like res_scale");
+    out.lines().any(|l| l.starts_with("res_scale.so") && l.contains(" Running") && !l.contains("Not Running"))
+}
+
+#[test]
+fn loads_and_shows_status_with_identity_config_and_subsystems() {
+    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    let node = pool.node(0);
+
+    assert!(module_running(&pool));
+
+    let status = node.cli("scale show status");
+    assert!(status.contains("res_scale 0.1.0 on Asterisk 22."), "{status}");
+    assert!(status.contains(&format!("Entity ID:      {}", node.eid)), "{status}");
+    assert!(status.contains(&format!("Node ID:        asterisk-{}", node.eid.replace(':', ""))), "{status}");
+    assert!(status.contains("System name:    node1"), "{status}");
+    assert!(status.contains("Uptime:"), "{status}");
+    assert!(status.contains("queue_capacity=2000"), "{status}");
+    // Secrets never reach the CLI.
+    assert!(!status.contains("consul-secret-token") && !status.contains("amqp-secret-pw"), "{status}");
+    assert!(status.contains("token=****") && status.contains("scale:****@127.0.0.1"), "{status}");
+    for subsystem in ["consul", "amqp", "registrations"] {
+        assert!(
+            status.lines().any(|l| l.trim_start().starts_with(subsystem) && l.contains("disabled")),
+            "no line for {subsystem}: {status}"
+        );
+    }
+
+    let help = node.cli("core show help scale");
+    assert!(help.contains("scale show status") && help.contains("Show the state of res_scale"), "{help}");
+    let usage = node.cli("core show help scale show status");
+    assert!(usage.contains("Usage: scale show status"), "{usage}");
+}
+
+#[test]
+fn missing_config_file_loads_with_defaults() {
+    let pool = Pool::builder().res_scale_conf("").start();
+    std::fs::remove_file(pool.node(0).dir.join("etc/res_scale.conf")).unwrap();
+    let node = pool.node(0);
+    node.cli("module unload res_scale.so");
+    node.cli("module load res_scale.so");
+    let status = node.cli("scale show status");
+    assert!(status.contains("res_scale.conf (absent: defaults)"), "{status}");
+    assert!(status.contains("url=http://127.0.0.1:8500"), "{status}");
+}
+
+#[test]
+fn bad_config_declines_with_every_problem_and_asterisk_keeps_running() {
+    let pool = Pool::builder()
+        .without_module_loaded()
+        .res_scale_conf("[consul]\ncheck_ttl = often\n[amqp]\nqueue_capacity = lots\nurl = http://wrong\n[bogus]\nx = 1\n")
+        .start();
+    let node = pool.node(0);
+
+    let out = node.cli("module load res_scale.so");
+    assert!(out.contains("Unable to load module res_scale.so"), "{out}");
+    assert!(!module_running(&pool), "the module must not run after declining");
+
+    let log = wait::until("the decline to be logged", Duration::from_secs(5), Duration::from_millis(100), || {
+        let log = node.log();
+        log.contains("res_scale declined to load").then_some(log)
+    });
+    for expected in [
+        "res_scale.conf [consul] check_ttl = 'often' (line 2): expected a number",
+        "res_scale.conf [amqp] queue_capacity = 'lots' (line 4): expected a whole number from 1 to 1000000",
+        "res_scale.conf [amqp] url = 'http://wrong' (line 5): scheme must be one of: amqp, amqps",
+        "res_scale.conf [bogus]: unknown section",
+        "4 problem(s) in res_scale.conf",
+    ] {
+        assert!(log.contains(expected), "missing '{expected}' in log:\n{log}");
+    }
+    assert!(node.cli("core show version").contains("Asterisk 22."));
+
+    // Fixing the file and loading again works.
+    node.write_config("res_scale.conf", VALID_CONF);
+    node.cli("module load res_scale.so");
+    assert!(module_running(&pool));
+}
+
+#[test]
+fn reload_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
+    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    let node = pool.node(0);
+
+    node.write_config("res_scale.conf", &VALID_CONF.replace("queue_capacity = 2000", "queue_capacity = 500"));
+    node.cli("module reload res_scale.so");
+    let status = node.cli("scale show status");
+    assert!(status.contains("queue_capacity=500"), "{status}");
+    assert!(node.log().contains("res_scale.conf reloaded; new configuration in effect"));
+
+    node.write_config("res_scale.conf", &VALID_CONF.replace("queue_capacity = 2000", "queue_capacity = many"));
+    node.cli("module reload res_scale.so");
+    let status = node.cli("scale show status");
+    assert!(status.contains("queue_capacity=500"), "the old config must stay: {status}");
+    let log = node.log();
+    assert!(log.contains("[amqp] queue_capacity = 'many'"), "{log}");
+    assert!(log.contains("res_scale.conf has errors; keeping the running configuration"), "{log}");
+    assert!(module_running(&pool));
+}
+
+#[test]
+fn twenty_unload_load_cycles_leak_no_threads() {
+    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    let node = pool.node(0);
+    let workers = |names: Vec<String>| names.iter().filter(|n| n.starts_with("res_scale")).count();
+
+    // Let boot-time threads settle before taking the baseline.
+    std::thread::sleep(Duration::from_secs(1));
+    let baseline = node.thread_count();
+    assert_eq!(workers(node.thread_names()), 2, "two runtime workers while loaded");
+
+    for cycle in 1..=20 {
+        let out = node.cli("module unload res_scale.so");
+        assert!(out.contains("Unloaded res_scale.so"), "cycle {cycle}: {out}");
+        assert_eq!(workers(node.thread_names()), 0, "cycle {cycle}: runtime threads left after unload");
+        let out = node.cli("module load res_scale.so");
+        assert!(out.contains("Loaded res_scale.so"), "cycle {cycle}: {out}");
+        assert!(node.cli("scale show status").contains("res_scale 0.1.0"), "cycle {cycle}");
+    }
+
+    // CLI connections come and go with their own threads; wait for them to settle.
+    let after = wait::until("thread count back to baseline", Duration::from_secs(10), Duration::from_millis(200), || {
+        let n = node.thread_count();
+        (n <= baseline).then_some(n)
+    });
+    eprintln!("threads: baseline {baseline}, after 20 unload/load cycles {after}");
+    assert!(node.cli("core show version").contains("Asterisk 22."));
+}
+
+#[test]
+fn a_panic_in_a_command_is_contained() {
+    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    let node = pool.node(0);
+
+    let out = node.cli("scale test panic");
+    assert!(!out.contains("deliberate panic") || out.contains("failed"), "{out}");
+    let log = wait::until("the panic to be logged", Duration::from_secs(5), Duration::from_millis(100), || {
+        let log = node.log();
+        log.contains("deliberate panic").then_some(log)
+    });
+    assert!(log.contains("internal error in a scale CLI command: deliberate panic from 'scale test panic'"), "{log}");
+    assert!(node.cli("core show version").contains("Asterisk 22."));
+    assert!(node.cli("scale show status").contains("res_scale 0.1.0"), "the module keeps working");
+    assert!(module_running(&pool));
+}

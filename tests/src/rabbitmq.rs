@@ -1,8 +1,13 @@
-//! A private RabbitMQ broker: its own node name, ports, data and log folders, bound to
-//! loopback, started as our own child process (its PID is ours to stop).
+//! A private RabbitMQ broker: its own node name, ports, epmd, data and log folders, bound to
+//! loopback, started as our own child processes (their PIDs are ours to stop).
+//!
+//! The broker is started through /usr/lib/rabbitmq/bin/rabbitmq-server, not Debian's
+//! /usr/sbin wrapper: the wrapper `su`s to the rabbitmq user, so killing the PID we hold would
+//! leave the broker running.
 
 use std::fs;
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -10,25 +15,44 @@ use std::time::Duration;
 use crate::ports::free_port;
 use crate::wait;
 
+const BIN: &str = "/usr/lib/rabbitmq/bin";
+
 pub struct RabbitMq {
     pub port: u16,
     pub node_name: String,
     dir: PathBuf,
     dist_port: u16,
-    child: Option<Child>,
+    epmd_port: u16,
+    epmd: Option<Child>,
+    server: Option<Child>,
 }
 
 impl RabbitMq {
     pub fn start(dir: &Path) -> RabbitMq {
-        fs::create_dir_all(dir).unwrap();
+        for sub in ["mnesia", "log", "home"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
         let port = free_port();
+        fs::write(dir.join("rabbitmq.conf"), format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n")).unwrap();
+        fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
         let mut mq = RabbitMq {
             port,
             node_name: format!("res_scale-{port}@localhost"),
             dir: dir.to_path_buf(),
             dist_port: free_port(),
-            child: None,
+            epmd_port: free_port(),
+            epmd: None,
+            server: None,
         };
+        let epmd = mq
+            .command("/usr/bin/epmd")
+            .args(["-address", "127.0.0.1", "-port", &mq.epmd_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn epmd");
+        mq.epmd = Some(epmd);
         mq.restart();
         mq
     }
@@ -38,65 +62,85 @@ impl RabbitMq {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
         let d = &self.dir;
-        c.env("RABBITMQ_NODENAME", &self.node_name)
+        let mut c = Command::new(program);
+        c.env("HOME", d.join("home"))
+            .env("RABBITMQ_NODENAME", &self.node_name)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", d.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
-            .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq"))
-            .env("RABBITMQ_PID_FILE", d.join("rabbitmq.pid"))
+            .env("RABBITMQ_CONF_ENV_FILE", d.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_PID_FILE", d.join("rabbit.pid"))
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}")
+            .env("RABBITMQ_CTL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}")
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .stdin(Stdio::null());
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            // A crash dump lands in the working directory.
+            .current_dir(d)
+            .stdin(Stdio::null())
+            // Its own process group: a Ctrl-C meant for us must not reach it before our teardown.
+            .process_group(0);
         c
     }
 
     /// Starts the broker (again, keeping its data) and waits until AMQP accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        fs::write(self.dir.join("enabled_plugins"), "[].\n").unwrap();
-        fs::write(self.dir.join("rabbitmq.conf"), "loopback_users = none\n").unwrap();
         let log = fs::File::create(self.dir.join("server.out")).unwrap();
-        let child = self
-            .command("rabbitmq-server")
+        let server = self
+            .command(&format!("{BIN}/rabbitmq-server"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("spawn rabbitmq-server");
-        self.child = Some(child);
+        self.server = Some(server);
         let addr = format!("127.0.0.1:{}", self.port);
-        wait::until("RabbitMQ to accept AMQP connections", Duration::from_secs(60), Duration::from_millis(200), || {
+        wait::until("RabbitMQ to accept AMQP connections", Duration::from_secs(60), Duration::from_millis(100), || {
+            if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
+                let out = fs::read_to_string(self.dir.join("server.out")).unwrap_or_default();
+                panic!("rabbitmq-server exited ({status}) during start:\n{out}");
+            }
             TcpStream::connect(&addr).ok().map(|_| ())
         });
     }
 
-    /// Stops the broker and waits for its process to end.
+    /// Stops the broker (SIGTERM: a clean stop in about a second) and waits for it.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = self.command("rabbitmqctl").args(["-n", &self.node_name, "stop"]).output();
-        if wait_exit(&mut child, Duration::from_secs(20)).is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(server) = self.server.take() {
+            stop_child(server);
         }
+    }
+
+    /// Runs rabbitmqctl against this broker, e.g. `["list_queues"]`.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.command(&format!("{BIN}/rabbitmqctl")).arg("-n").arg(&self.node_name).args(args).output().expect("run rabbitmqctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> Option<()> {
-    let steps = within.as_millis() / 100;
-    (0..steps).find_map(|_| {
+/// SIGTERM, up to 20 s to exit, then SIGKILL.
+fn stop_child(mut child: Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    for _ in 0..200 {
         if matches!(child.try_wait(), Ok(Some(_))) {
-            return Some(());
+            return;
         }
         std::thread::sleep(Duration::from_millis(100));
-        None
-    })
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for RabbitMq {
     fn drop(&mut self) {
         self.stop();
+        // epmd last: the broker deregisters from it on the way out.
+        if let Some(epmd) = self.epmd.take() {
+            stop_child(epmd);
+        }
     }
 }

@@ -516,6 +516,22 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_file_documents_the_defaults_and_every_key() {
+        let sample = include_str!("../../../configs/res_scale.conf.sample");
+        let active: String = sample.lines().filter(|l| !l.trim_start().starts_with(';')).map(|l| format!("{l}\n")).collect();
+        assert_eq!(Config::from_raw(&raw(&active)), Ok(Config::default()), "sample values differ from the defaults");
+        // Commented-out keys (`;key =`) must be real keys too.
+        let all: String = sample
+            .lines()
+            .map(|l| l.strip_prefix(';').filter(|k| k.contains(" =") && !k.starts_with(' ')).unwrap_or(l))
+            .filter(|l| !l.trim_start().starts_with(';'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(Config::from_raw(&raw(&all)).is_ok(), "{:?}", Config::from_raw(&raw(&all)));
+        assert!(all.contains("node_id =") && all.contains("token ="));
+    }
+
+    #[test]
     fn empty_file_means_defaults() {
         assert_eq!(Config::from_raw(&RawConfig::default()), Ok(Config::default()));
     }

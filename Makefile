@@ -6,7 +6,7 @@ MODULE_DIR   ?= /usr/lib/x86_64-linux-gnu/asterisk/modules
 RELEASE      := target/release
 TEST_MODULE  := target/test-module/res_scale.so
 
-.PHONY: build install provision test unit-test integration-test run clean
+.PHONY: build install provision test unit-test integration-test run bench clean
 
 ## build: target/release/res_scale.so
 build:
@@ -45,6 +45,10 @@ integration-test: $(TEST_MODULE)
 ## run: a local pool (Consul, RabbitMQ, two Asterisk 22 nodes with res_scale loaded)
 run: provision build
 	RES_SCALE_MODULE=$(CURDIR)/$(RELEASE)/res_scale.so $(CARGO) run --release -p res-scale-tests --bin scale-pool
+
+## bench: measurements against a real pool (figures go to BENCHMARKS.md)
+bench: provision build
+	RES_SCALE_MODULE=$(CURDIR)/$(RELEASE)/res_scale.so $(CARGO) run --release -p res-scale-tests --bin scale-bench
 
 clean:
 	$(CARGO) clean

@@ -14,5 +14,7 @@
 #include "asterisk/paths.h"
 #include "asterisk/utils.h"
 #include "asterisk/ast_version.h"
+#include "asterisk/json.h"
+#include "asterisk/stasis_app.h"
 
 #include "shim.h"

@@ -1,57 +1,139 @@
-//! The `scale ...` CLI commands.
+//! The `scale ...` CLI commands. They read the module's state and never wait on the network,
+//! except `scale set drain`, which waits a bounded time for Consul's answer.
 
+use res_scale_core::consul::show;
 use res_scale_core::status::{StatusReport, SubsystemLine};
 
 use crate::ast::cli::{no_completion, Command, Outcome};
 use crate::ast::identity;
-use crate::lifecycle;
+use crate::lifecycle::{self, Running};
 
 #[cfg(not(feature = "test-hooks"))]
-pub static ALL: &[Command] = &[SHOW_STATUS];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SET_DRAIN];
 
 #[cfg(feature = "test-hooks")]
-pub static ALL: &[Command] = &[SHOW_STATUS, TEST_PANIC];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SET_DRAIN, TEST_PANIC];
+
+/// Runs `f` on the running state, or says that the module is not running.
+fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
+    match lifecycle::state().as_ref() {
+        Some(running) => f(running),
+        None => Outcome::Failed("res_scale is not running\n".into()),
+    }
+}
 
 const SHOW_STATUS: Command = Command {
     words: c"scale show status",
     summary: c"Show the state of res_scale on this node",
     usage: c"Usage: scale show status\n       Shows res_scale's version, this node's identity, the configuration in\n       effect (secrets masked), uptime, and one line per subsystem (consul, amqp,\n       registrations) with its state and counters.\n",
-    run: show_status,
+    run: |args| if args.is_empty() { with_running(show_status) } else { Outcome::ShowUsage },
     complete: no_completion,
 };
 
-fn show_status(args: &[String]) -> Outcome {
-    if !args.is_empty() {
-        return Outcome::ShowUsage;
-    }
-    let guard = lifecycle::state();
-    let Some(running) = guard.as_ref() else {
-        return Outcome::Failed("res_scale is not running\n".into());
-    };
+fn show_status(running: &Running) -> Outcome {
     let config = &running.config;
-    let subsystem = |name: &'static str, enabled: bool| SubsystemLine {
+    let not_yet = |name: &'static str, enabled: bool| SubsystemLine {
         name,
-        // Nothing is started yet: the Consul, AMQP and registration issues fill these lines.
+        // Not started yet: the AMQP and registration issues fill these lines.
         state: if enabled { "not implemented yet" } else { "disabled" }.into(),
         counters: vec![],
+    };
+    let consul = match &running.consul {
+        None => SubsystemLine { name: "consul", state: "disabled".into(), counters: vec![] },
+        Some(c) => {
+            let s = c.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let apps = running.apps.lock().unwrap_or_else(|e| e.into_inner()).apps.len() as u64;
+            SubsystemLine {
+                name: "consul",
+                state: if s.drain { format!("{} (drain)", s.state) } else { s.state },
+                counters: vec![("registrations", s.registrations), ("ttl_passes", s.ttl_passes), ("failures", s.failures), ("apps", apps)],
+            }
+        }
     };
     let report = StatusReport {
         version: env!("CARGO_PKG_VERSION"),
         asterisk_version: identity::asterisk_version(),
-        node_id: lifecycle::node_id(config, &running.eid),
+        node_id: running.node.node_id.clone(),
         eid: running.eid.clone(),
         system_name: running.system_name.clone(),
         uptime: running.started.elapsed(),
         config_source: running.config_source.clone(),
         config: config.summary(),
-        subsystems: vec![
-            subsystem("consul", config.consul.enabled),
-            subsystem("amqp", config.amqp.enabled),
-            subsystem("registrations", config.registrations.enabled),
-        ],
+        subsystems: vec![consul, not_yet("amqp", config.amqp.enabled), not_yet("registrations", config.registrations.enabled)],
     };
-    Outcome::Output(report.render())
+    let mut out = report.render();
+    if let Some(c) = &running.consul {
+        let s = c.status.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str(&format!("\n  Consul agent:   {}  drain: {}\n", c.agent.current_url(), if s.drain { "on" } else { "off" }));
+        if let Some(e) = &s.last_error {
+            out.push_str(&format!("  Last error:     {e}\n"));
+        }
+    }
+    Outcome::Output(out)
 }
+
+const SHOW_NODES: Command = Command {
+    words: c"scale show nodes",
+    summary: c"List the nodes of the pool as Consul sees them",
+    usage: c"Usage: scale show nodes\n       Lists every node of the pool registered in Consul with its health\n       (passing, warning, critical, maintenance), EID, SIP address, ARI URL and\n       Stasis applications. This node is marked with '*'. The list is kept up to\n       date by a Consul watch; the command itself never waits on Consul.\n",
+    run: |args| {
+        if !args.is_empty() {
+            return Outcome::ShowUsage;
+        }
+        with_running(|running| match &running.consul {
+            None => Outcome::Failed("Consul is disabled in res_scale.conf\n".into()),
+            Some(c) => {
+                let view = c.view.lock().unwrap_or_else(|e| e.into_inner());
+                let age = view.updated.map(|t| t.elapsed());
+                Outcome::Output(show::render_nodes(&view.instances, &c.node_id, age, view.last_error.as_deref()))
+            }
+        })
+    },
+    complete: no_completion,
+};
+
+const SHOW_APPS: Command = Command {
+    words: c"scale show apps",
+    summary: c"List the Stasis applications created from Consul",
+    usage: c"Usage: scale show apps\n       Lists the Stasis applications this node registered because a key names\n       them under the Consul apps prefix, with the time each was added and the\n       events it has seen.\n",
+    run: |args| {
+        if !args.is_empty() {
+            return Outcome::ShowUsage;
+        }
+        with_running(|running| {
+            let Some(c) = &running.consul else {
+                return Outcome::Failed("Consul is disabled in res_scale.conf; no applications are created\n".into());
+            };
+            let table = running.apps.lock().unwrap_or_else(|e| e.into_inner());
+            Outcome::Output(show::render_apps(&table, &running.counters, &c.prefix))
+        })
+    },
+    complete: no_completion,
+};
+
+const SET_DRAIN: Command = Command {
+    words: c"scale set drain",
+    summary: c"Put this node in or out of maintenance in Consul",
+    usage: c"Usage: scale set drain {on|off}\n       'on' puts this node's service in Consul maintenance mode, so that the\n       gateway and dispatchers stop sending it new work; calls in progress go on.\n       'off' takes it back. The state survives a Consul agent restart.\n",
+    run: |args| {
+        let on = match args {
+            [v] if v == "on" => true,
+            [v] if v == "off" => false,
+            _ => return Outcome::ShowUsage,
+        };
+        with_running(|running| {
+            let Some(c) = &running.consul else {
+                return Outcome::Failed("Consul is disabled in res_scale.conf; drain needs it\n".into());
+            };
+            let word = if on { "on" } else { "off" };
+            match c.drain(on) {
+                Ok(()) => Outcome::Output(format!("Drain {word}: node {} is {} in Consul\n", c.node_id, if on { "in maintenance" } else { "out of maintenance" })),
+                Err(e) => Outcome::Failed(format!("Drain {word} requested, not confirmed: {e}\n")),
+            }
+        })
+    },
+    complete: |position| if position == 0 { &["on", "off"] } else { &[] },
+};
 
 /// Lets the integration tests prove that a panic in a command does not take Asterisk down.
 #[cfg(feature = "test-hooks")]

@@ -2,9 +2,12 @@
 //!
 //! Layout: `sys` holds the generated bindings and `ast` the safe wrappers over them (the only
 //! `unsafe` code); `lifecycle` owns load/unload/reload and the per-load state; `commands` holds
-//! the CLI commands. Domain logic lives in the `res-scale-core` crate.
+//! the CLI commands; `consul`, `events` and `node` adapt the core crate's subsystems to Asterisk. Domain logic lives in the `res-scale-core` crate.
 
 mod ast;
 mod commands;
+mod consul;
+mod events;
 mod lifecycle;
+mod node;
 mod sys;

@@ -6,9 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use res_scale_core::config::{self, Config, ConfigError, RawConfig};
+use res_scale_core::consul::apps::{self, AppsTable, EventCounters};
+use res_scale_core::consul::registration::NodeIdentity;
 
+use crate::ast::stasis::{self, AsteriskStasis};
 use crate::ast::{self, cli, identity};
 use crate::commands;
+use crate::consul::Consul;
+use crate::events::CountingSink;
+use crate::node;
 
 /// Everything that exists while the module is loaded.
 pub struct Running {
@@ -17,6 +23,12 @@ pub struct Running {
     pub started: Instant,
     pub eid: String,
     pub system_name: String,
+    pub node: NodeIdentity,
+    /// The Stasis applications this node registered; outlives Consul restarts on reload so
+    /// that calls in those applications are not disturbed.
+    pub apps: Arc<Mutex<AppsTable>>,
+    pub counters: Arc<EventCounters>,
+    pub consul: Option<Consul>,
     runtime: Option<tokio::runtime::Runtime>,
     cli: Option<cli::Registration>,
 }
@@ -47,36 +59,104 @@ pub fn load() -> Result<(), ()> {
         .enable_all()
         .build()
         .map_err(|e| tracing::error!("res_scale declined to load: cannot start its worker threads: {e}"))?;
-    let cli = cli::Registration::new(commands::ALL).map_err(|e| tracing::error!("res_scale declined to load: {e}"))?;
     let eid = identity::eid();
     let system_name = identity::system_name();
-    tracing::info!(
-        "res_scale {} loaded: node {} (EID {eid}), config from {config_source}",
-        env!("CARGO_PKG_VERSION"),
-        node_id(&config, &eid)
-    );
-    *state() = Some(Running {
+    let node = node::identity(&config, &eid, &system_name);
+    let apps = Arc::new(Mutex::new(AppsTable::default()));
+    let counters = Arc::new(EventCounters::default());
+    stasis::set_sink(Some(Arc::new(CountingSink(counters.clone()))));
+    let mut running = Running {
         config: Arc::new(config),
         config_source,
         started: Instant::now(),
         eid,
         system_name,
+        node,
+        apps,
+        counters,
+        consul: None,
         runtime: Some(runtime),
-        cli: Some(cli),
-    });
+        cli: None,
+    };
+    if let Err(e) = running.start_subsystems() {
+        tracing::error!("res_scale declined to load: {e}");
+        running.stop();
+        return Err(());
+    }
+    match cli::Registration::new(commands::ALL) {
+        Ok(registration) => running.cli = Some(registration),
+        Err(e) => {
+            tracing::error!("res_scale declined to load: {e}");
+            running.stop();
+            return Err(());
+        }
+    }
+    tracing::info!(
+        "res_scale {} loaded: node {} (EID {}), config from {}",
+        env!("CARGO_PKG_VERSION"),
+        running.node.node_id,
+        running.eid,
+        running.config_source
+    );
+    *state() = Some(running);
     Ok(())
 }
 
 pub fn unload() {
     // Take the state out first so that nothing holds the lock while threads are joined.
     let Some(mut running) = state().take() else { return };
-    // CLI first: after this no command can reach the state being torn down.
-    drop(running.cli.take());
-    if let Some(runtime) = running.runtime.take() {
-        // Joins the worker threads, waiting at most SHUTDOWN_TIMEOUT for tasks to stop.
-        runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
-    }
+    running.stop();
     tracing::info!("res_scale unloaded");
+}
+
+impl Running {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("the runtime lives until stop")
+    }
+
+    fn start_subsystems(&mut self) -> Result<(), String> {
+        if self.config.consul.enabled {
+            let consul = Consul::start(self.runtime().handle(), &self.config.consul, self.node.clone(), self.apps.clone(), self.counters.clone())?;
+            self.consul = Some(consul);
+        }
+        Ok(())
+    }
+
+    fn stop_subsystems(&mut self) {
+        if let Some(consul) = self.consul.take() {
+            consul.stop(self.runtime());
+        }
+    }
+
+    /// Everything down, in the order that keeps Asterisk safe: no CLI, no tasks, no Stasis
+    /// applications, no callback in flight, then the threads.
+    fn stop(&mut self) {
+        drop(self.cli.take());
+        self.stop_subsystems();
+        apps::close(&self.apps, &AsteriskStasis, &self.counters);
+        if !stasis::wait_idle(SHUTDOWN_TIMEOUT) {
+            tracing::warn!("a Stasis callback was still running after {SHUTDOWN_TIMEOUT:?}");
+        }
+        stasis::set_sink(None);
+        if let Some(runtime) = self.runtime.take() {
+            // Joins the worker threads, waiting at most SHUTDOWN_TIMEOUT for tasks to stop.
+            runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+        }
+    }
+
+    /// Puts a new configuration in effect, restarting the subsystems whose settings changed.
+    fn apply(&mut self, config: Config) -> Result<(), String> {
+        let old = std::mem::replace(&mut self.config, Arc::new(config));
+        let identity_changed = old.general != self.config.general || old.consul.service_name != self.config.consul.service_name;
+        if identity_changed {
+            self.node = node::identity(&self.config, &self.eid, &self.system_name);
+        }
+        if identity_changed || old.consul != self.config.consul {
+            self.stop_subsystems();
+            self.start_subsystems()?;
+        }
+        Ok(())
+    }
 }
 
 pub fn reload() -> Result<(), ()> {
@@ -106,10 +186,10 @@ pub fn reload() -> Result<(), ()> {
     };
     if *running.config == config {
         tracing::info!("{file} reloaded; no setting changed");
-    } else {
-        running.config = Arc::new(config);
-        tracing::info!("{file} reloaded; new configuration in effect");
+        return Ok(());
     }
+    running.apply(config).map_err(|e| tracing::error!("{file} reloaded, but a subsystem failed to start: {e}"))?;
+    tracing::info!("{file} reloaded; new configuration in effect");
     Ok(())
 }
 

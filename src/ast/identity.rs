@@ -44,3 +44,9 @@ unsafe fn string_or_empty(p: *const c_char) -> String {
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
 }
+
+/// True once Asterisk has begun to shut down.
+pub fn shutting_down() -> bool {
+    // SAFETY: reads a core flag; callable from any thread.
+    unsafe { sys::ast_shutting_down() != 0 }
+}

@@ -7,3 +7,4 @@ mod entry;
 pub mod guard;
 pub mod identity;
 pub mod log;
+pub mod stasis;

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ impl Consul {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            // Its own process group: a Ctrl-C meant for us must not reach it before our teardown.
+            .process_group(0)
             .spawn()
             .expect("spawn consul");
         self.child = Some(child);
@@ -71,6 +74,20 @@ impl Consul {
     pub fn get(&self, path: &str) -> serde_json::Value {
         let body = ureq::get(&format!("{}{path}", self.url())).call().expect("consul GET").into_string().unwrap();
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// Writes a KV key.
+    pub fn put_kv(&self, key: &str, value: &str) {
+        self.put(&format!("/v1/kv/{key}"), value);
+    }
+
+    pub fn delete_kv(&self, key: &str) {
+        self.delete(&format!("/v1/kv/{key}"));
+    }
+
+    /// `/v1/health/service/<name>`: every instance with its checks.
+    pub fn health(&self, service: &str) -> Vec<serde_json::Value> {
+        self.get(&format!("/v1/health/service/{service}")).as_array().cloned().unwrap_or_default()
     }
 
     pub fn put(&self, path: &str, body: &str) {

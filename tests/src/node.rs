@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -216,6 +217,8 @@ impl Node {
                 .stdin(Stdio::null())
                 .stdout(console.try_clone().unwrap())
                 .stderr(console)
+                // Its own process group: a Ctrl-C meant for us must not reach it before our teardown.
+                .process_group(0)
                 .spawn()
                 .expect("spawn chroot asterisk");
             Process::Chroot(child)

@@ -16,12 +16,13 @@ pub struct PoolBuilder {
     consul: bool,
     rabbitmq: bool,
     preload_module: bool,
+    same_eid: bool,
     res_scale_conf: Option<String>,
 }
 
 impl Default for PoolBuilder {
     fn default() -> Self {
-        PoolBuilder { nodes: 1, consul: false, rabbitmq: false, preload_module: true, res_scale_conf: None }
+        PoolBuilder { nodes: 1, consul: false, rabbitmq: false, preload_module: true, same_eid: false, res_scale_conf: None }
     }
 }
 
@@ -44,6 +45,12 @@ impl PoolBuilder {
     /// Boot without `load => res_scale.so`; the test loads it with `module load`.
     pub fn without_module_loaded(mut self) -> Self {
         self.preload_module = false;
+        self
+    }
+
+    /// Gives every node the same entity ID (a misconfiguration res_scale must refuse).
+    pub fn same_eid(mut self) -> Self {
+        self.same_eid = true;
         self
     }
 
@@ -82,7 +89,7 @@ impl PoolBuilder {
         for i in 1..=self.nodes {
             let spec = NodeSpec {
                 name: format!("node{i}"),
-                eid: format!("02:{:02x}:{:02x}:00:00:{:02x}", salt >> 8, salt & 0xff, i),
+                eid: format!("02:{:02x}:{:02x}:00:00:{:02x}", salt >> 8, salt & 0xff, if self.same_eid { 1 } else { i }),
                 preload_module: self.preload_module,
                 res_scale_conf: Some(conf.clone()),
             };

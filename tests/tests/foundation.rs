@@ -113,30 +113,34 @@ fn reload_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
 
 #[test]
 fn twenty_unload_load_cycles_leak_no_threads() {
-    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    // With Consul, so that every cycle starts and stops real tasks and connections.
+    let pool = Pool::builder().with_consul().start();
     let node = pool.node(0);
     let workers = |names: Vec<String>| names.iter().filter(|n| n.starts_with("res_scale")).count();
 
-    // Let boot-time threads settle before taking the baseline.
+    assert!(workers(node.thread_names()) >= 2, "the runtime's two workers run while loaded");
+
+    // The baseline is Asterisk without the module; CLI connections come and go with their own
+    // threads, so counts are taken once they settle.
+    assert!(node.cli("module unload res_scale.so").contains("Unloaded res_scale.so"));
     std::thread::sleep(Duration::from_secs(1));
     let baseline = node.thread_count();
-    assert_eq!(workers(node.thread_names()), 2, "two runtime workers while loaded");
 
     for cycle in 1..=20 {
-        let out = node.cli("module unload res_scale.so");
-        assert!(out.contains("Unloaded res_scale.so"), "cycle {cycle}: {out}");
-        assert_eq!(workers(node.thread_names()), 0, "cycle {cycle}: runtime threads left after unload");
         let out = node.cli("module load res_scale.so");
         assert!(out.contains("Loaded res_scale.so"), "cycle {cycle}: {out}");
         assert!(node.cli("scale show status").contains("res_scale 0.1.0"), "cycle {cycle}");
+        let out = node.cli("module unload res_scale.so");
+        assert!(out.contains("Unloaded res_scale.so"), "cycle {cycle}: {out}");
+        assert_eq!(workers(node.thread_names()), 0, "cycle {cycle}: runtime threads left after unload");
     }
-
-    // CLI connections come and go with their own threads; wait for them to settle.
     let after = wait::until("thread count back to baseline", Duration::from_secs(10), Duration::from_millis(200), || {
         let n = node.thread_count();
         (n <= baseline).then_some(n)
     });
-    eprintln!("threads: baseline {baseline}, after 20 unload/load cycles {after}");
+    assert!(!node.log().contains("panic"), "{}", node.log());
+    assert!(node.cli("module load res_scale.so").contains("Loaded res_scale.so"));
+    eprintln!("threads without the module: {baseline} before 20 load/unload cycles, {after} after");
     assert!(node.cli("core show version").contains("Asterisk 22."));
 }
 

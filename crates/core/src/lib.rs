@@ -2,6 +2,10 @@
 //! Asterisk to these types, so everything in this crate is unit-tested without Asterisk.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod config;
+pub mod consul;
 pub mod duration;
+pub mod node_info;
+pub mod state_log;
 pub mod status;

@@ -100,3 +100,33 @@ mod tests {
         assert!(text.contains("  amqp            connected              published=3\n"), "{text}");
     }
 }
+
+/// `2026-11-22 13:40:01` (UTC) for a wall-clock time.
+pub fn format_utc(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3_600, rem / 60 % 60, rem % 60)
+}
+
+#[cfg(test)]
+mod utc_tests {
+    use super::format_utc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(format_utc(UNIX_EPOCH), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00");
+        assert_eq!(format_utc(UNIX_EPOCH + Duration::from_secs(1_795_345_201)), "2026-11-22 11:00:01");
+    }
+}

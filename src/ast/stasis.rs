@@ -1,0 +1,104 @@
+//! Stasis applications: registration in Asterisk and the event callback. The callback runs on
+//! an Asterisk thread, so it hands the event to a sink that must not block, and it is counted
+//! in flight so that unload can wait until no callback is still running in our code.
+
+use std::ffi::{CStr, CString};
+use std::marker::PhantomData;
+use std::os::raw::{c_char, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use res_scale_core::consul::apps::StasisApps;
+
+use crate::ast::guard::guarded;
+use crate::sys;
+
+/// Receives every event of the applications we registered. Called on Asterisk's threads:
+/// implementations copy what they need and return at once.
+pub trait EventSink: Send + Sync {
+    fn event(&self, app: &str, message: &Message<'_>);
+}
+
+/// An event as Asterisk made it, borrowed for the duration of the callback.
+pub struct Message<'a> {
+    json: *mut sys::ast_json,
+    _borrow: PhantomData<&'a sys::ast_json>,
+}
+
+impl Message<'_> {
+    /// The event as compact JSON text.
+    pub fn to_json(&self) -> Option<String> {
+        // SAFETY: json is the live message Asterisk lent to the callback; the dump is a fresh
+        // allocation that we copy and free with Asterisk's allocator.
+        unsafe {
+            let text = sys::ast_json_dump_string_format(self.json, sys::AST_JSON_COMPACT);
+            if text.is_null() {
+                return None;
+            }
+            let copy = CStr::from_ptr(text).to_string_lossy().into_owned();
+            sys::ast_json_free(text as *mut c_void);
+            Some(copy)
+        }
+    }
+}
+
+static SINK: RwLock<Option<Arc<dyn EventSink>>> = RwLock::new(None);
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets (or with `None` clears) where events go.
+pub fn set_sink(sink: Option<Arc<dyn EventSink>>) {
+    *SINK.write().unwrap_or_else(|e| e.into_inner()) = sink;
+}
+
+/// Waits until no callback runs in our code; false if some still did after `timeout`.
+pub fn wait_idle(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while IN_FLIGHT.load(Ordering::Acquire) > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+unsafe extern "C" fn on_event(_data: *mut c_void, app_name: *const c_char, message: *mut sys::ast_json) {
+    IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+    guarded("a Stasis event callback", (), || {
+        if app_name.is_null() || message.is_null() {
+            return;
+        }
+        // SAFETY: Asterisk passes the app's NUL-terminated name, valid during the call.
+        let app = unsafe { CStr::from_ptr(app_name) }.to_string_lossy();
+        let sink = SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sink) = sink {
+            sink.event(&app, &Message { json: message, _borrow: PhantomData });
+        }
+    });
+    IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Stasis applications registered through res_stasis.
+pub struct AsteriskStasis;
+
+impl StasisApps for AsteriskStasis {
+    fn register(&self, name: &str) -> Result<(), String> {
+        let c_name = CString::new(name).map_err(|_| "name contains NUL".to_string())?;
+        // SAFETY: valid C string; NULL data is allowed (res_stasis bumps it only if set); the
+        // callback is a plain function that lives as long as the (never unmapped) library.
+        let rc = unsafe { sys::stasis_app_register(c_name.as_ptr(), Some(on_event), std::ptr::null_mut()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!("stasis_app_register returned {rc}"))
+        }
+    }
+
+    fn unregister(&self, name: &str) {
+        if let Ok(c_name) = CString::new(name) {
+            // SAFETY: valid C string; unregistering an unknown name is a no-op in res_stasis.
+            unsafe { sys::stasis_app_unregister(c_name.as_ptr()) };
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Consul integration against a real Consul 1.8.7 agent and real Asterisk 22 nodes: node
+//! registration and health, agent restarts, Stasis applications from KV, outages, drain, and
+//! duplicate entity IDs.
+
+use std::time::{Duration, Instant};
+
+use res_scale_tests::{wait, Node, Pool};
+use serde_json::Value;
+
+/// Instances of the `asterisk` service keyed by their service ID.
+fn instances(pool: &Pool) -> Vec<Value> {
+    pool.consul.as_ref().unwrap().health("asterisk")
+}
+
+fn instance_of<'a>(all: &'a [Value], node: &Node) -> Option<&'a Value> {
+    all.iter().find(|i| i["Service"]["Meta"]["eid"] == node.eid.as_str())
+}
+
+fn passing(instance: &Value) -> bool {
+    instance["Checks"].as_array().unwrap().iter().all(|c| c["Status"] == "passing")
+}
+
+fn in_maintenance(instance: &Value) -> bool {
+    instance["Checks"].as_array().unwrap().iter().any(|c| c["CheckID"].as_str().unwrap().starts_with("_service_maintenance:"))
+}
+
+fn wait_registered(pool: &Pool, within: Duration) {
+    wait::until("every node registered and passing", within, Duration::from_millis(50), || {
+        let all = instances(pool);
+        pool.nodes.iter().all(|n| instance_of(&all, n).is_some_and(passing)).then_some(())
+    });
+}
+
+fn ari_apps(node: &Node) -> Vec<String> {
+    let reply = node.ari().get("/applications");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json().as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn nodes_register_with_health_and_meta_and_unload_deregisters() {
+    let mut pool = Pool::builder().nodes(2).with_consul().start();
+    wait_registered(&pool, Duration::from_secs(5));
+
+    let all = instances(&pool);
+    assert_eq!(all.len(), 2);
+    for node in &pool.nodes {
+        let s = &instance_of(&all, node).unwrap()["Service"];
+        assert_eq!(s["ID"], format!("asterisk-{}", node.eid.replace(':', "")));
+        assert_eq!(s["Address"], "127.0.0.1");
+        assert_eq!(s["Port"], node.sip_port);
+        assert!(s["Tags"].as_array().unwrap().contains(&Value::from("res_scale")));
+        assert_eq!(s["Meta"]["system_name"], node.name.as_str());
+        assert_eq!(s["Meta"]["ari_url"], format!("http://127.0.0.1:{}/ari", node.http_port));
+        assert!(s["Meta"]["asterisk_version"].as_str().unwrap().starts_with("22."), "{s}");
+        assert_eq!(s["Meta"]["res_scale_version"], "0.1.0");
+    }
+    let nodes = pool.node(0).cli("scale show nodes");
+    assert!(nodes.contains("2 node(s)"), "{nodes}");
+    assert!(nodes.lines().any(|l| l.starts_with("* asterisk-") && l.contains(&pool.node(0).eid) && l.contains("passing")), "{nodes}");
+    let status = pool.node(0).cli("scale show status");
+    assert!(status.lines().any(|l| l.trim_start().starts_with("consul") && l.contains("registered")), "{status}");
+
+    let gone = pool.node_mut(1);
+    assert!(gone.cli("module unload res_scale.so").contains("Unloaded"));
+    let eid = gone.eid.clone();
+    wait::until("node2's service to be gone", Duration::from_secs(3), Duration::from_millis(50), || {
+        let all = instances(&pool);
+        (all.len() == 1 && all.iter().all(|i| i["Service"]["Meta"]["eid"] != eid.as_str())).then_some(())
+    });
+}
+
+#[test]
+fn a_fresh_consul_agent_gets_the_nodes_and_apps_back_within_one_ttl() {
+    let mut pool = Pool::builder().nodes(2).with_consul().start();
+    wait_registered(&pool, Duration::from_secs(5));
+
+    let consul = pool.consul.as_mut().unwrap();
+    consul.restart();
+    let restarted = Instant::now();
+    // The pool's check_ttl is 3 s.
+    wait_registered(&pool, Duration::from_secs(3) + Duration::from_millis(800));
+    eprintln!("nodes registered again {:?} after the agent restart", restarted.elapsed());
+
+    pool.consul.as_ref().unwrap().put_kv("res_scale/apps/after-restart", "{\"name\":\"after-restart\"}");
+    for node in &pool.nodes {
+        wait::until("the app on every node", Duration::from_secs(5), Duration::from_millis(50), || {
+            ari_apps(node).contains(&"after-restart".to_string()).then_some(())
+        });
+    }
+}
+
+#[test]
+fn apps_in_consul_appear_and_disappear_on_every_node() {
+    let pool = Pool::builder().nodes(2).with_consul().start();
+    let consul = pool.consul.as_ref().unwrap();
+    wait_registered(&pool, Duration::from_secs(5));
+
+    consul.put_kv("res_scale/apps/conf", "{\"name\":\"conf\"}");
+    consul.put_kv("res_scale/apps/bad name", "{}");
+    let put = Instant::now();
+    for node in &pool.nodes {
+        wait::until("conf on every node within 1 s", Duration::from_secs(1), Duration::from_millis(10), || {
+            ari_apps(node).contains(&"conf".to_string()).then_some(())
+        });
+    }
+    eprintln!("conf registered on both nodes {:?} after the KV write", put.elapsed());
+    for node in &pool.nodes {
+        let apps = node.cli("scale show apps");
+        assert!(apps.lines().any(|l| l.trim_start().starts_with("conf ")), "{apps}");
+        assert!(apps.contains("Skipped invalid names: bad name"), "{apps}");
+        assert!(!ari_apps(node).contains(&"bad name".to_string()));
+        assert!(node.log().contains("skipping key 'res_scale/apps/bad name'"), "{}", node.log());
+    }
+    // The nodes publish the apps they run.
+    wait::until("apps in the node meta", Duration::from_secs(2), Duration::from_millis(50), || {
+        instances(&pool).iter().all(|i| i["Service"]["Meta"]["apps"] == "conf").then_some(())
+    });
+
+    consul.delete_kv("res_scale/apps/conf");
+    for node in &pool.nodes {
+        wait::until("conf gone on every node within 1 s", Duration::from_secs(1), Duration::from_millis(10), || {
+            (!ari_apps(node).contains(&"conf".to_string())).then_some(())
+        });
+        assert!(!node.cli("scale show apps").contains("conf "));
+    }
+}
+
+#[test]
+fn consul_down_for_ten_seconds_leaves_asterisk_answering_and_apps_registered() {
+    let mut pool = Pool::builder().nodes(2).with_consul().start();
+    wait_registered(&pool, Duration::from_secs(5));
+    pool.consul.as_ref().unwrap().put_kv("res_scale/apps/conf", "{}");
+    for node in &pool.nodes {
+        wait::until("conf registered", Duration::from_secs(2), Duration::from_millis(20), || ari_apps(node).contains(&"conf".to_string()).then_some(()));
+    }
+
+    let baseline: Vec<Duration> = (0..10).map(|_| pool.node(0).ari().get("/asterisk/info").elapsed).collect();
+    pool.consul.as_mut().unwrap().stop();
+    let down = Instant::now();
+    let mut worst = Duration::ZERO;
+    while down.elapsed() < Duration::from_secs(10) {
+        for node in &pool.nodes {
+            let reply = node.ari().get("/asterisk/info");
+            assert_eq!(reply.status, 200);
+            worst = worst.max(reply.elapsed);
+            assert!(node.cli("core show version").contains("Asterisk 22."));
+            assert!(ari_apps(node).contains(&"conf".to_string()), "apps stay registered while Consul is down");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("ARI /asterisk/info: worst {worst:?} during the outage, baseline max {:?}", baseline.iter().max().unwrap());
+    let status = pool.node(0).cli("scale show status");
+    assert!(status.lines().any(|l| l.trim_start().starts_with("consul") && l.contains("unreachable")), "{status}");
+    // One line per subsystem when Consul went away, not one per retry.
+    let log = pool.node(0).log();
+    assert_eq!(log.matches("consul: Consul unreachable").count(), 1, "{log}");
+    assert_eq!(log.matches("consul apps: cannot watch applications").count(), 1, "{log}");
+
+    pool.consul.as_mut().unwrap().restart();
+    pool.consul.as_ref().unwrap().put_kv("res_scale/apps/conf", "{}");
+    wait_registered(&pool, Duration::from_secs(5));
+    assert!(pool.node(0).log().contains("Consul reachable again") || pool.node(0).log().matches("registered as service").count() >= 2);
+}
+
+#[test]
+fn drain_puts_only_that_node_in_maintenance_and_back() {
+    let pool = Pool::builder().nodes(2).with_consul().start();
+    wait_registered(&pool, Duration::from_secs(5));
+    let (node1, node2) = (pool.node(0), pool.node(1));
+
+    let out = node1.cli("scale set drain on");
+    assert!(out.contains("Drain on") && out.contains("in maintenance"), "{out}");
+    let all = instances(&pool);
+    assert!(in_maintenance(instance_of(&all, node1).unwrap()));
+    assert!(!in_maintenance(instance_of(&all, node2).unwrap()));
+    assert!(node1.cli("scale show status").contains("drain: on"));
+    assert!(node2.cli("scale show nodes").lines().any(|l| l.contains(&node1.eid) && l.contains("maintenance")));
+
+    let out = node1.cli("scale set drain off");
+    assert!(out.contains("out of maintenance"), "{out}");
+    let all = instances(&pool);
+    assert!(!in_maintenance(instance_of(&all, node1).unwrap()));
+    assert!(node1.cli("scale show status").contains("drain: off"));
+    assert!(node1.cli("scale set drain maybe").contains("Usage: scale set drain"));
+}
+
+#[test]
+fn a_second_node_with_the_same_eid_is_refused() {
+    let pool = Pool::builder().nodes(2).same_eid().without_module_loaded().with_consul().start();
+    let (node1, node2) = (pool.node(0), pool.node(1));
+    node1.cli("module load res_scale.so");
+    wait::until("node1 registered", Duration::from_secs(5), Duration::from_millis(50), || {
+        instances(&pool).iter().any(|i| i["Service"]["Meta"]["system_name"] == "node1" && passing(i)).then_some(())
+    });
+    node2.cli("module load res_scale.so");
+    let log = wait::until("node2 to refuse", Duration::from_secs(5), Duration::from_millis(50), || {
+        let log = node2.log();
+        log.contains("not registering: another live node uses EID").then_some(log)
+    });
+    assert!(log.contains(&format!("uses EID {}", node2.eid)) && log.contains("give every node its own entityid"), "{log}");
+    std::thread::sleep(Duration::from_secs(1));
+    let all = instances(&pool);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["Service"]["Meta"]["system_name"], "node1", "node1's registration stays");
+    assert!(node2.cli("scale show status").contains("refused: duplicate EID"));
+}

@@ -51,6 +51,7 @@ fn main() {
         .allowlist_function("ast_config_destroy|ast_category_browse_filtered|ast_category_first|ast_category_get_name")
         .allowlist_function("ast_eid_to_str|ast_get_version|ast_debug_get_by_module")
         .allowlist_function("stasis_app_register|stasis_app_unregister|ast_json_dump_string_format|ast_json_free")
+        .allowlist_function("ast_json_object_get|ast_json_string_get")
         .allowlist_function("ast_shutting_down")
         .allowlist_type("ast_json_encoding_format")
         .allowlist_function("res_scale_.*")

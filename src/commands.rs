@@ -1,6 +1,7 @@
 //! The `scale ...` CLI commands. They read the module's state and never wait on the network,
 //! except `scale set drain`, which waits a bounded time for Consul's answer.
 
+use res_scale_core::amqp::show::{self as amqp_show, AmqpView};
 use res_scale_core::consul::show;
 use res_scale_core::status::{StatusReport, SubsystemLine};
 
@@ -9,10 +10,10 @@ use crate::ast::identity;
 use crate::lifecycle::{self, Running};
 
 #[cfg(not(feature = "test-hooks"))]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SET_DRAIN];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SET_DRAIN];
 
 #[cfg(feature = "test-hooks")]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SET_DRAIN, TEST_PANIC];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SET_DRAIN, TEST_PANIC];
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
@@ -34,7 +35,7 @@ fn show_status(running: &Running) -> Outcome {
     let config = &running.config;
     let not_yet = |name: &'static str, enabled: bool| SubsystemLine {
         name,
-        // Not started yet: the AMQP and registration issues fill these lines.
+        // Not started yet: the registrations issue fills this line.
         state: if enabled { "not implemented yet" } else { "disabled" }.into(),
         counters: vec![],
     };
@@ -59,7 +60,7 @@ fn show_status(running: &Running) -> Outcome {
         uptime: running.started.elapsed(),
         config_source: running.config_source.clone(),
         config: config.summary(),
-        subsystems: vec![consul, not_yet("amqp", config.amqp.enabled), not_yet("registrations", config.registrations.enabled)],
+        subsystems: vec![consul, amqp_line(running), not_yet("registrations", config.registrations.enabled)],
     };
     let mut out = report.render();
     if let Some(c) = &running.consul {
@@ -71,6 +72,43 @@ fn show_status(running: &Running) -> Outcome {
     }
     Outcome::Output(out)
 }
+
+/// Runs `f` on a snapshot of the AMQP subsystem, if it runs.
+fn with_amqp<R>(running: &Running, f: impl FnOnce(&AmqpView<'_>) -> R) -> Option<R> {
+    let amqp = running.amqp.as_ref()?;
+    let status = amqp.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let settings = &running.config.amqp;
+    let view = AmqpView {
+        status: &status,
+        counters: &amqp.pipe.counters,
+        depth: amqp.pipe.queue.depth(),
+        capacity: amqp.pipe.queue.capacity(),
+        exchange: &settings.events_exchange,
+        persistent: settings.persistent,
+        confirms: settings.confirms,
+    };
+    Some(f(&view))
+}
+
+fn amqp_line(running: &Running) -> SubsystemLine {
+    with_amqp(running, amqp_show::status_line).unwrap_or(SubsystemLine { name: "amqp", state: "disabled".into(), counters: vec![] })
+}
+
+const SHOW_AMQP: Command = Command {
+    words: c"scale show amqp",
+    summary: c"Show the forwarding of Stasis events to RabbitMQ",
+    usage: c"Usage: scale show amqp\n       Shows the connection state, the broker in use, the exchange, the event\n       queue's depth and capacity, and the counters: queued, published,\n       confirmed, dropped (queue full: the newest event is dropped), malformed,\n       nacked, reconnects, and the last error.\n",
+    run: |args| {
+        if !args.is_empty() {
+            return Outcome::ShowUsage;
+        }
+        with_running(|running| match with_amqp(running, amqp_show::render) {
+            Some(text) => Outcome::Output(text),
+            None => Outcome::Failed("AMQP is disabled in res_scale.conf\n".into()),
+        })
+    },
+    complete: no_completion,
+};
 
 const SHOW_NODES: Command = Command {
     words: c"scale show nodes",

@@ -1,16 +1,37 @@
-//! Where the Stasis callback delivers events: for now every event is counted per application
-//! (forwarding to RabbitMQ arrives with the AMQP subsystem).
+//! Where the Stasis callback delivers events: each event of one of our applications is counted
+//! and, when AMQP is enabled, turned into a message and queued for the publisher. Everything
+//! here runs on Asterisk's threads and never waits: a full queue drops the event and counts it.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
+use res_scale_core::amqp::event::{Counters, Event, EventQueue};
 use res_scale_core::consul::apps::EventCounters;
 
 use crate::ast::stasis::{EventSink, Message};
 
-pub struct CountingSink(pub Arc<EventCounters>);
+pub struct Forwarder {
+    pub apps: Arc<EventCounters>,
+    /// Swapped when AMQP is switched on or off by a reload.
+    pub queue: RwLock<Option<(EventQueue, Arc<Counters>)>>,
+}
 
-impl EventSink for CountingSink {
-    fn event(&self, app: &str, _message: &Message<'_>) {
-        self.0.count(app);
+impl EventSink for Forwarder {
+    fn event(&self, app: &str, message: &Message<'_>) {
+        // Events of an application we no longer run (a late callback) are not forwarded.
+        if !self.apps.count(app) {
+            return;
+        }
+        let queue = self.queue.read().unwrap_or_else(|e| e.into_inner());
+        let Some((queue, counters)) = queue.as_ref() else { return };
+        let event_type = message.event_type().unwrap_or_default();
+        match message.to_json().and_then(|json| Event::new(app, &event_type, &json)) {
+            Some(event) => {
+                queue.push(event);
+            }
+            None => {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }

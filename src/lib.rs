@@ -2,8 +2,9 @@
 //!
 //! Layout: `sys` holds the generated bindings and `ast` the safe wrappers over them (the only
 //! `unsafe` code); `lifecycle` owns load/unload/reload and the per-load state; `commands` holds
-//! the CLI commands; `consul`, `events` and `node` adapt the core crate's subsystems to Asterisk. Domain logic lives in the `res-scale-core` crate.
+//! the CLI commands; `amqp`, `consul`, `events` and `node` adapt the core crate's subsystems to Asterisk. Domain logic lives in the `res-scale-core` crate.
 
+mod amqp;
 mod ast;
 mod commands;
 mod consul;

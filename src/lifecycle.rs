@@ -9,11 +9,12 @@ use res_scale_core::config::{self, Config, ConfigError, RawConfig};
 use res_scale_core::consul::apps::{self, AppsTable, EventCounters};
 use res_scale_core::consul::registration::NodeIdentity;
 
+use crate::amqp::{Amqp, EventPipe};
 use crate::ast::stasis::{self, AsteriskStasis};
 use crate::ast::{self, cli, identity};
 use crate::commands;
 use crate::consul::Consul;
-use crate::events::CountingSink;
+use crate::events::Forwarder;
 use crate::node;
 
 /// Everything that exists while the module is loaded.
@@ -29,6 +30,10 @@ pub struct Running {
     pub apps: Arc<Mutex<AppsTable>>,
     pub counters: Arc<EventCounters>,
     pub consul: Option<Consul>,
+    pub amqp: Option<Amqp>,
+    /// The event queue while the publisher is being restarted by a reload.
+    parked_pipe: Option<EventPipe>,
+    forwarder: Arc<Forwarder>,
     runtime: Option<tokio::runtime::Runtime>,
     cli: Option<cli::Registration>,
 }
@@ -64,7 +69,8 @@ pub fn load() -> Result<(), ()> {
     let node = node::identity(&config, &eid, &system_name);
     let apps = Arc::new(Mutex::new(AppsTable::default()));
     let counters = Arc::new(EventCounters::default());
-    stasis::set_sink(Some(Arc::new(CountingSink(counters.clone()))));
+    let forwarder = Arc::new(Forwarder { apps: counters.clone(), queue: Default::default() });
+    stasis::set_sink(Some(forwarder.clone()));
     let mut running = Running {
         config: Arc::new(config),
         config_source,
@@ -75,6 +81,9 @@ pub fn load() -> Result<(), ()> {
         apps,
         counters,
         consul: None,
+        amqp: None,
+        parked_pipe: None,
+        forwarder,
         runtime: Some(runtime),
         cli: None,
     };
@@ -115,6 +124,12 @@ impl Running {
     }
 
     fn start_subsystems(&mut self) -> Result<(), String> {
+        self.start_consul()?;
+        self.start_amqp();
+        Ok(())
+    }
+
+    fn start_consul(&mut self) -> Result<(), String> {
         if self.config.consul.enabled {
             let consul = Consul::start(self.runtime().handle(), &self.config.consul, self.node.clone(), self.apps.clone(), self.counters.clone())?;
             self.consul = Some(consul);
@@ -122,22 +137,51 @@ impl Running {
         Ok(())
     }
 
-    fn stop_subsystems(&mut self) {
+    fn stop_consul(&mut self) {
         if let Some(consul) = self.consul.take() {
             consul.stop(self.runtime());
         }
     }
 
-    /// Everything down, in the order that keeps Asterisk safe: no CLI, no tasks, no Stasis
-    /// applications, no callback in flight, then the threads.
+    /// Starts the publisher on the queue kept from a previous one, if any.
+    fn start_amqp(&mut self) {
+        let parked = self.parked_pipe.take();
+        let mut queue = self.forwarder.queue.write().unwrap_or_else(|e| e.into_inner());
+        if !self.config.amqp.enabled {
+            if let Some(depth) = parked.map(|p| p.queue.depth()).filter(|d| *d > 0) {
+                tracing::warn!("amqp: disabled; {depth} queued event(s) discarded");
+            }
+            *queue = None;
+            return;
+        }
+        let pipe = parked.unwrap_or_else(|| EventPipe::new(self.config.amqp.queue_capacity));
+        if pipe.queue.capacity() != self.config.amqp.queue_capacity {
+            tracing::info!("amqp: queue_capacity {} takes effect at the next module load; the queue keeps {}", self.config.amqp.queue_capacity, pipe.queue.capacity());
+        }
+        *queue = Some((pipe.queue.clone(), pipe.counters.clone()));
+        drop(queue);
+        self.amqp = Some(Amqp::start(self.runtime().handle(), &self.config.amqp, &self.node, pipe));
+    }
+
+    /// Stops the publisher; its queue is parked for the next one (and keeps filling meanwhile).
+    fn stop_amqp(&mut self) {
+        if let Some(amqp) = self.amqp.take() {
+            self.parked_pipe = Some(amqp.stop(self.runtime()));
+        }
+    }
+
+    /// Everything down, in the order that keeps Asterisk safe and loses nothing avoidable: no
+    /// CLI, no Consul tasks, no Stasis applications, no callback in flight, then the publisher
+    /// flushes what was queued, then the threads.
     fn stop(&mut self) {
         drop(self.cli.take());
-        self.stop_subsystems();
+        self.stop_consul();
         apps::close(&self.apps, &AsteriskStasis, &self.counters);
         if !stasis::wait_idle(SHUTDOWN_TIMEOUT) {
             tracing::warn!("a Stasis callback was still running after {SHUTDOWN_TIMEOUT:?}");
         }
         stasis::set_sink(None);
+        self.stop_amqp();
         if let Some(runtime) = self.runtime.take() {
             // Joins the worker threads, waiting at most SHUTDOWN_TIMEOUT for tasks to stop.
             runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
@@ -152,8 +196,12 @@ impl Running {
             self.node = node::identity(&self.config, &self.eid, &self.system_name);
         }
         if identity_changed || old.consul != self.config.consul {
-            self.stop_subsystems();
-            self.start_subsystems()?;
+            self.stop_consul();
+            self.start_consul()?;
+        }
+        if identity_changed || old.amqp != self.config.amqp {
+            self.stop_amqp();
+            self.start_amqp();
         }
         Ok(())
     }

@@ -27,6 +27,20 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
+    /// The event's `type` member, e.g. `StasisStart`.
+    pub fn event_type(&self) -> Option<String> {
+        // SAFETY: json is live during the callback; object_get returns a borrowed member (or
+        // NULL), string_get a borrowed string (or NULL when the member is not a string).
+        unsafe {
+            let member = sys::ast_json_object_get(self.json, c"type".as_ptr());
+            if member.is_null() {
+                return None;
+            }
+            let text = sys::ast_json_string_get(member);
+            (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
+        }
+    }
+
     /// The event as compact JSON text.
     pub fn to_json(&self) -> Option<String> {
         // SAFETY: json is the live message Asterisk lent to the callback; the dump is a fresh

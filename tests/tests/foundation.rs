@@ -113,8 +113,8 @@ fn reload_applies_a_valid_config_and_keeps_the_old_one_on_errors() {
 
 #[test]
 fn twenty_unload_load_cycles_leak_no_threads() {
-    // With Consul, so that every cycle starts and stops real tasks and connections.
-    let pool = Pool::builder().with_consul().start();
+    // With Consul and RabbitMQ, so that every cycle starts and stops real tasks and connections.
+    let pool = Pool::builder().with_consul().with_rabbitmq().start();
     let node = pool.node(0);
     let workers = |names: Vec<String>| names.iter().filter(|n| n.starts_with("res_scale")).count();
 
@@ -129,7 +129,11 @@ fn twenty_unload_load_cycles_leak_no_threads() {
     for cycle in 1..=20 {
         let out = node.cli("module load res_scale.so");
         assert!(out.contains("Loaded res_scale.so"), "cycle {cycle}: {out}");
-        assert!(node.cli("scale show status").contains("res_scale 0.1.0"), "cycle {cycle}");
+        wait::until("consul registered and amqp connected", Duration::from_secs(5), Duration::from_millis(20), || {
+            let status = node.cli("scale show status");
+            let line = |name: &str| status.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or("").to_string();
+            (line("consul").contains("registered") && line("amqp").contains("connected")).then_some(())
+        });
         let out = node.cli("module unload res_scale.so");
         assert!(out.contains("Unloaded res_scale.so"), "cycle {cycle}: {out}");
         assert_eq!(workers(node.thread_names()), 0, "cycle {cycle}: runtime threads left after unload");

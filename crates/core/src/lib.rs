@@ -2,6 +2,7 @@
 //! Asterisk to these types, so everything in this crate is unit-tested without Asterisk.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod backoff;
 pub mod config;
 pub mod consul;

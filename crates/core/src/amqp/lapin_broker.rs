@@ -1,0 +1,116 @@
+//! The real broker: RabbitMQ over lapin (AMQP 0-9-1, amqps with the system's CA store).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use super::event::Event;
+use super::publisher::{Broker, Link};
+
+/// A broker that does not answer the AMQP handshake in this time counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct LapinBroker {
+    pub exchange: String,
+    pub eid: String,
+    pub persistent: bool,
+    pub confirms: bool,
+    /// Shown in RabbitMQ's management UI and `rabbitmqctl list_connections`.
+    pub connection_name: String,
+    pub heartbeat: Duration,
+}
+
+pub struct LapinLink {
+    connection: Connection,
+    channel: Channel,
+    exchange: String,
+    eid: String,
+    delivery_mode: u8,
+}
+
+/// The URL with the configured heartbeat, unless the URL sets one itself.
+fn with_heartbeat(url: &str, heartbeat: Duration) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_string();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}heartbeat={}", heartbeat.as_secs())
+}
+
+fn text(e: lapin::Error) -> String {
+    e.to_string()
+}
+
+impl Broker for LapinBroker {
+    type Link = LapinLink;
+
+    async fn connect(&self, url: &str) -> Result<LapinLink, String> {
+        let properties = ConnectionProperties::default().with_connection_name(self.connection_name.clone().into());
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&with_heartbeat(url, self.heartbeat), properties))
+            .await
+            .map_err(|_| format!("no AMQP handshake within {CONNECT_TIMEOUT:?}"))?
+            .map_err(text)?;
+        let channel = connection.create_channel().await.map_err(text)?;
+        let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(self.exchange.clone().into(), ExchangeKind::Topic, options, FieldTable::default())
+            .await
+            .map_err(|e| format!("declaring exchange '{}': {e}", self.exchange))?;
+        if self.confirms {
+            channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(text)?;
+        }
+        Ok(LapinLink {
+            connection,
+            channel,
+            exchange: self.exchange.clone(),
+            eid: self.eid.clone(),
+            delivery_mode: if self.persistent { 2 } else { 1 },
+        })
+    }
+}
+
+impl Link for LapinLink {
+    type Confirm = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
+
+    async fn publish(&mut self, routing_key: &str, event: &Event) -> Result<Self::Confirm, String> {
+        let mut headers = FieldTable::default();
+        headers.insert("application".into(), AMQPValue::LongString(event.app.clone().into()));
+        headers.insert("asterisk_id".into(), AMQPValue::LongString(self.eid.clone().into()));
+        headers.insert("event_type".into(), AMQPValue::LongString(event.event_type.clone().into()));
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(self.delivery_mode)
+            .with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(self.exchange.clone().into(), routing_key.into(), BasicPublishOptions::default(), &event.body, properties)
+            .await
+            .map_err(text)?;
+        Ok(Box::pin(async move {
+            match confirm.await.map_err(text)? {
+                Confirmation::Nack(_) => Ok(false),
+                _ => Ok(true),
+            }
+        }))
+    }
+
+    async fn close(self) {
+        let _ = self.connection.close(200, "res_scale stopping".into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_added_unless_the_url_has_one() {
+        assert_eq!(with_heartbeat("amqp://h/%2f", Duration::from_secs(30)), "amqp://h/%2f?heartbeat=30");
+        assert_eq!(with_heartbeat("amqp://h/%2f?frame_max=8192", Duration::ZERO), "amqp://h/%2f?frame_max=8192&heartbeat=0");
+        assert_eq!(with_heartbeat("amqp://h/?heartbeat=5", Duration::from_secs(30)), "amqp://h/?heartbeat=5");
+    }
+}

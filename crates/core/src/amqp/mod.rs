@@ -1,0 +1,7 @@
+//! Stasis events to RabbitMQ: the bounded queue filled on Asterisk's threads, and the
+//! publisher that empties it.
+
+pub mod event;
+pub mod lapin_broker;
+pub mod publisher;
+pub mod show;

@@ -1,0 +1,76 @@
+//! The AMQP subsystem of a loaded module: the event queue (filled by the Stasis callback) and
+//! the publisher task that empties it into RabbitMQ.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use res_scale_core::amqp::event::{Counters, EventQueue};
+use res_scale_core::amqp::lapin_broker::LapinBroker;
+use res_scale_core::amqp::publisher::{AmqpStatus, Outbox, Publisher};
+use res_scale_core::config;
+use res_scale_core::consul::registration::NodeIdentity;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The publisher flushes for up to 2 s at shutdown; this leaves it room to close cleanly.
+const STOP_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The queue and its counters: created once per load, kept across publisher restarts.
+#[derive(Clone)]
+pub struct EventPipe {
+    pub queue: EventQueue,
+    pub counters: Arc<Counters>,
+    outbox: Arc<Outbox>,
+}
+
+impl EventPipe {
+    pub fn new(capacity: usize) -> EventPipe {
+        let counters = Arc::new(Counters::default());
+        let (queue, rx) = EventQueue::new(capacity, counters.clone());
+        EventPipe { queue, counters, outbox: Arc::new(Outbox::new(rx)) }
+    }
+}
+
+pub struct Amqp {
+    pub pipe: EventPipe,
+    pub status: Arc<Mutex<AmqpStatus>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Amqp {
+    pub fn start(runtime: &tokio::runtime::Handle, settings: &config::Amqp, node: &NodeIdentity, pipe: EventPipe) -> Amqp {
+        let status = Arc::new(Mutex::new(AmqpStatus { state: "connecting".into(), ..Default::default() }));
+        let broker = LapinBroker {
+            exchange: settings.events_exchange.clone(),
+            eid: node.eid.clone(),
+            persistent: settings.persistent,
+            confirms: settings.confirms,
+            connection_name: format!("res_scale {} ({})", node.node_id, node.system_name),
+            heartbeat: settings.heartbeat,
+        };
+        let publisher = Publisher {
+            broker: Arc::new(broker),
+            urls: settings.urls.clone(),
+            eid: node.eid.clone(),
+            confirms: settings.confirms,
+            counters: pipe.counters.clone(),
+            status: status.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn_on(publisher.run(pipe.outbox.clone(), shutdown.clone()), runtime);
+        tracker.close();
+        Amqp { pipe, status, shutdown, tracker }
+    }
+
+    /// Stops the publisher after it flushed what it could; the queue stays with the pipe.
+    pub fn stop(self, runtime: &tokio::runtime::Runtime) -> EventPipe {
+        self.shutdown.cancel();
+        // The timer must be created inside the runtime, hence the async block.
+        if runtime.block_on(async { tokio::time::timeout(STOP_TIMEOUT, self.tracker.wait()).await }).is_err() {
+            tracing::warn!("amqp: the publisher did not stop within {STOP_TIMEOUT:?}");
+        }
+        self.pipe
+    }
+}

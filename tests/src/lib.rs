@@ -5,6 +5,7 @@
 //! Provisioning (the Asterisk rootfs/image, Consul, RabbitMQ, SIPp, pjsua2) is done once by
 //! `tests/provision.sh`; this crate reads what it produced from `testbed.env`.
 
+pub mod amqp;
 pub mod ari;
 pub mod consul;
 pub mod node;

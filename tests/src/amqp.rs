@@ -1,0 +1,259 @@
+//! A small blocking AMQP 0-9-1 client for the tests, on lapin 4: binds a queue to the module's
+//! exchange, drains what the module published, purges, publishes.
+//!
+//! Every call opens its own connection and closes it before returning, so a probe outlives broker
+//! restarts without any reconnect logic. Connecting is retried for a few seconds (a broker that
+//! just came back may refuse for a moment); any other failure panics with what was being done.
+//!
+//! The probe owns a one-worker tokio runtime: lapin's I/O thread needs a reactor that keeps
+//! running between our own awaits, which a current-thread runtime only does inside `block_on`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+/// How long a broker that refuses connections is retried before the probe panics.
+const CONNECT_FOR: Duration = Duration::from_secs(15);
+/// The bound of a single call, on top of any wait the caller asked for.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One message taken from a queue.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub routing_key: String,
+    pub body: String,
+    /// The body parsed as JSON, `Value::Null` when it is not JSON.
+    pub json: serde_json::Value,
+    /// The AMQP header table, each value rendered as a string (long and short strings as their
+    /// text, numbers and booleans as written by Rust, nested tables and arrays in debug form).
+    pub headers: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+    pub delivery_mode: Option<u8>,
+}
+
+pub struct AmqpProbe {
+    url: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl AmqpProbe {
+    pub fn new(url: &str) -> AmqpProbe {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("amqp-probe")
+            .enable_all()
+            .build()
+            .expect("build the AMQP probe's tokio runtime");
+        AmqpProbe { url: url.to_string(), rt }
+    }
+
+    /// Declares `exchange` as a durable topic exchange (the module's declaration), a durable,
+    /// non-exclusive, non-auto-delete queue `queue`, and binds them with `binding_key`
+    /// (e.g. `stasis.app.conf.#`). Idempotent.
+    pub fn bind_queue(&self, queue: &str, exchange: &str, binding_key: &str) {
+        let what = format!("bind queue {queue:?} to exchange {exchange:?} with {binding_key:?}");
+        self.run(&what, CALL_TIMEOUT, |ch| async move {
+            let exchange_options = ExchangeDeclareOptions { durable: true, auto_delete: false, ..Default::default() };
+            ch.exchange_declare(short(exchange), ExchangeKind::Topic, exchange_options, FieldTable::default())
+                .await
+                .unwrap_or_else(|e| panic!("AMQP exchange.declare {exchange:?} (durable topic): {e}"));
+            let queue_options = QueueDeclareOptions { durable: true, exclusive: false, auto_delete: false, ..Default::default() };
+            ch.queue_declare(short(queue), queue_options, FieldTable::default())
+                .await
+                .unwrap_or_else(|e| panic!("AMQP queue.declare {queue:?} (durable): {e}"));
+            ch.queue_bind(short(queue), short(exchange), short(binding_key), QueueBindOptions::default(), FieldTable::default())
+                .await
+                .unwrap_or_else(|e| panic!("AMQP queue.bind {queue:?} -> {exchange:?} ({binding_key:?}): {e}"));
+        });
+    }
+
+    /// Takes messages off `queue` (basic.get, auto-ack) until at least `min` arrived or `within`
+    /// passed, then whatever else is there right away; returns them in arrival order.
+    pub fn drain(&self, queue: &str, min: usize, within: Duration) -> Vec<Received> {
+        let what = format!("drain queue {queue:?} (at least {min} within {within:?})");
+        self.run(&what, within + CALL_TIMEOUT, |ch| async move {
+            let deadline = Instant::now() + within;
+            let mut got = Vec::new();
+            loop {
+                let message = ch
+                    .basic_get(short(queue), BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap_or_else(|e| panic!("AMQP basic.get {queue:?}: {e}"));
+                match message {
+                    Some(message) => got.push(received(message.delivery)),
+                    None if got.len() >= min || Instant::now() >= deadline => break,
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            got
+        })
+    }
+
+    /// Drops every message waiting in `queue`.
+    pub fn purge(&self, queue: &str) {
+        self.run(&format!("purge queue {queue:?}"), CALL_TIMEOUT, |ch| async move {
+            ch.queue_purge(short(queue), QueuePurgeOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("AMQP queue.purge {queue:?}: {e}"));
+        });
+    }
+
+    /// Publishes one message (content type application/json, no headers, no confirm), returning
+    /// once the broker has processed it (the channel's close handshake comes after it).
+    pub fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
+        let what = format!("publish to exchange {exchange:?} with routing key {routing_key:?}");
+        self.run(&what, CALL_TIMEOUT, |ch| async move {
+            ch.basic_publish(short(exchange), short(routing_key), BasicPublishOptions::default(), body, json_properties())
+                .await
+                .unwrap_or_else(|e| panic!("AMQP basic.publish to {exchange:?} ({routing_key:?}): {e}"));
+            // The channel's close handshake comes after the message in the broker's order.
+            ch.close(200, "OK".into()).await.unwrap_or_else(|e| panic!("AMQP channel.close after a publish: {e}"));
+        });
+    }
+
+    /// The benchmark baseline: publishes every body in order on one channel, without publisher
+    /// confirms, as fast as lapin takes them (each publish is handed to lapin at once; only a
+    /// window of them is awaited for being written out). Returns the time from the first publish
+    /// to the broker's answer to the channel close, which comes after the last message.
+    pub fn publish_burst(&self, exchange: &str, routing_key_for: impl Fn(usize) -> String, bodies: &[Vec<u8>]) -> Duration {
+        const WINDOW: usize = 1024;
+        let what = format!("publish a burst of {} messages to exchange {exchange:?}", bodies.len());
+        let keys: Vec<ShortString> = (0..bodies.len()).map(|i| short(&routing_key_for(i))).collect();
+        let within = CALL_TIMEOUT + Duration::from_millis(bodies.len() as u64);
+        self.run(&what, within, |ch| async move {
+            let start = Instant::now();
+            let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
+            for (key, body) in keys.into_iter().zip(bodies) {
+                let mut publish = Box::pin(ch.basic_publish(
+                    short(exchange),
+                    key,
+                    BasicPublishOptions::default(),
+                    body,
+                    json_properties(),
+                ));
+                // One poll queues the frames in lapin; the rest only reports them written.
+                let first = std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await;
+                match first {
+                    std::task::Poll::Ready(done) => {
+                        done.unwrap_or_else(|e| panic!("AMQP basic.publish to {exchange:?}: {e}"));
+                    }
+                    std::task::Poll::Pending => pending.push_back(publish),
+                }
+                while pending.len() >= WINDOW {
+                    pending.pop_front().unwrap().await.unwrap_or_else(|e| panic!("AMQP basic.publish to {exchange:?}: {e}"));
+                }
+            }
+            for publish in pending {
+                publish.await.unwrap_or_else(|e| panic!("AMQP basic.publish to {exchange:?}: {e}"));
+            }
+            ch.close(200, "OK".into()).await.unwrap_or_else(|e| panic!("AMQP channel.close after the burst: {e}"));
+            start.elapsed()
+        })
+    }
+
+    /// Opens a connection and a channel, runs `body` on the channel, closes the connection.
+    fn run<T, F, Fut>(&self, what: &str, within: Duration, body: F) -> T
+    where
+        F: FnOnce(Channel) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.rt.block_on(async {
+            let (conn, ch) = timeout(what, CALL_TIMEOUT, self.open()).await;
+            let value = timeout(what, within, body(ch.clone())).await;
+            timeout(what, CALL_TIMEOUT, close(conn, ch)).await;
+            value
+        })
+    }
+
+    async fn open(&self) -> (Connection, Channel) {
+        let deadline = Instant::now() + CONNECT_FOR;
+        let properties = ConnectionProperties::default().with_connection_name("res_scale-tests-probe".into());
+        let conn = loop {
+            match Connection::connect(&self.url, properties.clone()).await {
+                Ok(conn) => break conn,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("AMQP connect to {} failed for {CONNECT_FOR:?}: {e}", self.url),
+            }
+        };
+        let ch = conn.create_channel().await.unwrap_or_else(|e| panic!("AMQP channel.open: {e}"));
+        (conn, ch)
+    }
+}
+
+/// Closes the channel, then the connection. Closing the connection while a channel close is
+/// still in flight (as dropping the last clone of a `Channel` starts one) fails with "invalid
+/// channel state: Closing", so the channel is closed first and explicitly.
+async fn close(conn: Connection, ch: Channel) {
+    if ch.status().connected() {
+        ch.close(200, "OK".into()).await.unwrap_or_else(|e| panic!("AMQP channel.close: {e}"));
+    }
+    // A connection the broker already closed has nothing left to close.
+    if conn.status().connected() {
+        conn.close(200, "OK".into()).await.unwrap_or_else(|e| panic!("AMQP connection.close: {e}"));
+    }
+}
+
+async fn timeout<T>(what: &str, within: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(within, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("AMQP probe: timed out after {within:?} trying to {what}"),
+    }
+}
+
+/// An AMQP short string (at most 255 bytes: lapin's `From<&str>` would panic without saying which).
+fn short(s: &str) -> ShortString {
+    ShortString::try_new(s).unwrap_or_else(|e| panic!("AMQP name {s:?}: {e}"))
+}
+
+fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}
+
+fn received(delivery: lapin::message::Delivery) -> Received {
+    let properties = &delivery.properties;
+    let headers = properties
+        .headers()
+        .as_ref()
+        .map(|table| table.inner().iter().map(|(k, v)| (k.to_string(), render(v))).collect())
+        .unwrap_or_default();
+    let body = String::from_utf8_lossy(&delivery.data).into_owned();
+    Received {
+        routing_key: delivery.routing_key.to_string(),
+        json: serde_json::from_slice(&delivery.data).unwrap_or(serde_json::Value::Null),
+        body,
+        headers,
+        content_type: properties.content_type().as_ref().map(ToString::to_string),
+        delivery_mode: *properties.delivery_mode(),
+    }
+}
+
+fn render(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => s.to_string(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
+        AMQPValue::Void => String::new(),
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,204 @@
+//! Stasis events to RabbitMQ, end to end: real calls in real Asterisk 22 nodes, a real Consul
+//! naming the application, a real RabbitMQ, and a consumer bound like an application would be.
+
+use std::time::{Duration, Instant};
+
+use res_scale_tests::amqp::{AmqpProbe, Received};
+use res_scale_tests::{wait, Node, Pool};
+
+const EXCHANGE: &str = "res_scale.events";
+
+/// Puts `app` in Consul and waits until every node runs it.
+fn create_app(pool: &Pool, app: &str) {
+    pool.consul.as_ref().unwrap().put_kv(&format!("res_scale/apps/{app}"), "{}");
+    for node in &pool.nodes {
+        wait::until(&format!("{app} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || {
+            (node.ari().get(&format!("/applications/{app}")).status == 200).then_some(())
+        });
+    }
+}
+
+fn wait_connected(node: &Node) {
+    wait::until("amqp connected", Duration::from_secs(10), Duration::from_millis(50), || {
+        node.cli("scale show amqp").contains("State:         connected").then_some(())
+    });
+}
+
+/// Originates a Local channel straight into Stasis `app` and returns its id.
+fn call_into(node: &Node, app: &str) -> String {
+    let reply = node.ari().post(&format!("/channels?endpoint=Local/100@from-sip&app={app}"));
+    assert_eq!(reply.status, 200, "originate: {}", reply.body);
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+fn hang_up(node: &Node, channel: &str) {
+    let reply = node.ari().delete(&format!("/channels/{channel}"));
+    assert!(matches!(reply.status, 204 | 404), "hangup: {}", reply.body);
+}
+
+/// The event types of one channel's events, in arrival order.
+fn types_of(messages: &[Received], channel: &str) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.json["channel"]["id"] == channel)
+        .map(|m| m.json["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn has_start_then_end(types: &[String]) -> bool {
+    let start = types.iter().position(|t| t == "StasisStart");
+    let end = types.iter().position(|t| t == "StasisEnd");
+    matches!((start, end), (Some(s), Some(e)) if s < e)
+}
+
+fn ended(messages: &[Received], channels: &[String]) -> bool {
+    channels.iter().all(|c| types_of(messages, c).iter().any(|t| t == "StasisEnd"))
+}
+
+#[test]
+fn call_events_reach_a_consumer_in_order_with_application_and_node_eid() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    create_app(&pool, "conf");
+    pool.nodes.iter().for_each(wait_connected);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue("test-conf", EXCHANGE, "stasis.app.conf.#");
+
+    let mut calls = Vec::new();
+    for node in &pool.nodes {
+        let channel = call_into(node, "conf");
+        std::thread::sleep(Duration::from_millis(300));
+        hang_up(node, &channel);
+        calls.push((node, channel));
+    }
+    let mut messages = Vec::new();
+    let channels: Vec<String> = calls.iter().map(|(_, c)| c.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ended(&messages, &channels) && Instant::now() < deadline {
+        messages.extend(probe.drain("test-conf", 1, Duration::from_millis(500)));
+    }
+    assert!(ended(&messages, &channels), "StasisEnd missing: {:?}", messages.iter().map(|m| &m.json["type"]).collect::<Vec<_>>());
+
+    for (node, channel) in &calls {
+        let types = types_of(&messages, channel);
+        assert!(has_start_then_end(&types), "{}: {types:?}", node.name);
+        for m in messages.iter().filter(|m| m.json["channel"]["id"] == channel.as_str()) {
+            assert_eq!(m.json["application"], "conf");
+            assert_eq!(m.json["asterisk_id"], node.eid.as_str(), "each event carries its own node's EID");
+            assert_eq!(m.routing_key, format!("stasis.app.conf.{}", node.eid));
+            assert_eq!(m.headers["application"], "conf");
+            assert_eq!(m.headers["asterisk_id"], node.eid);
+            assert_eq!(m.headers["event_type"], m.json["type"].as_str().unwrap());
+            assert_eq!(m.content_type.as_deref(), Some("application/json"));
+        }
+    }
+    let amqp = pool.node(0).cli("scale show amqp");
+    assert!(amqp.contains("Dropped:       0"), "{amqp}");
+}
+
+#[test]
+fn a_broker_outage_keeps_asterisk_fast_and_loses_no_event() {
+    let mut pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
+    create_app(&pool, "conf");
+    wait_connected(pool.node(0));
+    let url = pool.rabbitmq.as_ref().unwrap().url();
+    let probe = AmqpProbe::new(&url);
+    // A durable queue keeps its binding across the broker restart.
+    probe.bind_queue("test-outage", EXCHANGE, "stasis.app.conf.#");
+
+    let latency = |node: &Node| node.ari().get("/asterisk/info").elapsed;
+    let mut before: Vec<Duration> = (0..20).map(|_| latency(pool.node(0))).collect();
+
+    pool.rabbitmq.as_mut().unwrap().stop();
+    let node = pool.node(0);
+    let mut during = Vec::new();
+    let mut channels = Vec::new();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(15) {
+        let channel = call_into(node, "conf");
+        during.push(latency(node));
+        std::thread::sleep(Duration::from_millis(200));
+        hang_up(node, &channel);
+        channels.push(channel);
+        during.push(latency(node));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let amqp = node.cli("scale show amqp");
+    assert!(!amqp.contains("State:         connected"), "{amqp}");
+    assert!(!amqp.contains("Queue depth:   0 of"), "events wait in the queue: {amqp}");
+
+    pool.rabbitmq.as_mut().unwrap().restart();
+    let node = pool.node(0);
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ended(&messages, &channels) && Instant::now() < deadline {
+        messages.extend(probe.drain("test-outage", 1, Duration::from_millis(500)));
+    }
+    for channel in &channels {
+        assert!(has_start_then_end(&types_of(&messages, channel)), "{channel}: {:?}", types_of(&messages, channel));
+    }
+    let amqp = node.cli("scale show amqp");
+    assert!(amqp.contains("State:         connected"), "{amqp}");
+    assert!(amqp.contains("Dropped:       0"), "{amqp}");
+    assert!(!amqp.contains("Reconnects:    0\n"), "{amqp}");
+
+    before.sort();
+    during.sort();
+    let p = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "ARI GET /asterisk/info before the outage: median {:?} max {:?}; during: median {:?} max {:?}; {} calls, {} events",
+        p(&before, 0.5), before.last().unwrap(), p(&during, 0.5), during.last().unwrap(), channels.len(), messages.len()
+    );
+    // The outage must not slow ARI down: a generous bound against a stalled thread (seconds),
+    // not a performance claim.
+    assert!(*during.last().unwrap() < Duration::from_secs(1), "ARI stalled during the outage");
+}
+
+#[test]
+fn wrong_credentials_are_reported_and_a_reload_with_the_right_ones_connects() {
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
+    let node = pool.node(0);
+    let good = std::fs::read_to_string(node.dir.join("etc/res_scale.conf")).unwrap();
+    let bad = good.replace("amqp://guest:guest@", "amqp://guest:wrong@");
+    node.write_config("res_scale.conf", &bad);
+    node.cli("module reload res_scale.so");
+
+    let amqp = wait::until("the refusal to show", Duration::from_secs(10), Duration::from_millis(100), || {
+        let amqp = node.cli("scale show amqp");
+        amqp.contains("ACCESS_REFUSED").then_some(amqp)
+    });
+    assert!(amqp.contains("amqp://guest:****@"), "password masked: {amqp}");
+    assert!(!amqp.contains("State:         connected"), "{amqp}");
+    assert!(node.cli("core show version").contains("Asterisk 22."));
+    assert_eq!(node.log().matches("no broker reachable").count(), 1, "one line per state change");
+
+    node.write_config("res_scale.conf", &good);
+    node.cli("module reload res_scale.so");
+    wait_connected(node);
+}
+
+#[test]
+fn an_app_removed_from_consul_stops_publishing_and_an_added_one_starts() {
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
+    create_app(&pool, "conf");
+    let node = pool.node(0);
+    wait_connected(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue("test-apps", EXCHANGE, "stasis.app.#");
+    let user_event = |app: &str| node.ari().post(&format!("/events/user/ping?application={app}")).status;
+
+    assert_eq!(user_event("conf"), 204);
+    let got = probe.drain("test-apps", 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json["application"], "conf");
+
+    pool.consul.as_ref().unwrap().delete_kv("res_scale/apps/conf");
+    wait::until("conf gone", Duration::from_secs(5), Duration::from_millis(20), || {
+        (node.ari().get("/applications/conf").status == 404).then_some(())
+    });
+    let _ = user_event("conf");
+    create_app(&pool, "queue");
+    assert_eq!(user_event("queue"), 204);
+    let got = probe.drain("test-apps", 1, Duration::from_secs(5));
+    let apps: Vec<&str> = got.iter().map(|m| m.json["application"].as_str().unwrap()).collect();
+    assert_eq!(apps, ["queue"], "nothing from the removed app, the new one publishes");
+}

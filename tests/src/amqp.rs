@@ -7,6 +7,9 @@
 //!
 //! The probe owns a one-worker tokio runtime: lapin's I/O thread needs a reactor that keeps
 //! running between our own awaits, which a current-thread runtime only does inside `block_on`.
+//! Each connection runs on its own `lapin-io-loop` OS thread, which ends when it closes; the first
+//! close also starts async-compat's process-wide fallback thread (`async-compat/tokio-1`), which
+//! stays for the life of the test process (harmless in a test binary).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -178,10 +181,7 @@ impl AmqpProbe {
         let conn = loop {
             match Connection::connect(&self.url, properties.clone()).await {
                 Ok(conn) => break conn,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
                 Err(e) => panic!("AMQP connect to {} failed for {CONNECT_FOR:?}: {e}", self.url),
             }
         };

@@ -10,6 +10,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 
 use super::event::Event;
 use super::publisher::{Broker, Link};
+use super::runtime_kit::HandleKit;
 
 /// A broker that does not answer the AMQP handshake in this time counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,7 +51,10 @@ impl Broker for LapinBroker {
 
     async fn connect(&self, url: &str) -> Result<LapinLink, String> {
         let properties = ConnectionProperties::default().with_connection_name(self.connection_name.clone().into());
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&with_heartbeat(url, self.heartbeat), properties))
+        let runtime = HandleKit::runtime(tokio::runtime::Handle::current());
+        let url = with_heartbeat(url, self.heartbeat);
+        let connect = Connection::connect_with_runtime(&url, properties, runtime);
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| format!("no AMQP handshake within {CONNECT_TIMEOUT:?}"))?
             .map_err(text)?;

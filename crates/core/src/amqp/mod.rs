@@ -4,4 +4,5 @@
 pub mod event;
 pub mod lapin_broker;
 pub mod publisher;
+mod runtime_kit;
 pub mod show;

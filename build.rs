@@ -52,6 +52,8 @@ fn main() {
         .allowlist_function("ast_eid_to_str|ast_get_version|ast_debug_get_by_module")
         .allowlist_function("stasis_app_register|stasis_app_unregister|ast_json_dump_string_format|ast_json_free")
         .allowlist_function("ast_json_object_get|ast_json_string_get")
+        // Only the test-hooks build injects events (scale test events).
+        .allowlist_function("stasis_app_send|ast_json_load_string|ast_json_unref")
         .allowlist_function("ast_shutting_down")
         .allowlist_type("ast_json_encoding_format")
         .allowlist_function("res_scale_.*")

@@ -13,7 +13,7 @@ use crate::lifecycle::{self, Running};
 pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SET_DRAIN];
 
 #[cfg(feature = "test-hooks")]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SET_DRAIN, TEST_PANIC];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SET_DRAIN, TEST_PANIC, TEST_EVENTS];
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
@@ -180,5 +180,53 @@ const TEST_PANIC: Command = Command {
     summary: c"Panic on purpose (test builds only)",
     usage: c"Usage: scale test panic\n       Panics inside the command handler; the panic guard must turn it into a\n       failed command. Present only in builds with the test-hooks feature.\n",
     run: |_| panic!("deliberate panic from 'scale test panic'"),
+    complete: no_completion,
+};
+
+/// Drives the real event path for benchmarks: builds events and hands them to the
+/// application through res_stasis, which calls our callback on this thread.
+#[cfg(feature = "test-hooks")]
+const TEST_EVENTS: Command = Command {
+    words: c"scale test events",
+    summary: c"Inject events into a Stasis application (test builds only)",
+    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch) to <app> through stasis_app_send, paced at\n       <per-second> if given, and reports the time each send took. Present only in\n       builds with the test-hooks feature.\n",
+    run: |args| {
+        let (app, count, rate) = match args {
+            [app, count] => (app, count.parse::<u64>(), None),
+            [app, count, rate] => (app, count.parse::<u64>(), rate.parse::<u64>().ok().filter(|r| *r > 0)),
+            _ => return Outcome::ShowUsage,
+        };
+        let count = match count {
+            Ok(count) if count > 0 => count,
+            _ => return Outcome::ShowUsage,
+        };
+        let started = std::time::Instant::now();
+        let mut took = Vec::with_capacity(count as usize);
+        for seq in 0..count {
+            if let Some(rate) = rate {
+                let due = started + std::time::Duration::from_nanos(seq * 1_000_000_000 / rate);
+                while std::time::Instant::now() < due {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+            }
+            let sent_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let json = format!(r#"{{"type":"BenchEvent","seq":{seq},"sent_ns":{sent_ns}}}"#);
+            match crate::ast::stasis::inject(app, &json) {
+                Ok(d) => took.push(d),
+                Err(e) => return Outcome::Failed(format!("event {seq}: {e}\n")),
+            }
+        }
+        let elapsed = started.elapsed();
+        took.sort();
+        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_nanos() as f64 / 1e3;
+        Outcome::Output(format!(
+            "sent {count} events to {app} in {:.1} ms ({:.0}/s); per event stasis_app_send+callback: p50 {:.2} us, p99 {:.2} us, max {:.2} us\n",
+            elapsed.as_secs_f64() * 1e3,
+            count as f64 / elapsed.as_secs_f64(),
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        ))
+    },
     complete: no_completion,
 };

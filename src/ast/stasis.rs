@@ -116,3 +116,28 @@ impl StasisApps for AsteriskStasis {
         }
     }
 }
+
+/// Hands `json` to application `app` the way res_stasis delivers events (synchronously, through
+/// our callback), and returns how long that took. Test builds only: it feeds benchmarks.
+#[cfg(feature = "test-hooks")]
+pub fn inject(app: &str, json: &str) -> Result<Duration, String> {
+    let c_app = CString::new(app).map_err(|_| "NUL in app name")?;
+    let c_json = CString::new(json).map_err(|_| "NUL in JSON")?;
+    // SAFETY: valid C strings; the parsed JSON is ours until the unref below; stasis_app_send
+    // borrows it for the duration of the call.
+    unsafe {
+        let message = sys::ast_json_load_string(c_json.as_ptr(), std::ptr::null_mut());
+        if message.is_null() {
+            return Err("invalid JSON".into());
+        }
+        let started = Instant::now();
+        let rc = sys::stasis_app_send(c_app.as_ptr(), message);
+        let took = started.elapsed();
+        sys::ast_json_unref(message);
+        if rc == 0 {
+            Ok(took)
+        } else {
+            Err(format!("stasis_app_send returned {rc} (is '{app}' registered?)"))
+        }
+    }
+}

@@ -13,10 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
 
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -99,6 +101,39 @@ impl AmqpProbe {
         })
     }
 
+    /// How many messages wait in `queue` (a passive declare).
+    pub fn message_count(&self, queue: &str) -> u32 {
+        self.run(&format!("count messages in {queue:?}"), CALL_TIMEOUT, |ch| async move {
+            let options = QueueDeclareOptions { passive: true, ..Default::default() };
+            let q = ch.queue_declare(short(queue), options, FieldTable::default()).await.unwrap_or_else(|e| panic!("AMQP queue.declare (passive) {queue:?}: {e}"));
+            q.message_count()
+        })
+    }
+
+    /// Consumes (basic.consume, auto-ack) until `n` messages arrived or `within` passed, with
+    /// the wall-clock time each one arrived: what a latency measurement needs, unlike `drain`,
+    /// which polls.
+    pub fn consume(&self, queue: &str, n: usize, within: Duration) -> Vec<(Received, SystemTime)> {
+        let what = format!("consume {n} messages from {queue:?}");
+        self.run(&what, within + CALL_TIMEOUT, |ch| async move {
+            let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
+            let mut consumer = ch
+                .basic_consume(short(queue), short("res_scale-tests"), options, FieldTable::default())
+                .await
+                .unwrap_or_else(|e| panic!("AMQP basic.consume {queue:?}: {e}"));
+            let mut got = Vec::with_capacity(n);
+            let deadline = tokio::time::Instant::now() + within;
+            while got.len() < n {
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(Some(Ok(delivery))) => got.push((received(delivery), SystemTime::now())),
+                    Ok(Some(Err(e))) => panic!("AMQP consume {queue:?}: {e}"),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            got
+        })
+    }
+
     /// Drops every message waiting in `queue`.
     pub fn purge(&self, queue: &str) {
         self.run(&format!("purge queue {queue:?}"), CALL_TIMEOUT, |ch| async move {
@@ -125,7 +160,16 @@ impl AmqpProbe {
     /// confirms, as fast as lapin takes them (each publish is handed to lapin at once; only a
     /// window of them is awaited for being written out). Returns the time from the first publish
     /// to the broker's answer to the channel close, which comes after the last message.
-    pub fn publish_burst(&self, exchange: &str, routing_key_for: impl Fn(usize) -> String, bodies: &[Vec<u8>]) -> Duration {
+    /// `headers` go on every message as long strings (empty: none).
+    pub fn publish_burst(&self, exchange: &str, routing_key_for: impl Fn(usize) -> String, bodies: &[Vec<u8>], headers: &[(&str, &str)]) -> Duration {
+        let mut properties = json_properties();
+        if !headers.is_empty() {
+            let mut table = FieldTable::default();
+            for (k, v) in headers {
+                table.insert(short(k), AMQPValue::LongString((*v).into()));
+            }
+            properties = properties.with_headers(table);
+        }
         const WINDOW: usize = 1024;
         let what = format!("publish a burst of {} messages to exchange {exchange:?}", bodies.len());
         let keys: Vec<ShortString> = (0..bodies.len()).map(|i| short(&routing_key_for(i))).collect();
@@ -139,7 +183,7 @@ impl AmqpProbe {
                     key,
                     BasicPublishOptions::default(),
                     body,
-                    json_properties(),
+                    properties.clone(),
                 ));
                 // One poll queues the frames in lapin; the rest only reports them written.
                 let first = std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await;

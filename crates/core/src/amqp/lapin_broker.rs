@@ -1,11 +1,10 @@
 //! The real broker: RabbitMQ over lapin (AMQP 0-9-1, amqps with the system's CA store).
 
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
 use super::event::Event;
@@ -28,9 +27,10 @@ pub struct LapinBroker {
 pub struct LapinLink {
     connection: Connection,
     channel: Channel,
-    exchange: String,
+    exchange: ShortString,
     eid: String,
     delivery_mode: u8,
+    confirms: bool,
 }
 
 /// The URL with the configured heartbeat, unless the URL sets one itself.
@@ -70,36 +70,33 @@ impl Broker for LapinBroker {
         Ok(LapinLink {
             connection,
             channel,
-            exchange: self.exchange.clone(),
+            exchange: self.exchange.clone().into(),
             eid: self.eid.clone(),
             delivery_mode: if self.persistent { 2 } else { 1 },
+            confirms: self.confirms,
         })
     }
 }
 
 impl Link for LapinLink {
-    type Confirm = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
-
-    async fn publish(&mut self, routing_key: &str, event: &Event) -> Result<Self::Confirm, String> {
+    async fn publish(&self, routing_key: String, event: Arc<Event>) -> Result<bool, String> {
         let mut headers = FieldTable::default();
-        headers.insert("application".into(), AMQPValue::LongString(event.app.clone().into()));
-        headers.insert("asterisk_id".into(), AMQPValue::LongString(self.eid.clone().into()));
-        headers.insert("event_type".into(), AMQPValue::LongString(event.event_type.clone().into()));
+        headers.insert("application".into(), AMQPValue::LongString(event.app.as_str().into()));
+        headers.insert("asterisk_id".into(), AMQPValue::LongString(self.eid.as_str().into()));
+        headers.insert("event_type".into(), AMQPValue::LongString(event.event_type.as_str().into()));
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(self.delivery_mode)
             .with_headers(headers);
         let confirm = self
             .channel
-            .basic_publish(self.exchange.clone().into(), routing_key.into(), BasicPublishOptions::default(), &event.body, properties)
+            .basic_publish(self.exchange.clone(), routing_key.into(), BasicPublishOptions::default(), &event.body, properties)
             .await
             .map_err(text)?;
-        Ok(Box::pin(async move {
-            match confirm.await.map_err(text)? {
-                Confirmation::Nack(_) => Ok(false),
-                _ => Ok(true),
-            }
-        }))
+        if !self.confirms {
+            return Ok(true);
+        }
+        Ok(!matches!(confirm.await.map_err(text)?, Confirmation::Nack(_)))
     }
 
     async fn close(self) {

@@ -205,3 +205,14 @@ fn a_second_node_with_the_same_eid_is_refused() {
     assert_eq!(all[0]["Service"]["Meta"]["system_name"], "node1", "node1's registration stays");
     assert!(node2.cli("scale show status").contains("refused: duplicate EID"));
 }
+
+#[test]
+fn an_unreachable_first_agent_fails_over_to_the_next() {
+    // Port 1 on loopback refuses at once: the node must move on to the pool's agent.
+    let conf = "[consul]\nurl = http://127.0.0.1:1, {consul_url}\ncheck_ttl = 3s\n[amqp]\nenabled = no\n[registrations]\nenabled = no\n";
+    let pool = Pool::builder().nodes(1).with_consul().res_scale_conf(conf).start();
+    wait_registered(&pool, Duration::from_secs(5));
+    let status = pool.node(0).cli("scale show status");
+    let url = pool.consul.as_ref().unwrap().url();
+    assert!(status.contains(&format!("Consul agent:   {url}")), "{status}");
+}

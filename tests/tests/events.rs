@@ -202,3 +202,17 @@ fn an_app_removed_from_consul_stops_publishing_and_an_added_one_starts() {
     let apps: Vec<&str> = got.iter().map(|m| m.json["application"].as_str().unwrap()).collect();
     assert_eq!(apps, ["queue"], "nothing from the removed app, the new one publishes");
 }
+
+#[test]
+fn the_connection_names_the_node_and_an_unreachable_broker_fails_over() {
+    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = amqp://guest:guest@127.0.0.1:1/%2f, {amqp_url}\n[registrations]\nenabled = no\n";
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().res_scale_conf(conf).start();
+    let node = pool.node(0);
+    wait_connected(node);
+    let mq = pool.rabbitmq.as_ref().unwrap();
+    let amqp = node.cli("scale show amqp");
+    assert!(amqp.contains(&format!("Broker:        amqp://guest:****@127.0.0.1:{}/%2f", mq.port)), "{amqp}");
+    let connections = mq.ctl(&["list_connections", "client_properties"]);
+    let node_id = format!("asterisk-{}", node.eid.replace(':', ""));
+    assert!(connections.contains(&format!("res_scale {node_id} (node1)")), "{connections}");
+}

@@ -17,7 +17,7 @@ const HELP: &str = "res_scale needs the headers of the Asterisk 22 it will be lo
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let shim_dir = manifest.join("asterisk-headers");
-    for file in ["wrapper.h", "shim.h", "shim.c", "fetch-headers.sh"] {
+    for file in ["wrapper.h", "shim.h", "shim.c", "fetch-headers.sh", "host-mirror.sh"] {
         println!("cargo:rerun-if-changed={}", shim_dir.join(file).display());
     }
     println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");

@@ -23,11 +23,20 @@ fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
     }
 }
 
+/// For the `show` commands, which take no argument.
+fn show(args: &[String], f: impl FnOnce(&Running) -> Outcome) -> Outcome {
+    if args.is_empty() {
+        with_running(f)
+    } else {
+        Outcome::ShowUsage
+    }
+}
+
 const SHOW_STATUS: Command = Command {
     words: c"scale show status",
     summary: c"Show the state of res_scale on this node",
     usage: c"Usage: scale show status\n       Shows res_scale's version, this node's identity, the configuration in\n       effect (secrets masked), uptime, and one line per subsystem (consul, amqp,\n       registrations) with its state and counters.\n",
-    run: |args| if args.is_empty() { with_running(show_status) } else { Outcome::ShowUsage },
+    run: |args| show(args, show_status),
     complete: no_completion,
 };
 
@@ -99,10 +108,7 @@ const SHOW_AMQP: Command = Command {
     summary: c"Show the forwarding of Stasis events to RabbitMQ",
     usage: c"Usage: scale show amqp\n       Shows the connection state, the broker in use, the exchange, the event\n       queue's depth and capacity, and the counters: queued, published,\n       confirmed, dropped (queue full: the newest event is dropped), malformed,\n       nacked, reconnects, and the last error.\n",
     run: |args| {
-        if !args.is_empty() {
-            return Outcome::ShowUsage;
-        }
-        with_running(|running| match with_amqp(running, amqp_show::render) {
+        show(args, |running| match with_amqp(running, amqp_show::render) {
             Some(text) => Outcome::Output(text),
             None => Outcome::Failed("AMQP is disabled in res_scale.conf\n".into()),
         })
@@ -115,10 +121,7 @@ const SHOW_NODES: Command = Command {
     summary: c"List the nodes of the pool as Consul sees them",
     usage: c"Usage: scale show nodes\n       Lists every node of the pool registered in Consul with its health\n       (passing, warning, critical, maintenance), EID, SIP address, ARI URL and\n       Stasis applications. This node is marked with '*'. The list is kept up to\n       date by a Consul watch; the command itself never waits on Consul.\n",
     run: |args| {
-        if !args.is_empty() {
-            return Outcome::ShowUsage;
-        }
-        with_running(|running| match &running.consul {
+        show(args, |running| match &running.consul {
             None => Outcome::Failed("Consul is disabled in res_scale.conf\n".into()),
             Some(c) => {
                 let view = c.view.lock().unwrap_or_else(|e| e.into_inner());
@@ -135,10 +138,7 @@ const SHOW_APPS: Command = Command {
     summary: c"List the Stasis applications created from Consul",
     usage: c"Usage: scale show apps\n       Lists the Stasis applications this node registered because a key names\n       them under the Consul apps prefix, with the time each was added and the\n       events it has seen.\n",
     run: |args| {
-        if !args.is_empty() {
-            return Outcome::ShowUsage;
-        }
-        with_running(|running| {
+        show(args, |running| {
             let Some(c) = &running.consul else {
                 return Outcome::Failed("Consul is disabled in res_scale.conf; no applications are created\n".into());
             };

@@ -12,6 +12,8 @@ use crate::wait;
 
 pub struct Consul {
     pub http_port: u16,
+    /// With ACLs on (default deny), the management token every request of ours carries.
+    pub token: Option<String>,
     binary: PathBuf,
     dir: PathBuf,
     ports: [u16; 3],
@@ -19,10 +21,12 @@ pub struct Consul {
 }
 
 impl Consul {
-    pub fn start(testbed: &Testbed, dir: &Path) -> Consul {
+    /// `token`: turn ACLs on with default deny and this management token.
+    pub fn start(testbed: &Testbed, dir: &Path, token: Option<&str>) -> Consul {
         fs::create_dir_all(dir).unwrap();
         let mut consul = Consul {
             http_port: free_port(),
+            token: token.map(str::to_string),
             binary: testbed.consul.clone(),
             dir: dir.to_path_buf(),
             ports: [free_port(), free_port(), free_port()],
@@ -54,6 +58,10 @@ impl Consul {
             .args(["-http-port", &self.http_port.to_string(), "-dns-port", "-1", "-grpc-port", "-1"])
             .args(["-server-port", &server.to_string()])
             .args(["-serf-lan-port", &serf_lan.to_string(), "-serf-wan-port", &serf_wan.to_string()])
+            .args(self.token.iter().flat_map(|t| {
+                let acl = format!("acl {{ enabled = true\n default_policy = \"deny\"\n tokens {{ master = \"{t}\"\n agent = \"{t}\" }} }}");
+                ["-hcl".to_string(), acl]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -70,9 +78,17 @@ impl Consul {
         });
     }
 
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let request = ureq::request(method, &format!("{}{path}", self.url()));
+        match &self.token {
+            Some(token) => request.set("X-Consul-Token", token),
+            None => request,
+        }
+    }
+
     /// GET a Consul API path and parse the JSON answer.
     pub fn get(&self, path: &str) -> serde_json::Value {
-        let body = ureq::get(&format!("{}{path}", self.url())).call().expect("consul GET").into_string().unwrap();
+        let body = self.request("GET", path).call().expect("consul GET").into_string().unwrap();
         serde_json::from_str(&body).unwrap()
     }
 
@@ -91,11 +107,11 @@ impl Consul {
     }
 
     pub fn put(&self, path: &str, body: &str) {
-        ureq::put(&format!("{}{path}", self.url())).send_string(body).expect("consul PUT");
+        self.request("PUT", path).send_string(body).expect("consul PUT");
     }
 
     pub fn delete(&self, path: &str) {
-        ureq::delete(&format!("{}{path}", self.url())).call().expect("consul DELETE");
+        self.request("DELETE", path).call().expect("consul DELETE");
     }
 }
 

@@ -14,6 +14,7 @@ use crate::testbed::Testbed;
 pub struct PoolBuilder {
     nodes: usize,
     consul: bool,
+    consul_token: Option<String>,
     rabbitmq: bool,
     preload_module: bool,
     same_eid: bool,
@@ -22,7 +23,7 @@ pub struct PoolBuilder {
 
 impl Default for PoolBuilder {
     fn default() -> Self {
-        PoolBuilder { nodes: 1, consul: false, rabbitmq: false, preload_module: true, same_eid: false, res_scale_conf: None }
+        PoolBuilder { nodes: 1, consul: false, consul_token: None, rabbitmq: false, preload_module: true, same_eid: false, res_scale_conf: None }
     }
 }
 
@@ -34,6 +35,13 @@ impl PoolBuilder {
 
     pub fn with_consul(mut self) -> Self {
         self.consul = true;
+        self
+    }
+
+    /// Consul with ACLs on (default deny) and `token` as its management token.
+    pub fn with_consul_acl(mut self, token: &str) -> Self {
+        self.consul = true;
+        self.consul_token = Some(token.to_string());
         self
     }
 
@@ -72,7 +80,7 @@ impl PoolBuilder {
         fs::create_dir_all(&dir).unwrap();
         let place = PoolPlace { id: id.clone(), dir: dir.clone(), inner };
 
-        let consul = self.consul.then(|| Consul::start(&testbed, &dir.join("consul")));
+        let consul = self.consul.then(|| Consul::start(&testbed, &dir.join("consul"), self.consul_token.as_deref()));
         let rabbitmq = self.rabbitmq.then(|| RabbitMq::start(&dir.join("rabbitmq")));
         let consul_url = consul.as_ref().map(Consul::url);
         let amqp_url = rabbitmq.as_ref().map(RabbitMq::url);

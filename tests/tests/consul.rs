@@ -216,3 +216,27 @@ fn an_unreachable_first_agent_fails_over_to_the_next() {
     let url = pool.consul.as_ref().unwrap().url();
     assert!(status.contains(&format!("Consul agent:   {url}")), "{status}");
 }
+
+#[test]
+fn an_acl_token_is_used_and_a_wrong_one_is_reported() {
+    let conf = |token: &str| format!("[consul]\nurl = {{consul_url}}\ntoken = {token}\ncheck_ttl = 3s\n[amqp]\nenabled = no\n[registrations]\nenabled = no\n");
+    let pool = Pool::builder().nodes(1).with_consul_acl("root-token").res_scale_conf(&conf("root-token")).start();
+    wait_registered(&pool, Duration::from_secs(5));
+    pool.consul.as_ref().unwrap().put_kv("res_scale/apps/acl-app", "{}");
+    let node = pool.node(0);
+    wait::until("the app through an ACL'd Consul", Duration::from_secs(5), Duration::from_millis(20), || {
+        ari_apps(node).contains(&"acl-app".to_string()).then_some(())
+    });
+    assert!(node.cli("scale show status").contains("token=****"));
+
+    let good = std::fs::read_to_string(node.dir.join("etc/res_scale.conf")).unwrap();
+    node.write_config("res_scale.conf", &good.replace("token = root-token", "token = not-a-token"));
+    node.cli("module reload res_scale.so");
+    let status = wait::until("the refusal", Duration::from_secs(5), Duration::from_millis(50), || {
+        let status = node.cli("scale show status");
+        status.lines().any(|l| l.trim_start().starts_with("consul") && l.contains("forbidden")).then_some(status)
+    });
+    assert!(!status.contains("not-a-token"), "the token is never shown: {status}");
+    assert!(node.log().contains("Consul refused the token"), "{}", node.log());
+    assert!(ari_apps(node).contains(&"acl-app".to_string()), "apps stay registered");
+}

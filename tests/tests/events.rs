@@ -216,3 +216,26 @@ fn the_connection_names_the_node_and_an_unreachable_broker_fails_over() {
     let node_id = format!("asterisk-{}", node.eid.replace(':', ""));
     assert!(connections.contains(&format!("res_scale {node_id} (node1)")), "{connections}");
 }
+
+#[test]
+fn persistent_delivery_and_publisher_confirms_when_configured() {
+    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\npersistent = yes\nconfirms = yes\n[registrations]\nenabled = no\n";
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().res_scale_conf(conf).start();
+    create_app(&pool, "conf");
+    let node = pool.node(0);
+    wait_connected(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue("test-persistent", EXCHANGE, "stasis.app.conf.#");
+
+    for _ in 0..3 {
+        assert_eq!(node.ari().post("/events/user/ping?application=conf").status, 204);
+    }
+    let got = probe.drain("test-persistent", 3, Duration::from_secs(5));
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|m| m.delivery_mode == Some(2)), "persistent messages");
+    let amqp = wait::until("three confirms", Duration::from_secs(5), Duration::from_millis(50), || {
+        let amqp = node.cli("scale show amqp");
+        amqp.contains("Confirmed:     3\n").then_some(amqp)
+    });
+    assert!(amqp.contains("persistent: yes, confirms: yes") && amqp.contains("Nacked:        0"), "{amqp}");
+}

@@ -219,7 +219,8 @@ fn the_connection_names_the_node_and_an_unreachable_broker_fails_over() {
 
 #[test]
 fn persistent_delivery_and_publisher_confirms_when_configured() {
-    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\npersistent = yes\nconfirms = yes\n[registrations]\nenabled = no\n";
+    // Confirms are the default; persistence is asked for.
+    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\npersistent = yes\n[registrations]\nenabled = no\n";
     let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().res_scale_conf(conf).start();
     create_app(&pool, "conf");
     let node = pool.node(0);

@@ -116,7 +116,8 @@ impl Default for Amqp {
             events_exchange: "res_scale.events".into(),
             queue_capacity: 10_000,
             persistent: false,
-            confirms: false,
+            // Without confirms, events handed to a connection that just died are lost.
+            confirms: true,
             heartbeat: Duration::from_secs(30),
         }
     }
@@ -542,7 +543,7 @@ mod tests {
             "[general]\nnode_id = ast-1\nsip_address = 10.0.0.1:5060\nari_url = http://10.0.0.1:8088/ari\n\
              [consul]\nenabled = no\nurl = http://a:8500, https://b:8501\ntoken = s3cret\ncheck_ttl = 30s\n\
              deregister_after = 2m\napps_prefix = applications/\n\
-             [amqp]\nurl = amqps://u:p@broker/vh\nqueue_capacity = 500\npersistent = yes\nconfirms = on\nheartbeat = 0\n\
+             [amqp]\nurl = amqps://u:p@broker/vh\nqueue_capacity = 500\npersistent = yes\nconfirms = off\nheartbeat = 0\n\
              [registrations]\npublish_local = no\nwithdraw_on_node_loss = false\n",
         ))
         .unwrap();
@@ -554,7 +555,7 @@ mod tests {
         assert_eq!(c.consul.deregister_after, Duration::from_secs(120));
         assert_eq!(c.consul.apps_prefix, "applications/");
         assert_eq!(c.amqp.queue_capacity, 500);
-        assert!(c.amqp.persistent && c.amqp.confirms);
+        assert!(c.amqp.persistent && !c.amqp.confirms);
         assert_eq!(c.amqp.heartbeat, Duration::ZERO);
         assert!(!c.registrations.publish_local && !c.registrations.withdraw_on_node_loss);
         assert!(c.registrations.sync_on_start);

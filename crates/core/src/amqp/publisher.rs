@@ -102,7 +102,8 @@ impl<B: Broker> Publisher<B> {
         let mut guard = outbox.rx.lock().await;
         let (rx, pending) = &mut *guard;
         let mut log = StateLog::new("amqp");
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        // Capped low: events wait in memory meanwhile, so a broker that is back must be found fast.
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut first = true;
         loop {
             let Some(link) = self.connect(&mut log).await else {
@@ -347,7 +348,7 @@ mod tests {
         assert_eq!(h.status.lock().unwrap().state, "unreachable");
         assert_eq!(h.queue.depth(), 3, "everything waits in the queue while no broker answers");
         h.broker.state.lock().unwrap().down.clear();
-        tokio::time::sleep(Duration::from_secs(31)).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(published(&h), ["1", "2", "3"]);
     }
 

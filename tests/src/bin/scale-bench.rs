@@ -92,6 +92,22 @@ fn event_forwarding(burst: usize, paced: usize) {
     let module_time = until_queued(&probe, "bench", burst) - started;
     probe.purge("bench");
 
+    // The same with confirms off (fire-and-forget), after a reload.
+    let file = node.dir.join("etc/res_scale.conf");
+    let confirmed_conf = std::fs::read_to_string(&file).unwrap();
+    node.write_config("res_scale.conf", &confirmed_conf.replace("queue_capacity = 200000", "queue_capacity = 200000\nconfirms = no"));
+    node.cli("module reload res_scale.so");
+    wait::until("the publisher back", Duration::from_secs(10), Duration::from_millis(20), || {
+        let amqp = node.cli("scale show amqp");
+        (amqp.contains("State:         connected") && amqp.contains("confirms: no")).then_some(())
+    });
+    let started = Instant::now();
+    node.cli(&format!("scale test events bench {burst}"));
+    let unconfirmed_time = until_queued(&probe, "bench", burst) - started;
+    probe.purge("bench");
+    node.write_config("res_scale.conf", &confirmed_conf);
+    node.cli("module reload res_scale.so");
+
     let key = format!("stasis.app.bench.{}", node.eid);
     let bodies: Vec<Vec<u8>> = (0..burst)
         .map(|seq| format!(r#"{{"application":"bench","type":"BenchEvent","seq":{seq},"sent_ns":1795345201000000000,"asterisk_id":"{}"}}"#, node.eid).into_bytes())
@@ -123,9 +139,11 @@ fn event_forwarding(burst: usize, paced: usize) {
     let rate = |d: Duration| burst as f64 / d.as_secs_f64();
     println!("## Event forwarding (1 node, {burst} events burst, queue_capacity 200000)");
     println!("- through res_scale (callback -> queue -> publisher -> broker queue): {:.0} events/s ({:.2} s)", rate(module_time), module_time.as_secs_f64());
+    println!("- the same with confirms = no:                                        {:.0} events/s ({:.2} s)", rate(unconfirmed_time), unconfirmed_time.as_secs_f64());
     println!("- plain lapin publisher, same count and size, same broker:           {:.0} events/s ({:.2} s)", rate(plain_time), plain_time.as_secs_f64());
     println!("- plain lapin publisher with res_scale's three headers:            {:.0} events/s ({:.2} s)", rate(headers_time), headers_time.as_secs_f64());
-    println!("- ratio res_scale / plain lapin: {:.2} (with the same headers: {:.2})", rate(module_time) / rate(plain_time), rate(module_time) / rate(headers_time));
+    let ratio = |d: Duration| format!("{:.2} (with the same headers: {:.2})", rate(d) / rate(plain_time), rate(d) / rate(headers_time));
+    println!("- ratio res_scale / plain lapin, confirms on: {}; confirms off: {}", ratio(module_time), ratio(unconfirmed_time));
     println!("- burst injection: {}", report.trim());
     println!("- at 1000 events/s: {}", paced_report.trim());
     println!("- latency event creation -> consumer at 1000 events/s: {} ({} of {paced} received)", summary(&mut latencies), received.len());

@@ -74,7 +74,7 @@ fn has_headers(dir: &Path) -> bool {
 }
 
 fn find_headers(manifest: &Path) -> PathBuf {
-    if let Some(dir) = env::var_os("ASTERISK_INCLUDE_DIR") {
+    if let Some(dir) = env::var_os("ASTERISK_INCLUDE_DIR").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);
         if has_headers(&dir) {
             return dir;

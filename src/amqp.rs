@@ -48,6 +48,10 @@ impl Amqp {
             confirms: settings.confirms,
             connection_name: format!("res_scale {} ({})", node.node_id, node.system_name),
             heartbeat: settings.heartbeat,
+            extra_ca: settings.ca_file.as_deref().and_then(|path| {
+                // Validated at load; a file that went away since is reported and skipped.
+                std::fs::read_to_string(path).map_err(|e| tracing::error!("amqp: cannot read ca_file {path}: {e}")).ok()
+            }),
         };
         let publisher = Publisher {
             broker: Arc::new(broker),

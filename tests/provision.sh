@@ -89,7 +89,7 @@ read -r MIRROR SIGNED_BY < <(host_mirror || true) || true
 MIRROR=${MIRROR%/}
 
 # ---------------------------------------------------------------- 1. host packages
-HOST_PKGS=(clang libclang-dev debootstrap curl ca-certificates rabbitmq-server kamailio
+HOST_PKGS=(clang libclang-dev debootstrap curl ca-certificates openssl rabbitmq-server kamailio
            kamailio-rabbitmq-modules kamailio-json-modules kamailio-utils-modules
            kamailio-extra-modules sip-tester iproute2)
 PYTHON=python3

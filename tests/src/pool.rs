@@ -16,6 +16,7 @@ pub struct PoolBuilder {
     consul: bool,
     consul_token: Option<String>,
     rabbitmq: bool,
+    rabbitmq_tls: bool,
     preload_module: bool,
     same_eid: bool,
     res_scale_conf: Option<String>,
@@ -23,7 +24,7 @@ pub struct PoolBuilder {
 
 impl Default for PoolBuilder {
     fn default() -> Self {
-        PoolBuilder { nodes: 1, consul: false, consul_token: None, rabbitmq: false, preload_module: true, same_eid: false, res_scale_conf: None }
+        PoolBuilder { nodes: 1, consul: false, consul_token: None, rabbitmq: false, rabbitmq_tls: false, preload_module: true, same_eid: false, res_scale_conf: None }
     }
 }
 
@@ -47,6 +48,13 @@ impl PoolBuilder {
 
     pub fn with_rabbitmq(mut self) -> Self {
         self.rabbitmq = true;
+        self
+    }
+
+    /// RabbitMQ with an amqps listener too (`{amqps_url}`, `{ca_file}` in res_scale.conf).
+    pub fn with_rabbitmq_tls(mut self) -> Self {
+        self.rabbitmq = true;
+        self.rabbitmq_tls = true;
         self
     }
 
@@ -81,7 +89,7 @@ impl PoolBuilder {
         let place = PoolPlace { id: id.clone(), dir: dir.clone(), inner };
 
         let consul = self.consul.then(|| Consul::start(&testbed, &dir.join("consul"), self.consul_token.as_deref()));
-        let rabbitmq = self.rabbitmq.then(|| RabbitMq::start(&dir.join("rabbitmq")));
+        let rabbitmq = self.rabbitmq.then(|| RabbitMq::start(&dir.join("rabbitmq"), self.rabbitmq_tls));
         let consul_url = consul.as_ref().map(Consul::url);
         let amqp_url = rabbitmq.as_ref().map(RabbitMq::url);
         let conf = self
@@ -89,7 +97,10 @@ impl PoolBuilder {
             .clone()
             .unwrap_or_else(|| default_conf(consul_url.as_deref(), amqp_url.as_deref()))
             .replace("{consul_url}", consul_url.as_deref().unwrap_or(""))
-            .replace("{amqp_url}", amqp_url.as_deref().unwrap_or(""));
+            .replace("{amqp_url}", amqp_url.as_deref().unwrap_or(""))
+            .replace("{amqps_url}", &rabbitmq.as_ref().and_then(RabbitMq::tls_url).unwrap_or_default())
+            // Asterisk sees the pool folder at the same path inside the rootfs.
+            .replace("{ca_file}", &rabbitmq.as_ref().map(|mq| format!("/{}", mq.ca_file().strip_prefix(&testbed.rootfs).unwrap().display())).unwrap_or_default());
 
         // A random middle part keeps EIDs apart across pools; the last byte is the node number.
         let salt = std::process::id() as u16 ^ (COUNTER.load(Ordering::SeqCst) as u16).rotate_left(8);

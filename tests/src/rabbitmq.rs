@@ -19,6 +19,8 @@ const BIN: &str = "/usr/lib/rabbitmq/bin";
 
 pub struct RabbitMq {
     pub port: u16,
+    /// The amqps listener, when started with TLS (certificates in `<dir>/tls`).
+    pub tls_port: Option<u16>,
     pub node_name: String,
     dir: PathBuf,
     dist_port: u16,
@@ -28,16 +30,31 @@ pub struct RabbitMq {
 }
 
 impl RabbitMq {
-    pub fn start(dir: &Path) -> RabbitMq {
+    /// `tls`: also listen for amqps, with a certificate for 127.0.0.1 signed by a CA made for
+    /// this broker (`ca_file()`).
+    pub fn start(dir: &Path, tls: bool) -> RabbitMq {
         for sub in ["mnesia", "log", "home"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let port = free_port();
-        fs::write(dir.join("rabbitmq.conf"), format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n")).unwrap();
+        let mut conf = format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n");
+        let tls_port = tls.then(|| {
+            let tls_port = free_port();
+            let t = make_certificates(&dir.join("tls"));
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n",
+                t.join("ca.pem").display(),
+                t.join("server.pem").display(),
+                t.join("server.key").display()
+            ));
+            tls_port
+        });
+        fs::write(dir.join("rabbitmq.conf"), conf).unwrap();
         fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
         fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
         let mut mq = RabbitMq {
             port,
+            tls_port,
             node_name: format!("res_scale-{port}@localhost"),
             dir: dir.to_path_buf(),
             dist_port: free_port(),
@@ -59,6 +76,16 @@ impl RabbitMq {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The amqps URL, when started with TLS.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("amqps://guest:guest@127.0.0.1:{p}/%2f"))
+    }
+
+    /// The CA that signed the broker's certificate (PEM), on the host.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls/ca.pem")
     }
 
     fn command(&self, program: &str) -> Command {
@@ -98,7 +125,7 @@ impl RabbitMq {
             .spawn()
             .expect("spawn rabbitmq-server");
         self.server = Some(server);
-        let addr = format!("127.0.0.1:{}", self.port);
+        let addr = format!("127.0.0.1:{}", self.tls_port.unwrap_or(self.port));
         wait::until("RabbitMQ to accept AMQP connections", Duration::from_secs(60), Duration::from_millis(100), || {
             if let Some(Ok(Some(status))) = self.server.as_mut().map(Child::try_wait) {
                 let out = fs::read_to_string(self.dir.join("server.out")).unwrap_or_default();
@@ -120,6 +147,23 @@ impl RabbitMq {
         let out = self.command(&format!("{BIN}/rabbitmqctl")).arg("-n").arg(&self.node_name).args(args).output().expect("run rabbitmqctl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 (IP subject alternative name), made with the
+/// openssl command line in `dir`.
+fn make_certificates(dir: &Path) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("server.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
+    let steps: [&[&str]; 3] = [
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=res_scale test CA", "-keyout", "ca.key", "-out", "ca.pem"],
+        &["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"],
+        &["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.pem"],
+    ];
+    for args in steps {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    dir.to_path_buf()
 }
 
 /// SIGTERM, up to 20 s to exit, then SIGKILL.

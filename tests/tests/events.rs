@@ -240,3 +240,32 @@ fn persistent_delivery_and_publisher_confirms_when_configured() {
     });
     assert!(amqp.contains("persistent: yes, confirms: yes") && amqp.contains("Nacked:        0"), "{amqp}");
 }
+
+#[test]
+fn amqps_verifies_the_broker_against_the_configured_ca() {
+    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqps_url}\nca_file = {ca_file}\n[registrations]\nenabled = no\n";
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq_tls().res_scale_conf(conf).start();
+    create_app(&pool, "conf");
+    let node = pool.node(0);
+    wait_connected(node);
+    let mq = pool.rabbitmq.as_ref().unwrap();
+    let amqp = node.cli("scale show amqp");
+    assert!(amqp.contains(&format!("Broker:        amqps://guest:****@127.0.0.1:{}/%2f", mq.tls_port.unwrap())), "{amqp}");
+    let probe = AmqpProbe::new(&mq.url());
+    probe.bind_queue("test-tls", EXCHANGE, "stasis.app.conf.#");
+    assert_eq!(node.ari().post("/events/user/ping?application=conf").status, 204);
+    let got = probe.drain("test-tls", 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "the event went through the TLS connection");
+
+    // Without the CA the broker's certificate cannot be verified, and the module says so.
+    let file = node.dir.join("etc/res_scale.conf");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let without_ca: String = text.lines().filter(|l| !l.starts_with("ca_file")).map(|l| format!("{l}\n")).collect();
+    node.write_config("res_scale.conf", &without_ca);
+    node.cli("module reload res_scale.so");
+    let amqp = wait::until("a certificate error", Duration::from_secs(10), Duration::from_millis(100), || {
+        let amqp = node.cli("scale show amqp");
+        (!amqp.contains("State:         connected") && amqp.to_lowercase().contains("certificate")).then_some(amqp)
+    });
+    eprintln!("{amqp}");
+}

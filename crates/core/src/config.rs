@@ -106,6 +106,8 @@ pub struct Amqp {
     pub confirms: bool,
     /// Zero turns heartbeats off.
     pub heartbeat: Duration,
+    /// PEM file of CA certificates trusted for amqps, besides the system's.
+    pub ca_file: Option<String>,
 }
 
 impl Default for Amqp {
@@ -119,6 +121,7 @@ impl Default for Amqp {
             // Without confirms, events handed to a connection that just died are lost.
             confirms: true,
             heartbeat: Duration::from_secs(30),
+            ca_file: None,
         }
     }
 }
@@ -250,14 +253,15 @@ impl Config {
             (
                 "amqp",
                 format!(
-                    "enabled={} url={} events_exchange={} queue_capacity={} persistent={} confirms={} heartbeat={}",
+                    "enabled={} url={} events_exchange={} queue_capacity={} persistent={} confirms={} heartbeat={} ca_file={}",
                     on_off(a.enabled),
                     a.urls.iter().map(|u| mask_password(u)).collect::<Vec<_>>().join(","),
                     a.events_exchange,
                     a.queue_capacity,
                     on_off(a.persistent),
                     on_off(a.confirms),
-                    duration::format(a.heartbeat)
+                    duration::format(a.heartbeat),
+                    a.ca_file.as_deref().unwrap_or("(system)")
                 ),
             ),
             (
@@ -362,6 +366,7 @@ fn set_amqp(a: &mut Amqp, key: &str, v: &str) -> Result<(), Reject> {
         "heartbeat" => {
             a.heartbeat = duration_between(v, Duration::ZERO, Some(Duration::from_secs(65_535)))?
         }
+        "ca_file" => a.ca_file = optional(v, pem_file)?,
         _ => return Err(Reject::UnknownKey),
     }
     Ok(())
@@ -487,6 +492,18 @@ fn exchange_name(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
 
+/// A readable file with at least one PEM certificate (read now, so a typo fails the load).
+fn pem_file(v: &str) -> Result<String, String> {
+    if !v.starts_with('/') {
+        return Err("expected an absolute path to a PEM file".into());
+    }
+    let text = std::fs::read_to_string(v).map_err(|e| format!("cannot read it: {e}"))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(v.to_string())
+}
+
 fn kv_prefix(v: &str) -> Result<String, String> {
     if v.is_empty() || v.starts_with('/') || !v.ends_with('/') {
         return Err("expected a Consul KV folder such as res_scale/apps/ (no leading '/', trailing '/')".into());
@@ -602,6 +619,23 @@ mod tests {
     fn same_exchange_for_events_and_registrations_is_refused() {
         let e = Config::from_raw(&raw("[registrations]\nexchange = res_scale.events\n")).unwrap_err();
         assert_eq!(e[0].reason, "must differ from [amqp] events_exchange");
+    }
+
+    #[test]
+    fn ca_file_must_be_a_readable_pem_file() {
+        let dir = std::env::temp_dir().join(format!("res_scale-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+        let junk = dir.join("junk.txt");
+        std::fs::write(&junk, "hello").unwrap();
+        let ok = Config::from_raw(&raw(&format!("[amqp]\nca_file = {}\n", pem.display()))).unwrap();
+        assert_eq!(ok.amqp.ca_file.as_deref(), Some(pem.to_str().unwrap()));
+        for (value, reason) in [("relative.pem", "absolute path"), ("/nonexistent/ca.pem", "cannot read it"), (junk.to_str().unwrap(), "no PEM certificate")] {
+            let e = Config::from_raw(&raw(&format!("[amqp]\nca_file = {value}\n"))).unwrap_err();
+            assert!(e[0].reason.contains(reason), "{value}: {}", e[0]);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

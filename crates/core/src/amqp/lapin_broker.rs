@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
@@ -22,6 +23,8 @@ pub struct LapinBroker {
     /// Shown in RabbitMQ's management UI and `rabbitmqctl list_connections`.
     pub connection_name: String,
     pub heartbeat: Duration,
+    /// PEM CA certificates trusted for amqps besides the system's.
+    pub extra_ca: Option<String>,
 }
 
 pub struct LapinLink {
@@ -53,7 +56,8 @@ impl Broker for LapinBroker {
         let properties = ConnectionProperties::default().with_connection_name(self.connection_name.clone().into());
         let runtime = HandleKit::runtime(tokio::runtime::Handle::current());
         let url = with_heartbeat(url, self.heartbeat);
-        let connect = Connection::connect_with_runtime(&url, properties, runtime);
+        let tls = OwnedTLSConfig { identity: None, cert_chain: self.extra_ca.clone() };
+        let connect = Connection::connect_with_config(&url, properties, tls, runtime);
         let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
             .map_err(|_| format!("no AMQP handshake within {CONNECT_TIMEOUT:?}"))?

@@ -106,7 +106,12 @@ impl<B: Broker> Publisher<B> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut first = true;
         loop {
-            let Some(link) = self.connect(&mut log).await else {
+            // A broker that drops packets can take CONNECT_TIMEOUT to fail: stay stoppable.
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                link = self.connect(&mut log) => link,
+            };
+            let Some(link) = connected else {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff.next_delay()) => continue,

@@ -172,7 +172,7 @@ impl<C: ConsulApi> Registrar<C> {
                         let result = if registered {
                             self.apply_drain(on).await.map_err(|e| e.to_string())
                         } else {
-                            Ok(())
+                            Err("the node is not registered in Consul yet; the drain state applies once it is".into())
                         };
                         let _ = reply.send(result);
                     }
@@ -422,6 +422,21 @@ mod agent_tests {
         consul.with(|s| s.check_status.insert("other".into(), "critical".into()));
         settle(Duration::from_secs(11)).await;
         assert!(consul.with(|s| s.services.contains_key("n1")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_asked_before_registration_says_so_and_applies_later() {
+        let consul = Arc::new(FakeConsul::default());
+        consul.with(|s| s.down = true);
+        let r = start(consul.clone(), identity("n1", "02:00:00:00:00:01", "i1"));
+        settle(Duration::from_millis(1)).await;
+        let (tx, rx) = std::sync::mpsc::channel();
+        r.requests.send(Request::Drain(true, tx)).await.unwrap();
+        settle(Duration::from_millis(1)).await;
+        assert!(rx.try_recv().unwrap().unwrap_err().contains("not registered in Consul yet"));
+        consul.with(|s| s.down = false);
+        settle(Duration::from_secs(10)).await;
+        assert_eq!(consul.with(|s| s.maintenance.get("n1").copied()), Some(true));
     }
 
     #[tokio::test(start_paused = true)]

@@ -8,5 +8,6 @@ pub mod config;
 pub mod consul;
 pub mod duration;
 pub mod node_info;
+pub mod registrations;
 pub mod state_log;
 pub mod status;

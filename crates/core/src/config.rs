@@ -497,6 +497,11 @@ fn pem_file(v: &str) -> Result<String, String> {
     if !v.starts_with('/') {
         return Err("expected an absolute path to a PEM file".into());
     }
+    // Only a plain, reasonably sized file: /dev/zero or a FIFO would hang the load.
+    let meta = std::fs::metadata(v).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() || meta.len() > 1024 * 1024 {
+        return Err("expected a regular PEM file of at most 1 MiB".into());
+    }
     let text = std::fs::read_to_string(v).map_err(|e| format!("cannot read it: {e}"))?;
     if !text.contains("-----BEGIN CERTIFICATE-----") {
         return Err("holds no PEM certificate".into());
@@ -631,7 +636,14 @@ mod tests {
         std::fs::write(&junk, "hello").unwrap();
         let ok = Config::from_raw(&raw(&format!("[amqp]\nca_file = {}\n", pem.display()))).unwrap();
         assert_eq!(ok.amqp.ca_file.as_deref(), Some(pem.to_str().unwrap()));
-        for (value, reason) in [("relative.pem", "absolute path"), ("/nonexistent/ca.pem", "cannot read it"), (junk.to_str().unwrap(), "no PEM certificate")] {
+        let cases = [
+            ("relative.pem", "absolute path"),
+            ("/nonexistent/ca.pem", "cannot read it"),
+            (junk.to_str().unwrap(), "no PEM certificate"),
+            ("/dev/zero", "regular PEM file"),
+            ("/", "regular PEM file"),
+        ];
+        for (value, reason) in cases {
             let e = Config::from_raw(&raw(&format!("[amqp]\nca_file = {value}\n"))).unwrap_err();
             assert!(e[0].reason.contains(reason), "{value}: {}", e[0]);
         }

@@ -8,6 +8,7 @@
 pub mod amqp;
 pub mod ari;
 pub mod consul;
+pub mod kamailio;
 pub mod node;
 pub mod pool;
 pub mod ports;

@@ -235,6 +235,16 @@ mod tests {
     }
 
     #[test]
+    fn decodes_what_the_kamailio_config_publishes() {
+        // Captured from configs/kamailio/kamailio.cfg in tests/tests/kamailio.rs.
+        let announce = r#"{"type":"ANNOUNCE","aor":"alice","contact":{"uri":"sip:alice@127.0.0.1:37009;transport=udp","expires":1795358372,"path":"","user_agent":"SIPp \"res_scale\" test\\agent","via_addr":"127.0.0.1","via_port":37009,"call_id":"reg-21925@127.0.0.1"},"origin":"kamailio-test","seq":1}"#;
+        let Message::Single(u) = decode(announce.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(u.contact.user_agent, r#"SIPp "res_scale" test\agent"#);
+        let withdraw = r#"{"type":"WITHDRAW","aor":"alice","contact":{"uri":"sip:alice@127.0.0.1:37009;transport=udp"},"origin":"kamailio-test","seq":2}"#;
+        assert!(matches!(decode(withdraw.as_bytes()), Ok(Message::Single(Update { kind: Kind::Withdraw, .. }))));
+    }
+
+    #[test]
     fn refuses_with_a_reason_for_each_kind_of_bad_input() {
         let cases: &[(&str, &str)] = &[
             ("{not json", "bad_json"),

@@ -4,7 +4,7 @@
 //! private Kamailio and SIPp, all on loopback. SIPp also plays two Asterisk nodes for the
 //! dispatcher (round robin, record-routed dialogs).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -68,22 +68,27 @@ fn assert_withdraw(message: &Received, aor: &str, uri: &str) {
     assert_eq!(keys.len(), 5, "unexpected fields in {}", message.body);
 }
 
-#[test]
-fn registrations_are_published_as_announce_and_withdraw() {
-    let started = Instant::now();
-    let dir = scratch_dir();
+/// A private broker with the probe's queue bound, and a registrar publishing to it.
+fn registrar(dir: &Path, defines: &[&str]) -> (RabbitMq, AmqpProbe, Kamailio) {
     let mq = RabbitMq::start(&dir.join("rabbitmq"), false);
     let probe = AmqpProbe::new(&mq.url());
     // Declares the exchange (durable topic, as res_scale nodes do): Kamailio's rabbitmq module
     // only publishes, it declares nothing.
     probe.bind_queue(QUEUE, EXCHANGE, "registration.#");
-
     let mut spec = KamailioSpec::new(&mq.url());
     spec.registrar_id = ORIGIN.to_string();
     // Nobody listens there: the dispatcher just marks it inactive. REGISTER never goes there.
     spec.destinations = vec![format!("sip:127.0.0.1:{}", free_port())];
-    spec.defines = vec!["UL_TIMER_INTERVAL=1".into(), "REG_MIN_EXPIRES=1".into(), "LOG_LEVEL=2".into()];
+    spec.defines = defines.iter().map(|d| d.to_string()).collect();
     let kamailio = Kamailio::start(&dir.join("kamailio"), spec);
+    (mq, probe, kamailio)
+}
+
+#[test]
+fn registrations_are_published_as_announce_and_withdraw() {
+    let started = Instant::now();
+    let dir = scratch_dir();
+    let (mq, probe, kamailio) = registrar(&dir, &["UL_TIMER_INTERVAL=1", "REG_MIN_EXPIRES=1", "LOG_LEVEL=2"]);
     eprintln!("broker and kamailio up after {:?}", started.elapsed());
 
     // 1. REGISTER alice, Expires: 60 -> ANNOUNCE.
@@ -265,13 +270,7 @@ fn a_missing_exchange_does_not_break_registration_and_publishing_resumes_once_it
 #[test]
 fn contact_star_withdraws_every_binding_of_the_aor() {
     let dir = scratch_dir();
-    let mq = RabbitMq::start(&dir.join("rabbitmq"), false);
-    let probe = AmqpProbe::new(&mq.url());
-    probe.bind_queue(QUEUE, EXCHANGE, "registration.#");
-    let mut spec = KamailioSpec::new(&mq.url());
-    spec.registrar_id = ORIGIN.to_string();
-    spec.destinations = vec![format!("sip:127.0.0.1:{}", free_port())];
-    let kamailio = Kamailio::start(&dir.join("kamailio"), spec);
+    let (mq, probe, kamailio) = registrar(&dir, &[]);
     let sipp_dir = dir.join("sipp");
 
     // Two phones of dave, two bindings.

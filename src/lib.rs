@@ -1,8 +1,9 @@
 //! res_scale.so: the Asterisk 22 module of res_scale.
 //!
-//! Layout: `sys` holds the generated bindings and `ast` the safe wrappers over them (the only
-//! `unsafe` code); `lifecycle` owns load/unload/reload and the per-load state; `commands` holds
-//! the CLI commands; `amqp`, `consul`, `events` and `node` adapt the core crate's subsystems to Asterisk. Domain logic lives in the `res-scale-core` crate.
+//! Layout: `sys` holds the generated bindings and `ast` the safe wrappers over them (all FFI
+//! code lives there); `lifecycle` owns load/unload/reload and the per-load state; `commands`
+//! holds the CLI commands; `amqp`, `consul`, `events` and `node` adapt the core crate's
+//! subsystems to Asterisk. Domain logic lives in the `res-scale-core` crate.
 
 mod amqp;
 mod ast;

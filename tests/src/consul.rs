@@ -3,9 +3,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use crate::child::tied_command;
 use crate::ports::free_port;
 use crate::testbed::Testbed;
 use crate::wait;
@@ -53,7 +54,7 @@ impl Consul {
         self.stop();
         let log = fs::File::create(self.dir.join("consul.log")).unwrap();
         let [server, serf_lan, serf_wan] = self.ports;
-        let child = Command::new(&self.binary)
+        let child = tied_command(&self.binary, "KILL")
             .args(["agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1"])
             .args(["-http-port", &self.http_port.to_string(), "-dns-port", "-1", "-grpc-port", "-1"])
             .args(["-server-port", &server.to_string()])

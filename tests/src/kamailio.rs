@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::child::tied_command;
 use crate::ports::free_port;
 use crate::wait;
 
@@ -76,7 +77,7 @@ impl Kamailio {
         defines.extend(kamailio.spec.defines.iter().cloned());
 
         let log = fs::File::create(dir.join("kamailio.log")).unwrap();
-        let mut command = Command::new("kamailio");
+        let mut command = tied_command("kamailio", "TERM");
         command.arg("-f").arg(config_file()).args(["-DD", "-E"]).arg("-Y").arg(&run).arg("-P").arg(run.join("kamailio.pid"));
         for define in &defines {
             command.arg("-A").arg(define);
@@ -227,7 +228,7 @@ impl Sipp {
     pub fn spawn(dir: &Path, name: &str, args: &[String]) -> Sipp {
         fs::create_dir_all(dir).unwrap();
         let out = fs::File::create(dir.join(format!("{name}.out"))).unwrap();
-        let child = Command::new("sipp")
+        let child = tied_command("sipp", "KILL")
             .args(args)
             .args(["-nostdin", "-trace_err", "-error_file"])
             .arg(dir.join(format!("{name}-errors.log")))

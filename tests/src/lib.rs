@@ -7,6 +7,7 @@
 
 pub mod amqp;
 pub mod ari;
+pub mod child;
 pub mod consul;
 pub mod kamailio;
 pub mod node;

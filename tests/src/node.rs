@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::ari::Ari;
+use crate::child::tied_command;
 use crate::testbed::Testbed;
 use crate::wait;
 
@@ -211,7 +212,7 @@ impl Node {
             assert!(out.status.success(), "docker run failed: {}", String::from_utf8_lossy(&out.stderr));
             Process::Docker(self.container.clone())
         } else {
-            let child = Command::new("chroot")
+            let child = tied_command("chroot", "TERM")
                 .arg(&self.testbed.rootfs)
                 .args(["/usr/sbin/asterisk", "-C", &conf, "-f"])
                 .stdin(Stdio::null())

@@ -2,7 +2,8 @@
 //! all private to one test.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::consul::Consul;
@@ -80,6 +81,7 @@ impl PoolBuilder {
 
     pub fn start(self) -> Pool {
         let testbed = Testbed::load();
+        reap_orphaned_containers();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         let inner = format!("/srv/res_scale/{id}");
@@ -120,6 +122,21 @@ impl PoolBuilder {
             node.start();
         }
         pool
+    }
+}
+
+/// Removes the node containers of test processes that died without their teardown (killed by
+/// a timeout, say): their names carry the PID of the process that made them.
+fn reap_orphaned_containers() {
+    let Ok(out) = Command::new("docker").args(["ps", "-a", "--filter", "name=^res_scale-", "--format", "{{.Names}}"]).output() else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let owner = name.strip_prefix("res_scale-").and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = owner.filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            eprintln!("removing container {name}, left behind by test process {pid}");
+            let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::child::tied_command;
 use crate::ports::free_port;
 use crate::wait;
 
@@ -90,7 +91,8 @@ impl RabbitMq {
 
     fn command(&self, program: &str) -> Command {
         let d = &self.dir;
-        let mut c = Command::new(program);
+        // TERM: the server script stops the Erlang VM it started on TERM.
+        let mut c = tied_command(program, "TERM");
         c.env("HOME", d.join("home"))
             .env("RABBITMQ_NODENAME", &self.node_name)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")

@@ -81,7 +81,7 @@ impl Outbox {
 #[derive(Debug, Clone, Default)]
 pub struct AmqpStatus {
     pub state: String,
-    /// The broker in use (password masked), or the last one tried.
+    /// The broker in use, or while none answers the ones being tried (passwords masked).
     pub broker: String,
     pub last_error: Option<String>,
 }
@@ -217,6 +217,9 @@ impl<B: Broker> Publisher<B> {
             }
         }
         self.failed(log, "unreachable", format!("no broker reachable ({}); events are queued, retrying", errors.join("; ")));
+        // Until one answers, "the broker" an operator wants to see is the list being tried.
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).broker =
+            self.urls.iter().map(|u| mask_password(u)).collect::<Vec<_>>().join(", ");
         None
     }
 
@@ -351,6 +354,7 @@ mod tests {
         settle().await;
         assert!(published(&h).is_empty());
         assert_eq!(h.status.lock().unwrap().state, "unreachable");
+        assert_eq!(h.status.lock().unwrap().broker, "amqp://a", "the broker being tried is shown");
         assert_eq!(h.queue.depth(), 3, "everything waits in the queue while no broker answers");
         h.broker.state.lock().unwrap().down.clear();
         tokio::time::sleep(Duration::from_secs(6)).await;

@@ -9,8 +9,8 @@ use res_scale_core::amqp::lapin_broker::LapinBroker;
 use res_scale_core::amqp::publisher::{AmqpStatus, Outbox, Publisher};
 use res_scale_core::config;
 use res_scale_core::consul::registration::NodeIdentity;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+
+use crate::tasks::Tasks;
 
 /// The publisher flushes for up to 2 s at shutdown; this leaves it room to close cleanly.
 const STOP_TIMEOUT: Duration = Duration::from_secs(4);
@@ -34,8 +34,7 @@ impl EventPipe {
 pub struct Amqp {
     pub pipe: EventPipe,
     pub status: Arc<Mutex<AmqpStatus>>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    tasks: Tasks,
 }
 
 impl Amqp {
@@ -61,20 +60,14 @@ impl Amqp {
             counters: pipe.counters.clone(),
             status: status.clone(),
         };
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        tracker.spawn_on(publisher.run(pipe.outbox.clone(), shutdown.clone()), runtime);
-        tracker.close();
-        Amqp { pipe, status, shutdown, tracker }
+        let tasks = Tasks::new();
+        tasks.spawn(runtime, publisher.run(pipe.outbox.clone(), tasks.shutdown()));
+        Amqp { pipe, status, tasks }
     }
 
     /// Stops the publisher after it flushed what it could; the queue stays with the pipe.
     pub fn stop(self, runtime: &tokio::runtime::Runtime) -> EventPipe {
-        self.shutdown.cancel();
-        // The timer must be created inside the runtime, hence the async block.
-        if runtime.block_on(async { tokio::time::timeout(STOP_TIMEOUT, self.tracker.wait()).await }).is_err() {
-            tracing::warn!("amqp: the publisher did not stop within {STOP_TIMEOUT:?}");
-        }
+        self.tasks.stop(runtime, STOP_TIMEOUT, "amqp");
         self.pipe
     }
 }

@@ -10,11 +10,10 @@ use res_scale_core::consul::http::HttpConsul;
 use res_scale_core::consul::nodes::{self, PoolView};
 use res_scale_core::consul::registration::{Liveness, NodeIdentity, Registrar, RegistrationStatus, Request, Timing};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::ast::identity;
 use crate::ast::stasis::AsteriskStasis;
+use crate::tasks::Tasks;
 
 /// How long a CLI command waits for Consul to confirm a drain change.
 const DRAIN_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -28,8 +27,7 @@ pub struct Consul {
     pub status: Arc<Mutex<RegistrationStatus>>,
     pub view: Arc<Mutex<PoolView>>,
     requests: mpsc::Sender<Request>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    tasks: Tasks,
 }
 
 struct AsteriskAlive;
@@ -56,8 +54,7 @@ impl Consul {
         let status = Arc::new(Mutex::new(RegistrationStatus { state: "starting".into(), ..Default::default() }));
         let view = Arc::new(Mutex::new(PoolView::default()));
         let (requests, requests_rx) = mpsc::channel(16);
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let tasks = Tasks::new();
 
         let registrar = Registrar {
             api: agent.clone(),
@@ -66,7 +63,7 @@ impl Consul {
             status: status.clone(),
             liveness: Arc::new(AsteriskAlive),
         };
-        tracker.spawn_on(registrar.run(requests_rx, shutdown.clone()), runtime);
+        tasks.spawn(runtime, registrar.run(requests_rx, tasks.shutdown()));
         let watcher = AppsWatcher {
             api: agent.clone(),
             prefix: settings.apps_prefix.clone(),
@@ -75,10 +72,9 @@ impl Consul {
             counters,
             registration: requests.clone(),
         };
-        tracker.spawn_on(watcher.run(shutdown.clone()), runtime);
-        tracker.spawn_on(nodes::watch(agent.clone(), node.service_name.clone(), view.clone(), shutdown.clone()), runtime);
-        tracker.close();
-        Ok(Consul { node_id: node.node_id, prefix: settings.apps_prefix.clone(), agent, status, view, requests, shutdown, tracker })
+        tasks.spawn(runtime, watcher.run(tasks.shutdown()));
+        tasks.spawn(runtime, nodes::watch(agent.clone(), node.service_name.clone(), view.clone(), tasks.shutdown()));
+        Ok(Consul { node_id: node.node_id, prefix: settings.apps_prefix.clone(), agent, status, view, requests, tasks })
     }
 
     /// Turns maintenance mode on or off and waits (bounded) for Consul's answer.
@@ -93,10 +89,6 @@ impl Consul {
 
     /// Stops the tasks (the registration agent deregisters the node) and waits for them.
     pub fn stop(self, runtime: &tokio::runtime::Runtime) {
-        self.shutdown.cancel();
-        // The timer must be created inside the runtime, hence the async block.
-        if runtime.block_on(async { tokio::time::timeout(STOP_TIMEOUT, self.tracker.wait()).await }).is_err() {
-            tracing::warn!("consul: tasks did not stop within {STOP_TIMEOUT:?}");
-        }
+        self.tasks.stop(runtime, STOP_TIMEOUT, "consul");
     }
 }

@@ -3,7 +3,7 @@
 //! Layout: `sys` holds the generated bindings and `ast` the safe wrappers over them (all FFI
 //! code lives there); `lifecycle` owns load/unload/reload and the per-load state; `commands`
 //! holds the CLI commands; `amqp`, `consul`, `events` and `node` adapt the core crate's
-//! subsystems to Asterisk. Domain logic lives in the `res-scale-core` crate.
+//! subsystems to Asterisk, and `tasks` runs their background work. Domain logic lives in the `res-scale-core` crate.
 
 mod amqp;
 mod ast;
@@ -13,3 +13,4 @@ mod events;
 mod lifecycle;
 mod node;
 mod sys;
+mod tasks;

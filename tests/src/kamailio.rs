@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::child::tied_command;
+use crate::child::{print_log_tail, terminate, tied_command};
 use crate::ports::free_port;
 use crate::wait;
 
@@ -146,30 +146,16 @@ impl Kamailio {
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let pid = child.id();
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Whatever of the group is left (the main process or a straggling child).
+        terminate(&mut child, Duration::from_secs(10));
+        // Whatever of the group is left (a straggling child).
         let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("---- last lines of kamailio.log ({}) ----", self.dir.display());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            print_log_tail(&format!("kamailio.log ({})", self.dir.display()), &self.log(), 60);
         }
         self.stop();
     }

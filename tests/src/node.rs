@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::ari::Ari;
-use crate::child::tied_command;
+use crate::child::{print_log_tail, tied_command};
 use crate::testbed::Testbed;
 use crate::wait;
 
@@ -352,12 +352,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- last lines of {} messages.log ({}) ----", self.name, self.dir.display());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            print_log_tail(&format!("{} messages.log ({})", self.name, self.dir.display()), &self.log(), 40);
         }
         self.kill();
     }

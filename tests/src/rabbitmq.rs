@@ -12,11 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::child::tied_command;
+use crate::child::{terminate, tied_command};
 use crate::ports::free_port;
 use crate::wait;
 
 const BIN: &str = "/usr/lib/rabbitmq/bin";
+/// A clean stop takes about a second; past this the broker is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
 
 pub struct RabbitMq {
     pub port: u16,
@@ -139,8 +141,8 @@ impl RabbitMq {
 
     /// Stops the broker (SIGTERM: a clean stop in about a second) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            stop_child(server);
+        if let Some(mut server) = self.server.take() {
+            terminate(&mut server, STOP_GRACE);
         }
     }
 
@@ -168,25 +170,12 @@ fn make_certificates(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// SIGTERM, up to 20 s to exit, then SIGKILL.
-fn stop_child(mut child: Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    for _ in 0..200 {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 impl Drop for RabbitMq {
     fn drop(&mut self) {
         self.stop();
         // epmd last: the broker deregisters from it on the way out.
-        if let Some(epmd) = self.epmd.take() {
-            stop_child(epmd);
+        if let Some(mut epmd) = self.epmd.take() {
+            terminate(&mut epmd, STOP_GRACE);
         }
     }
 }

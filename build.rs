@@ -17,7 +17,7 @@ const HELP: &str = "res_scale needs the headers of the Asterisk 22 it will be lo
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let shim_dir = manifest.join("asterisk-headers");
-    for file in ["wrapper.h", "shim.h", "shim.c", "fetch-headers.sh", "host-mirror.sh"] {
+    for file in ["wrapper.h", "shim.h", "shim.c", "contacts.c", "fetch-headers.sh", "host-mirror.sh"] {
         println!("cargo:rerun-if-changed={}", shim_dir.join(file).display());
     }
     println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");
@@ -27,12 +27,14 @@ fn main() {
 
     cc::Build::new()
         .file(shim_dir.join("shim.c"))
+        .file(shim_dir.join("contacts.c"))
         .include(&include)
         .include(&shim_dir)
         .define("_GNU_SOURCE", None)
         .warnings(true)
         // Asterisk's own headers trip this one (`static int force_inline ...`).
         .flag_if_supported("-Wno-old-style-declaration")
+        .flag_if_supported("-Wno-ignored-qualifiers")
         // The shim holds the ELF constructor that registers the module; nothing in Rust refers
         // to it, so without whole-archive the linker would drop it.
         .link_lib_modifier("+whole-archive")
@@ -58,7 +60,7 @@ fn main() {
         .allowlist_type("ast_json_encoding_format")
         .allowlist_function("res_scale_.*")
         .allowlist_var("ast_eid_default|ast_config_AST_SYSTEM_NAME|ast_config_AST_CONFIG_DIR")
-        .allowlist_type("ast_module_load_result|ast_cli_command|res_scale_config_status")
+        .allowlist_type("ast_module_load_result|ast_cli_command|res_scale_.*")
         .allowlist_var("__LOG_.*")
         .default_enum_style(bindgen::EnumVariation::Consts)
         .prepend_enum_name(false)

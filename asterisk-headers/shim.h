@@ -26,4 +26,47 @@ enum res_scale_config_status {
 enum res_scale_config_status res_scale_config_load(const char *filename, int only_if_changed,
 	struct ast_config **out);
 
+/* PJSIP contacts (contacts.c). Times are unix seconds; strings are never NULL. */
+struct res_scale_contact_fields {
+	const char *id;         /* "<aor>;@<md5 of uri>"; only set in observer reports */
+	const char *uri;
+	const char *path;
+	const char *user_agent;
+	const char *via_addr;
+	const char *call_id;
+	const char *endpoint;   /* set when the registrar made the contact for a REGISTER */
+	long long expires;
+	int via_port;
+};
+
+enum res_scale_contact_result {
+	RES_SCALE_CONTACT_CREATED = 0,
+	RES_SCALE_CONTACT_UPDATED = 1,
+	RES_SCALE_CONTACT_REMOVED = 2,
+	RES_SCALE_CONTACT_ABSENT = 3,   /* remove: there was no such contact */
+	RES_SCALE_CONTACT_NO_AOR = 4,   /* the AOR is not configured on this node */
+	RES_SCALE_CONTACT_FAILED = 5,   /* Asterisk refused (logged by res_pjsip) */
+};
+
+enum res_scale_contact_change {
+	RES_SCALE_CONTACT_CREATE = 0,
+	RES_SCALE_CONTACT_UPDATE = 1,
+	RES_SCALE_CONTACT_DELETE = 2,
+	RES_SCALE_CONTACT_EXISTS = 3,   /* from res_scale_contact_report_all() */
+};
+
+/* Creates the contact of an existing AOR, or refreshes it (expiry, user agent, via, call id),
+ * under the AOR's lock, with prune_on_boot set and no endpoint. */
+enum res_scale_contact_result res_scale_contact_upsert(const char *aor,
+	const struct res_scale_contact_fields *fields);
+
+/* Deletes the contact with this URI from the AOR, under the AOR's lock. */
+enum res_scale_contact_result res_scale_contact_remove(const char *aor, const char *uri);
+
+/* Adds (on != 0) or removes the sorcery observer that calls rs_scale_contact_changed(). */
+int res_scale_contact_observe(int on);
+
+/* Calls rs_scale_contact_changed(RES_SCALE_CONTACT_EXISTS, ..) for every contact there is. */
+void res_scale_contact_report_all(void);
+
 #endif

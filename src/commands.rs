@@ -3,6 +3,7 @@
 
 use res_scale_core::amqp::show::{self as amqp_show, AmqpView};
 use res_scale_core::consul::show;
+use res_scale_core::registrations::show::{self as registrations_show, RegistrationsView};
 use res_scale_core::status::{StatusReport, SubsystemLine};
 
 use crate::ast::cli::{no_completion, Command, Outcome};
@@ -10,10 +11,10 @@ use crate::ast::identity;
 use crate::lifecycle::{self, Running};
 
 #[cfg(not(feature = "test-hooks"))]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SET_DRAIN];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN];
 
 #[cfg(feature = "test-hooks")]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SET_DRAIN, TEST_PANIC, TEST_EVENTS];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN, TEST_PANIC, TEST_EVENTS];
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
@@ -42,12 +43,6 @@ const SHOW_STATUS: Command = Command {
 
 fn show_status(running: &Running) -> Outcome {
     let config = &running.config;
-    let not_yet = |name: &'static str, enabled: bool| SubsystemLine {
-        name,
-        // Not started yet: the registrations issue fills this line.
-        state: if enabled { "not implemented yet" } else { "disabled" }.into(),
-        counters: vec![],
-    };
     let consul = match &running.consul {
         None => SubsystemLine { name: "consul", state: "disabled".into(), counters: vec![] },
         Some(c) => {
@@ -69,7 +64,7 @@ fn show_status(running: &Running) -> Outcome {
         uptime: running.started.elapsed(),
         config_source: running.config_source.clone(),
         config: config.summary(),
-        subsystems: vec![consul, amqp_line(running), not_yet("registrations", config.registrations.enabled)],
+        subsystems: vec![consul, amqp_line(running), registrations_line(running)],
     };
     let mut out = report.render();
     if let Some(c) = &running.consul {
@@ -111,6 +106,46 @@ const SHOW_AMQP: Command = Command {
         show(args, |running| match with_amqp(running, amqp_show::render) {
             Some(text) => Outcome::Output(text),
             None => Outcome::Failed("AMQP is disabled in res_scale.conf\n".into()),
+        })
+    },
+    complete: no_completion,
+};
+
+/// Runs `f` on a snapshot of the registrations subsystem, if it runs.
+fn with_registrations<R>(running: &Running, f: impl FnOnce(&RegistrationsView<'_>) -> R) -> Option<R> {
+    let r = running.registrations.as_ref()?;
+    let status = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (local, remote) = r.snapshot();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let view = RegistrationsView {
+        status: &status,
+        counters: &r.counters,
+        reconnects: r.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        exchange: &r.exchange,
+        local,
+        remote,
+        now,
+    };
+    Some(f(&view))
+}
+
+fn registrations_line(running: &Running) -> SubsystemLine {
+    with_registrations(running, registrations_show::status_line).unwrap_or(SubsystemLine { name: "registrations", state: "disabled".into(), counters: vec![] })
+}
+
+const SHOW_REGISTRATIONS: Command = Command {
+    words: c"scale show registrations",
+    summary: c"List the SIP registrations shared across the pool",
+    usage: c"Usage: scale show registrations [<aor>]\n       Lists the contacts this node knows, all or those of one AOR: the AOR, the\n       contact URI, its origin ('this node' for phones registered here, else the\n       EID of the node or the id of the registrar that announced it), the time\n       left before it expires, and the user agent. Then the counters: applied,\n       ignored (own messages, duplicates, old or not from the owner), rejected by\n       reason, published, and the connection to the registrations exchange.\n",
+    run: |args| {
+        let aor = match args {
+            [] => None,
+            [aor] => Some(aor.clone()),
+            _ => return Outcome::ShowUsage,
+        };
+        with_running(|running| match with_registrations(running, |view| registrations_show::render(view, aor.as_deref())) {
+            Some(text) => Outcome::Output(text),
+            None => Outcome::Failed("Registrations are disabled in res_scale.conf\n".into()),
         })
     },
     complete: no_completion,

@@ -2,7 +2,7 @@
 //!
 //! Layout: `sys` holds the generated bindings and `ast` the safe wrappers over them (all FFI
 //! code lives there); `lifecycle` owns load/unload/reload and the per-load state; `commands`
-//! holds the CLI commands; `amqp`, `consul`, `events` and `node` adapt the core crate's
+//! holds the CLI commands; `amqp`, `consul`, `events`, `registrations` and `node` adapt the core crate's
 //! subsystems to Asterisk, and `tasks` runs their background work. Domain logic lives in the `res-scale-core` crate.
 
 mod amqp;
@@ -12,5 +12,6 @@ mod consul;
 mod events;
 mod lifecycle;
 mod node;
+mod registrations;
 mod sys;
 mod tasks;

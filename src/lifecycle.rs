@@ -16,6 +16,7 @@ use crate::commands;
 use crate::consul::Consul;
 use crate::events::Forwarder;
 use crate::node;
+use crate::registrations::Registrations;
 
 /// Everything that exists while the module is loaded.
 pub struct Running {
@@ -31,6 +32,7 @@ pub struct Running {
     pub counters: Arc<EventCounters>,
     pub consul: Option<Consul>,
     pub amqp: Option<Amqp>,
+    pub registrations: Option<Registrations>,
     /// The event queue while the publisher is being restarted by a reload.
     parked_pipe: Option<EventPipe>,
     forwarder: Arc<Forwarder>,
@@ -82,6 +84,7 @@ pub fn load() -> Result<(), ()> {
         counters,
         consul: None,
         amqp: None,
+        registrations: None,
         parked_pipe: None,
         forwarder,
         runtime: Some(runtime),
@@ -126,7 +129,23 @@ impl Running {
     fn start_subsystems(&mut self) -> Result<(), String> {
         self.start_consul()?;
         self.start_amqp();
+        self.start_registrations()
+    }
+
+    /// Registrations use the brokers of [amqp] and, for node loss, Consul's view of the pool.
+    fn start_registrations(&mut self) -> Result<(), String> {
+        if self.config.registrations.enabled {
+            let pool = self.consul.as_ref().map(|c| c.view.clone());
+            let config = &self.config;
+            self.registrations = Some(Registrations::start(self.runtime().handle(), &config.amqp, &config.registrations, &self.node, pool)?);
+        }
         Ok(())
+    }
+
+    fn stop_registrations(&mut self) {
+        if let Some(registrations) = self.registrations.take() {
+            registrations.stop(self.runtime());
+        }
     }
 
     fn start_consul(&mut self) -> Result<(), String> {
@@ -171,10 +190,11 @@ impl Running {
     }
 
     /// Everything down, in the order that keeps Asterisk safe and loses nothing avoidable: no
-    /// CLI, no Consul tasks, no Stasis applications, no callback in flight, then the publisher
+    /// CLI, no registrations (their learned contacts removed), no Consul tasks, no Stasis applications, no callback in flight, then the publisher
     /// flushes what was queued, then the threads.
     fn stop(&mut self) {
         drop(self.cli.take());
+        self.stop_registrations();
         self.stop_consul();
         apps::close(&self.apps, &AsteriskStasis, &self.counters);
         if !stasis::wait_idle(SHUTDOWN_TIMEOUT) {
@@ -195,13 +215,23 @@ impl Running {
         if identity_changed {
             self.node = node::identity(&self.config, &self.eid, &self.system_name);
         }
-        if identity_changed || old.consul != self.config.consul {
+        let consul_changed = identity_changed || old.consul != self.config.consul;
+        let amqp_changed = identity_changed || old.amqp != self.config.amqp;
+        // Registrations hold Consul's pool view and [amqp]'s brokers: they restart with either.
+        let registrations_changed = consul_changed || amqp_changed || old.registrations != self.config.registrations;
+        if registrations_changed {
+            self.stop_registrations();
+        }
+        if consul_changed {
             self.stop_consul();
             self.start_consul()?;
         }
-        if identity_changed || old.amqp != self.config.amqp {
+        if amqp_changed {
             self.stop_amqp();
             self.start_amqp();
+        }
+        if registrations_changed {
+            self.start_registrations()?;
         }
         Ok(())
     }

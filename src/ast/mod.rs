@@ -3,7 +3,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod contacts;
 mod entry;
+mod gate;
 pub mod guard;
 pub mod identity;
 pub mod log;

@@ -5,12 +5,14 @@
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
 use std::os::raw::{c_char, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "test-hooks")]
+use std::time::Instant;
 
 use res_scale_core::consul::apps::StasisApps;
 
+use crate::ast::gate::Gate;
 use crate::ast::guard::guarded;
 use crate::sys;
 
@@ -58,7 +60,7 @@ impl Message<'_> {
 }
 
 static SINK: RwLock<Option<Arc<dyn EventSink>>> = RwLock::new(None);
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static GATE: Gate = Gate::new();
 
 /// Sets (or with `None` clears) where events go.
 pub fn set_sink(sink: Option<Arc<dyn EventSink>>) {
@@ -67,18 +69,11 @@ pub fn set_sink(sink: Option<Arc<dyn EventSink>>) {
 
 /// Waits until no callback runs in our code; false if some still did after `timeout`.
 pub fn wait_idle(timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while IN_FLIGHT.load(Ordering::Acquire) > 0 {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    true
+    GATE.wait_idle(timeout)
 }
 
 unsafe extern "C" fn on_event(_data: *mut c_void, app_name: *const c_char, message: *mut sys::ast_json) {
-    IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
+    let _pass = GATE.enter();
     guarded("a Stasis event callback", (), || {
         if app_name.is_null() || message.is_null() {
             return;
@@ -90,7 +85,6 @@ unsafe extern "C" fn on_event(_data: *mut c_void, app_name: *const c_char, messa
             sink.event(&app, &Message { json: message, _borrow: PhantomData });
         }
     });
-    IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Stasis applications registered through res_stasis.

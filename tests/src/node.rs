@@ -168,6 +168,8 @@ impl Node {
                  [{user}]\ntype = aor\nmax_contacts = 5\nremove_existing = yes\n"
             ));
         }
+        // dave registers without authentication: the registration tests' SIPp phone.
+        pjsip.push_str("[dave]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = dave\ndirect_media = no\n[dave]\ntype = aor\nmax_contacts = 5\n");
         pjsip.push_str("[sipp]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\ndirect_media = no\n");
         self.write_config("pjsip.conf", &pjsip);
         self.write_config(

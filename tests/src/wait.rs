@@ -4,14 +4,19 @@
 use std::time::{Duration, Instant};
 
 /// Calls `probe` every `every` until it returns `Some`, or panics with `what` after `within`.
-pub fn until<T>(what: &str, within: Duration, every: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+pub fn until<T>(what: &str, within: Duration, every: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    try_until(within, every, probe).unwrap_or_else(|| panic!("timed out after {within:?} waiting for {what}"))
+}
+
+/// Calls `probe` every `every` until it returns `Some`; `None` after `within`.
+pub fn try_until<T>(within: Duration, every: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + within;
     loop {
         if let Some(value) = probe() {
-            return value;
+            return Some(value);
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(every);
     }

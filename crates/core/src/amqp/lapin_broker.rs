@@ -45,7 +45,38 @@ fn with_heartbeat(url: &str, heartbeat: Duration) -> String {
     format!("{url}{separator}heartbeat={}", heartbeat.as_secs())
 }
 
-fn text(e: lapin::Error) -> String {
+/// Where and how to connect; shared by the events publisher and the registrations bus.
+pub struct Endpoint<'a> {
+    pub connection_name: &'a str,
+    pub heartbeat: Duration,
+    /// PEM CA certificates trusted for amqps besides the system's.
+    pub extra_ca: Option<&'a str>,
+    /// A durable topic exchange, declared on every connect.
+    pub exchange: &'a str,
+}
+
+/// Connects to one broker on the current tokio runtime, opens a channel and declares the
+/// exchange.
+pub async fn open(url: &str, endpoint: &Endpoint<'_>) -> Result<(Connection, Channel), String> {
+    let properties = ConnectionProperties::default().with_connection_name(endpoint.connection_name.to_string().into());
+    let runtime = HandleKit::runtime(tokio::runtime::Handle::current());
+    let url = with_heartbeat(url, endpoint.heartbeat);
+    let tls = OwnedTLSConfig { identity: None, cert_chain: endpoint.extra_ca.map(str::to_string) };
+    let connect = Connection::connect_with_config(&url, properties, tls, runtime);
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| format!("no AMQP handshake within {CONNECT_TIMEOUT:?}"))?
+        .map_err(text)?;
+    let channel = connection.create_channel().await.map_err(text)?;
+    let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(endpoint.exchange.into(), ExchangeKind::Topic, options, FieldTable::default())
+        .await
+        .map_err(|e| format!("declaring exchange '{}': {e}", endpoint.exchange))?;
+    Ok((connection, channel))
+}
+
+pub fn text(e: lapin::Error) -> String {
     e.to_string()
 }
 
@@ -53,21 +84,7 @@ impl Broker for LapinBroker {
     type Link = LapinLink;
 
     async fn connect(&self, url: &str) -> Result<LapinLink, String> {
-        let properties = ConnectionProperties::default().with_connection_name(self.connection_name.clone().into());
-        let runtime = HandleKit::runtime(tokio::runtime::Handle::current());
-        let url = with_heartbeat(url, self.heartbeat);
-        let tls = OwnedTLSConfig { identity: None, cert_chain: self.extra_ca.clone() };
-        let connect = Connection::connect_with_config(&url, properties, tls, runtime);
-        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| format!("no AMQP handshake within {CONNECT_TIMEOUT:?}"))?
-            .map_err(text)?;
-        let channel = connection.create_channel().await.map_err(text)?;
-        let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        channel
-            .exchange_declare(self.exchange.clone().into(), ExchangeKind::Topic, options, FieldTable::default())
-            .await
-            .map_err(|e| format!("declaring exchange '{}': {e}", self.exchange))?;
+        let (connection, channel) = open(url, &Endpoint { connection_name: &self.connection_name, heartbeat: self.heartbeat, extra_ca: self.extra_ca.as_deref(), exchange: &self.exchange }).await?;
         if self.confirms {
             channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(text)?;
         }

@@ -202,33 +202,47 @@ impl<B: Broker> Publisher<B> {
 
     /// Tries every broker in order; logs only when the state changes.
     async fn connect(&self, log: &mut StateLog) -> Option<B::Link> {
-        let mut errors = Vec::new();
-        for url in &self.urls {
-            match self.broker.connect(url).await {
-                Ok(link) => {
-                    let masked = mask_password(url);
-                    log.enter("connected", Severity::Info, &format!("connected to {masked}"));
-                    let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                    s.state = "connected".into();
-                    s.broker = masked;
-                    return Some(link);
-                }
-                Err(e) => errors.push(format!("{}: {e}", mask_password(url))),
-            }
-        }
-        self.failed(log, "unreachable", format!("no broker reachable ({}); events are queued, retrying", errors.join("; ")));
-        // Until one answers, "the broker" an operator wants to see is the list being tried.
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).broker =
-            self.urls.iter().map(|u| mask_password(u)).collect::<Vec<_>>().join(", ");
-        None
+        first_reachable(&self.urls, log, &self.status, "events are queued", |url| self.broker.connect(url)).await
     }
 
     fn failed(&self, log: &mut StateLog, state: &str, detail: String) {
-        log.enter(state, Severity::Warning, &detail);
-        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        s.state = state.to_string();
-        s.last_error = Some(detail);
+        record_failure(log, &self.status, state, detail);
     }
+}
+
+/// Connects to the first broker of `urls` that answers, in order; logs only when the state
+/// changes and keeps `status` current. `meanwhile` says what happens while none answers.
+pub async fn first_reachable<'a, L, F, Fut>(urls: &'a [String], log: &mut StateLog, status: &Mutex<AmqpStatus>, meanwhile: &str, mut connect: F) -> Option<L>
+where
+    F: FnMut(&'a str) -> Fut,
+    Fut: Future<Output = Result<L, String>>,
+{
+    let mut errors = Vec::new();
+    for url in urls {
+        match connect(url).await {
+            Ok(link) => {
+                let masked = mask_password(url);
+                log.enter("connected", Severity::Info, &format!("connected to {masked}"));
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+                s.state = "connected".into();
+                s.broker = masked;
+                return Some(link);
+            }
+            Err(e) => errors.push(format!("{}: {e}", mask_password(url))),
+        }
+    }
+    record_failure(log, status, "unreachable", format!("no broker reachable ({}); {meanwhile}, retrying", errors.join("; ")));
+    // Until one answers, "the broker" an operator wants to see is the list being tried.
+    status.lock().unwrap_or_else(|e| e.into_inner()).broker = urls.iter().map(|u| mask_password(u)).collect::<Vec<_>>().join(", ");
+    None
+}
+
+/// Records a failed or lost connection: one log line per state change, the last error kept.
+pub fn record_failure(log: &mut StateLog, status: &Mutex<AmqpStatus>, state: &str, detail: String) {
+    log.enter(state, Severity::Warning, &detail);
+    let mut s = status.lock().unwrap_or_else(|e| e.into_inner());
+    s.state = state.to_string();
+    s.last_error = Some(detail);
 }
 
 #[cfg(test)]

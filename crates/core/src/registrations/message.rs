@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 /// Larger bodies are refused before parsing (a SYNC batch of 500 contacts is about 150 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
@@ -118,6 +118,62 @@ pub fn decode(body: &[u8]) -> Result<Message, Rejection> {
         "REPLACE" => update(Kind::Replace, object, "").map(Message::Single),
         other => Err(Rejection::UnknownType(other.chars().take(64).collect())),
     }
+}
+
+fn kind_word(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Announce => "ANNOUNCE",
+        Kind::Withdraw => "WITHDRAW",
+        Kind::Replace => "REPLACE",
+    }
+}
+
+fn contact_json(c: &Contact) -> Value {
+    let mut v = json!({"uri": c.uri, "path": c.path, "user_agent": c.user_agent, "via_addr": c.via_addr, "via_port": c.via_port, "call_id": c.call_id});
+    if let Some(expires) = c.expires {
+        v["expires"] = json!(expires);
+    }
+    v
+}
+
+fn update_json(u: &Update) -> Value {
+    json!({"type": kind_word(u.kind), "aor": u.aor, "contact": contact_json(&u.contact), "origin": u.origin, "seq": u.seq})
+}
+
+/// One ANNOUNCE, WITHDRAW or REPLACE.
+pub fn encode_update(u: &Update) -> Vec<u8> {
+    update_json(u).to_string().into_bytes()
+}
+
+pub fn encode_sync_request(origin: &str) -> Vec<u8> {
+    json!({"type": "SYNC_REQUEST", "origin": origin}).to_string().into_bytes()
+}
+
+/// Announcements (a SYNC reply, or a node re-announcing its phones) as batches that each stay
+/// under `max_bytes`, so that every receiver accepts them.
+pub fn encode_batches(origin: &str, updates: &[Update], max_bytes: usize) -> Vec<Vec<u8>> {
+    const ENVELOPE: usize = 256;
+    let mut batches = Vec::new();
+    let mut items: Vec<Value> = Vec::new();
+    let mut size = ENVELOPE + origin.len();
+    let mut flush = |items: &mut Vec<Value>| {
+        if !items.is_empty() {
+            let batch = json!({"type": "ANNOUNCE", "origin": origin, "contacts": std::mem::take(items)});
+            batches.push(batch.to_string().into_bytes());
+        }
+    };
+    for u in updates.iter().filter(|u| u.kind == Kind::Announce) {
+        let item = json!({"aor": u.aor, "contact": contact_json(&u.contact), "origin": u.origin, "seq": u.seq});
+        let item_size = item.to_string().len() + 1;
+        if size + item_size > max_bytes && !items.is_empty() {
+            flush(&mut items);
+            size = ENVELOPE + origin.len();
+        }
+        size += item_size;
+        items.push(item);
+    }
+    flush(&mut items);
+    batches
 }
 
 fn bad(field: &str, why: &str) -> Rejection {
@@ -266,6 +322,26 @@ mod tests {
         }
         let huge = vec![b' '; MAX_MESSAGE_BYTES + 1];
         assert_eq!(decode(&huge).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn what_we_encode_decodes_to_the_same_updates() {
+        let Message::Single(u) = decode(ANNOUNCE.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(decode(&encode_update(&u)), Ok(Message::Single(u.clone())));
+        let withdraw = Update { kind: Kind::Withdraw, contact: Contact { expires: None, ..u.contact.clone() }, ..u.clone() };
+        assert_eq!(decode(&encode_update(&withdraw)), Ok(Message::Single(withdraw)));
+        assert_eq!(decode(&encode_sync_request("n1")), Ok(Message::SyncRequest { origin: "n1".into() }));
+
+        let many: Vec<Update> = (0..2000).map(|i| Update { aor: format!("aor{i}"), seq: i, ..u.clone() }).collect();
+        let batches = encode_batches("n1", &many, 64 * 1024);
+        assert!(batches.len() > 1 && batches.iter().all(|b| b.len() <= 64 * 1024));
+        let mut back = Vec::new();
+        for b in &batches {
+            let Ok(Message::Batch { origin, updates }) = decode(b) else { panic!() };
+            assert_eq!(origin, "n1");
+            back.extend(updates);
+        }
+        assert_eq!(back, many);
     }
 
     #[test]

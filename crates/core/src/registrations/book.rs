@@ -1,0 +1,499 @@
+//! What a node knows about registrations, and the rules that apply a message to PJSIP:
+//!
+//! - a node never applies its own messages;
+//! - per (origin, AOR), only a message newer than the last applied counts ([`SeqTracker`]);
+//! - a contact belongs to the origin that announced it last: only that origin's WITHDRAW removes
+//!   it, and REPLACE removes only that origin's contacts of the AOR;
+//! - a contact that a phone registered on this node is never touched by messages from others;
+//! - bad input is refused with a reason, counted, logged (rate-limited), and the next message
+//!   still applies.
+//!
+//! [`Book`] holds the contacts applied from others; [`LocalBook`] the ones phones registered
+//! here, with the seq under which each was published.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::message::{self, Contact, Kind, Message, Rejection, Update};
+use super::seq::SeqTracker;
+
+/// PJSIP's contacts, as the book changes them. The module's implementation calls the location
+/// API of res_pjsip.
+pub trait Location {
+    /// Creates the contact in the AOR, or refreshes it (expiry, user agent, via, call id).
+    fn upsert(&mut self, aor: &str, contact: &Contact) -> Result<(), Refusal>;
+    /// Deletes the contact with this URI from the AOR; an absent contact is not an error.
+    fn remove(&mut self, aor: &str, uri: &str) -> Result<(), Refusal>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The AOR is not configured on this node.
+    UnknownAor,
+    /// Asterisk refused the contact (res_pjsip logged why, e.g. an unusable URI).
+    Refused,
+}
+
+/// The reasons a message (or one contact of a batch) is rejected, each with its counter.
+pub const REASONS: [&str; 8] = ["too_large", "bad_json", "unknown_type", "missing_field", "bad_field", "unknown_aor", "refused", "expired"];
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Contacts created or refreshed in PJSIP.
+    pub applied: AtomicU64,
+    /// Contacts removed from PJSIP by WITHDRAW, REPLACE or node loss.
+    pub removed: AtomicU64,
+    /// Our own messages coming back from the exchange.
+    pub ignored_own: AtomicU64,
+    /// Duplicates, out-of-order messages, withdrawals by an origin that no longer owns the
+    /// contact, and announcements for contacts a phone registered on this node.
+    pub ignored_stale: AtomicU64,
+    pub rejected: [AtomicU64; REASONS.len()],
+    /// Messages this node published (its phones' registrations, SYNC requests and replies).
+    pub published: AtomicU64,
+    /// Messages that could not be queued for publishing (queue full).
+    pub publish_dropped: AtomicU64,
+    pub sync_requests_answered: AtomicU64,
+    /// Contacts withdrawn because the node that announced them left the pool.
+    pub node_loss_removed: AtomicU64,
+}
+
+impl Counters {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn reject(&self, reason: &str) {
+        if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+            Self::count(&self.rejected[i]);
+        }
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(Self::get).sum()
+    }
+
+    /// `reason=count` for every reason seen, e.g. `bad_json=2 unknown_aor=1`, or `-`.
+    pub fn rejected_by_reason(&self) -> String {
+        let seen: Vec<String> = REASONS
+            .iter()
+            .zip(&self.rejected)
+            .filter(|(_, c)| Self::get(c) > 0)
+            .map(|(r, c)| format!("{r}={}", Self::get(c)))
+            .collect();
+        if seen.is_empty() {
+            "-".into()
+        } else {
+            seen.join(" ")
+        }
+    }
+}
+
+/// One contact and who it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub origin: String,
+    pub seq: u64,
+    pub contact: Contact,
+}
+
+impl Entry {
+    pub fn expires(&self) -> u64 {
+        self.contact.expires.unwrap_or(0)
+    }
+
+    fn update(&self, aor: &str) -> Update {
+        Update { kind: Kind::Announce, aor: aor.to_string(), contact: self.contact.clone(), origin: self.origin.clone(), seq: self.seq }
+    }
+}
+
+/// (AOR, contact URI).
+pub type Key = (String, String);
+
+/// What a message asks of the caller besides what the book did itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handled {
+    Done,
+    /// Another node asks for everything we know.
+    SyncRequest { origin: String },
+}
+
+/// At most one log line per reason in this time; the next one says how many were not logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct RateLimitedLog {
+    last: BTreeMap<&'static str, (Instant, u64)>,
+}
+
+impl RateLimitedLog {
+    fn warn(&mut self, reason: &'static str, text: impl FnOnce() -> String) {
+        let now = Instant::now();
+        match self.last.get_mut(reason) {
+            Some((at, suppressed)) if now.duration_since(*at) < LOG_EVERY => *suppressed += 1,
+            Some((at, suppressed)) => {
+                let more = std::mem::take(suppressed);
+                *at = now;
+                tracing::warn!("registrations: {} ({more} more '{reason}' since the last such line)", text());
+            }
+            None => {
+                self.last.insert(reason, (now, 0));
+                tracing::warn!("registrations: {}", text());
+            }
+        }
+    }
+}
+
+/// The contacts applied from other origins; owned by the thread that applies messages.
+#[derive(Debug)]
+pub struct Book {
+    origin: String,
+    remote: BTreeMap<Key, Entry>,
+    seq: SeqTracker,
+    log: RateLimitedLog,
+}
+
+impl Book {
+    /// `origin` is this node's own (its EID).
+    pub fn new(origin: &str) -> Book {
+        Book { origin: origin.to_string(), remote: BTreeMap::new(), seq: SeqTracker::default(), log: RateLimitedLog::default() }
+    }
+
+    pub fn entries(&self) -> &BTreeMap<Key, Entry> {
+        &self.remote
+    }
+
+    /// Decodes and applies one message body. `local` tells whether a phone registered the
+    /// contact on this node.
+    pub fn handle(&mut self, body: &[u8], loc: &mut impl Location, local: &dyn Fn(&Key) -> bool, counters: &Counters, now: u64) -> Handled {
+        let message = match message::decode(body) {
+            Ok(message) => message,
+            Err(rejection) => {
+                self.reject(counters, &rejection, "");
+                return Handled::Done;
+            }
+        };
+        match message {
+            Message::Single(update) => self.apply(update, loc, local, counters, now),
+            Message::Batch { updates, .. } => {
+                for update in updates {
+                    self.apply(update, loc, local, counters, now);
+                }
+            }
+            Message::SyncRequest { origin } if origin == self.origin => Counters::count(&counters.ignored_own),
+            Message::SyncRequest { origin } => return Handled::SyncRequest { origin },
+        }
+        Handled::Done
+    }
+
+    fn reject(&mut self, counters: &Counters, rejection: &Rejection, context: &str) {
+        counters.reject(rejection.reason());
+        let reason = rejection.reason();
+        self.log.warn(reason, || format!("message refused ({reason}){context}: {rejection}"));
+    }
+
+    fn refuse(&mut self, counters: &Counters, reason: &'static str, update: &Update, why: &str) {
+        counters.reject(reason);
+        self.log.warn(reason, || format!("{} of {} for AOR '{}' from {} not applied ({reason}): {why}", kind_name(update.kind), update.contact.uri, update.aor, update.origin));
+    }
+
+    /// Applies one update from the exchange.
+    pub fn apply(&mut self, update: Update, loc: &mut impl Location, local: &dyn Fn(&Key) -> bool, counters: &Counters, now: u64) {
+        if update.origin == self.origin {
+            Counters::count(&counters.ignored_own);
+            return;
+        }
+        let key = (update.aor.clone(), update.contact.uri.clone());
+        if local(&key) {
+            Counters::count(&counters.ignored_stale);
+            return;
+        }
+        if !self.seq.accept(&update.origin, &update.aor, update.seq) {
+            Counters::count(&counters.ignored_stale);
+            return;
+        }
+        match update.kind {
+            Kind::Withdraw => match self.remote.get(&key) {
+                Some(entry) if entry.origin == update.origin => self.remove(&key, loc, counters),
+                _ => Counters::count(&counters.ignored_stale),
+            },
+            Kind::Replace => {
+                let owned: Vec<Key> = self.remote.iter().filter(|((aor, _), e)| *aor == update.aor && e.origin == update.origin).map(|(k, _)| k.clone()).collect();
+                for k in owned.iter().filter(|k| **k != key) {
+                    self.remove(k, loc, counters);
+                }
+                self.announce(key, update, loc, counters, now);
+            }
+            Kind::Announce => self.announce(key, update, loc, counters, now),
+        }
+    }
+
+    fn announce(&mut self, key: Key, update: Update, loc: &mut impl Location, counters: &Counters, now: u64) {
+        let expires = update.contact.expires.unwrap_or(0);
+        if expires <= now {
+            self.refuse(counters, "expired", &update, &format!("it expired {} s ago", now - expires));
+            if self.remote.get(&key).is_some_and(|e| e.origin == update.origin) {
+                self.remove(&key, loc, counters);
+            }
+            return;
+        }
+        match loc.upsert(&update.aor, &update.contact) {
+            Ok(()) => {
+                Counters::count(&counters.applied);
+                self.remote.insert(key, Entry { origin: update.origin, seq: update.seq, contact: update.contact });
+            }
+            Err(Refusal::UnknownAor) => self.refuse(counters, "unknown_aor", &update, "no such AOR on this node"),
+            Err(Refusal::Refused) => self.refuse(counters, "refused", &update, "res_pjsip refused the contact"),
+        }
+    }
+
+    fn remove(&mut self, key: &Key, loc: &mut impl Location, counters: &Counters) {
+        if self.remote.remove(key).is_some() {
+            // A failure here means the contact is already gone (expired, or deleted by hand).
+            let _ = loc.remove(&key.0, &key.1);
+            Counters::count(&counters.removed);
+        }
+    }
+
+    /// Removes every contact announced by `origin` (a node that left the pool) and forgets its
+    /// sequence numbers; returns how many contacts went.
+    pub fn withdraw_origin(&mut self, origin: &str, loc: &mut impl Location, counters: &Counters) -> usize {
+        let owned: Vec<Key> = self.remote.iter().filter(|(_, e)| e.origin == origin).map(|(k, _)| k.clone()).collect();
+        for key in &owned {
+            self.remove(key, loc, counters);
+            Counters::count(&counters.node_loss_removed);
+        }
+        self.seq.forget_origin(origin);
+        owned.len()
+    }
+
+    /// Forgets contacts whose expiry has passed (PJSIP deletes them itself).
+    pub fn sweep(&mut self, now: u64) {
+        self.remote.retain(|_, e| e.expires() > now);
+    }
+
+    /// Removes every contact this book applied (at unload: nothing would keep them right).
+    pub fn clear(&mut self, loc: &mut impl Location) -> usize {
+        let count = self.remote.len();
+        for (aor, uri) in std::mem::take(&mut self.remote).into_keys() {
+            let _ = loc.remove(&aor, &uri);
+        }
+        count
+    }
+
+    /// Everything still valid, as announcements keeping their origin and seq (a SYNC reply).
+    pub fn known(&self, now: u64) -> Vec<Update> {
+        self.remote.iter().filter(|(_, e)| e.expires() > now).map(|((aor, _), e)| e.update(aor)).collect()
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Announce => "ANNOUNCE",
+        Kind::Withdraw => "WITHDRAW",
+        Kind::Replace => "REPLACE",
+    }
+}
+
+/// A change of a contact that a phone registered on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalChange {
+    /// Created, refreshed, or found at start.
+    Registered,
+    Unregistered,
+}
+
+/// The contacts phones registered on this node, and the seq each was last published with.
+#[derive(Debug)]
+pub struct LocalBook {
+    origin: String,
+    next_seq: u64,
+    entries: BTreeMap<Key, Entry>,
+}
+
+impl LocalBook {
+    /// `first_seq` must exceed every seq this node used before (the module starts from the
+    /// clock in microseconds, so a restarted node is not mistaken for a replay).
+    pub fn new(origin: &str, first_seq: u64) -> LocalBook {
+        LocalBook { origin: origin.to_string(), next_seq: first_seq, entries: BTreeMap::new() }
+    }
+
+    pub fn contains(&self, key: &Key) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    pub fn entries(&self) -> &BTreeMap<Key, Entry> {
+        &self.entries
+    }
+
+    /// Records the change and returns the message that tells the pool, if any.
+    pub fn changed(&mut self, change: LocalChange, aor: &str, contact: Contact) -> Option<Update> {
+        let key = (aor.to_string(), contact.uri.clone());
+        let kind = match change {
+            LocalChange::Registered => Kind::Announce,
+            LocalChange::Unregistered => {
+                self.entries.remove(&key)?;
+                Kind::Withdraw
+            }
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let update = Update { kind, aor: aor.to_string(), contact, origin: self.origin.clone(), seq };
+        if kind == Kind::Announce {
+            self.entries.insert(key, Entry { origin: self.origin.clone(), seq, contact: update.contact.clone() });
+        }
+        Some(update)
+    }
+
+    /// Forgets contacts whose expiry has passed without a deletion being reported.
+    pub fn sweep(&mut self, now: u64) {
+        self.entries.retain(|_, e| e.expires() > now);
+    }
+
+    pub fn known(&self, now: u64) -> Vec<Update> {
+        self.entries.iter().filter(|(_, e)| e.expires() > now).map(|((aor, _), e)| e.update(aor)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PJSIP as a map, with the AORs it knows.
+    #[derive(Default)]
+    struct FakeLocation {
+        aors: Vec<&'static str>,
+        contacts: BTreeMap<Key, Contact>,
+    }
+
+    impl Location for FakeLocation {
+        fn upsert(&mut self, aor: &str, contact: &Contact) -> Result<(), Refusal> {
+            if !self.aors.contains(&aor) {
+                return Err(Refusal::UnknownAor);
+            }
+            self.contacts.insert((aor.into(), contact.uri.clone()), contact.clone());
+            Ok(())
+        }
+        fn remove(&mut self, aor: &str, uri: &str) -> Result<(), Refusal> {
+            self.contacts.remove(&(aor.to_string(), uri.to_string()));
+            Ok(())
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn announce(kind: &str, aor: &str, uri: &str, origin: &str, seq: u64) -> Vec<u8> {
+        format!(r#"{{"type":"{kind}","aor":"{aor}","contact":{{"uri":"{uri}","expires":{}}},"origin":"{origin}","seq":{seq}}}"#, NOW + 60).into_bytes()
+    }
+
+    fn setup() -> (Book, FakeLocation, Counters) {
+        (Book::new("me"), FakeLocation { aors: vec!["alice", "bob"], ..Default::default() }, Counters::default())
+    }
+
+    fn no_local(_: &Key) -> bool {
+        false
+    }
+
+    #[test]
+    fn announce_withdraw_and_ownership() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
+        assert_eq!(loc.contacts.len(), 1);
+        // The phone moved to n2: n2 owns the contact now; n1's late WITHDRAW changes nothing.
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n2", 1), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("WITHDRAW", "alice", "sip:a@h1", "n1", 2), &mut loc, &no_local, &c, NOW);
+        assert_eq!(loc.contacts.len(), 1);
+        assert_eq!(book.entries()[&("alice".into(), "sip:a@h1".into())].origin, "n2");
+        book.handle(&announce("WITHDRAW", "alice", "sip:a@h1", "n2", 2), &mut loc, &no_local, &c, NOW);
+        assert!(loc.contacts.is_empty());
+        assert_eq!((Counters::get(&c.applied), Counters::get(&c.removed), Counters::get(&c.ignored_stale)), (2, 1, 1));
+    }
+
+    #[test]
+    fn duplicates_old_messages_and_own_messages_change_nothing() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 5), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("WITHDRAW", "alice", "sip:a@h1", "n1", 4), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 5), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "bob", "sip:b@h1", "me", 9), &mut loc, &no_local, &c, NOW);
+        assert_eq!(loc.contacts.len(), 1);
+        assert_eq!((Counters::get(&c.applied), Counters::get(&c.ignored_stale), Counters::get(&c.ignored_own)), (1, 2, 1));
+    }
+
+    #[test]
+    fn replace_swaps_only_that_origins_contacts() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h2", "n1", 2), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h3", "n2", 1), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("REPLACE", "alice", "sip:a@h4", "n1", 3), &mut loc, &no_local, &c, NOW);
+        let uris: Vec<&str> = loc.contacts.keys().map(|(_, u)| u.as_str()).collect();
+        assert_eq!(uris, ["sip:a@h3", "sip:a@h4"]);
+    }
+
+    #[test]
+    fn bad_input_is_counted_by_reason_and_the_next_message_applies() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(b"{nope", &mut loc, &no_local, &c, NOW);
+        book.handle(&vec![b' '; message::MAX_MESSAGE_BYTES + 1], &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "nobody", "sip:x@h", "n1", 1), &mut loc, &no_local, &c, NOW);
+        let expired = format!(r#"{{"type":"ANNOUNCE","aor":"alice","contact":{{"uri":"sip:a@h","expires":{}}},"origin":"n1","seq":2}}"#, NOW - 5);
+        book.handle(expired.as_bytes(), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 3), &mut loc, &no_local, &c, NOW);
+        assert_eq!(c.rejected_by_reason(), "too_large=1 bad_json=1 unknown_aor=1 expired=1");
+        assert_eq!(loc.contacts.len(), 1);
+    }
+
+    #[test]
+    fn contacts_registered_here_are_never_touched_by_others() {
+        let (mut book, mut loc, c) = setup();
+        let local = |k: &Key| k.1 == "sip:a@h1";
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &local, &c, NOW);
+        assert!(loc.contacts.is_empty());
+    }
+
+    #[test]
+    fn batches_apply_each_item_with_its_origin_and_sync_requests_are_reported() {
+        let (mut book, mut loc, c) = setup();
+        let batch = format!(
+            r#"{{"type":"ANNOUNCE","origin":"n9","contacts":[{{"aor":"alice","contact":{{"uri":"sip:a@h1","expires":{e}}},"origin":"kam","seq":7}},{{"aor":"bob","contact":{{"uri":"sip:b@h1","expires":{e}}},"origin":"me","seq":1}}]}}"#,
+            e = NOW + 30
+        );
+        book.handle(batch.as_bytes(), &mut loc, &no_local, &c, NOW);
+        assert_eq!(loc.contacts.len(), 1, "our own contact in someone's reply is not applied");
+        assert_eq!(book.known(NOW)[0].origin, "kam");
+        assert!(book.known(NOW + 31).is_empty());
+        assert_eq!(book.handle(br#"{"type":"SYNC_REQUEST","origin":"n5"}"#, &mut loc, &no_local, &c, NOW), Handled::SyncRequest { origin: "n5".into() });
+        assert_eq!(book.handle(br#"{"type":"SYNC_REQUEST","origin":"me"}"#, &mut loc, &no_local, &c, NOW), Handled::Done);
+    }
+
+    #[test]
+    fn node_loss_removes_that_nodes_contacts_and_forgets_its_counter() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 10), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "bob", "sip:b@h1", "n2", 1), &mut loc, &no_local, &c, NOW);
+        assert_eq!(book.withdraw_origin("n1", &mut loc, &c), 1);
+        assert_eq!(loc.contacts.len(), 1);
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
+        assert_eq!(loc.contacts.len(), 2, "a node that comes back starts a new count");
+        assert_eq!(book.clear(&mut loc), 2);
+        assert!(loc.contacts.is_empty());
+    }
+
+    #[test]
+    fn local_book_numbers_its_messages_and_withdraws_only_what_it_announced() {
+        let mut local = LocalBook::new("me", 100);
+        let contact = Contact { uri: "sip:a@h1".into(), expires: Some(NOW + 60), ..Default::default() };
+        let a = local.changed(LocalChange::Registered, "alice", contact.clone()).unwrap();
+        assert_eq!((a.kind, a.seq, a.origin.as_str()), (Kind::Announce, 100, "me"));
+        assert!(local.contains(&("alice".into(), "sip:a@h1".into())));
+        let w = local.changed(LocalChange::Unregistered, "alice", contact.clone()).unwrap();
+        assert_eq!((w.kind, w.seq), (Kind::Withdraw, 101));
+        assert_eq!(local.changed(LocalChange::Unregistered, "alice", contact), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! The node's link to the registrations exchange: one connection that consumes the node's own
+//! exclusive queue (bound to every `registration.#` key) and publishes what the node has to say.
+//! It only moves bytes; what they mean is the applier's business ([`super::book`]).
+//!
+//! On every (re)connect it reports [`Inbound::Connected`] with the queue's name, so that the
+//! applier re-announces this node's phones and asks the pool for a SYNC (replies come to that
+//! queue). Messages are acknowledged in groups after they were handed to the applier, and at
+//! most [`PREFETCH`] are unacknowledged, so a slow applier slows the broker down instead of
+//! filling memory.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::amqp::lapin_broker::{open, text, Endpoint};
+use crate::amqp::publisher::{first_reachable, record_failure, AmqpStatus};
+use crate::backoff::Backoff;
+use crate::state_log::StateLog;
+
+/// Unacknowledged deliveries at most.
+pub const PREFETCH: u16 = 2000;
+/// Deliveries acknowledged at once (or fewer when the queue goes quiet).
+const ACK_EVERY: u64 = 200;
+const ACK_WHEN_QUIET: Duration = Duration::from_millis(20);
+
+pub struct BusSettings {
+    pub urls: Vec<String>,
+    pub exchange: String,
+    pub connection_name: String,
+    pub heartbeat: Duration,
+    pub extra_ca: Option<String>,
+}
+
+/// What the bus hands to the applier.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A (new) connection is up; replies to this node go to `queue`.
+    Connected { queue: String },
+    Delivery { body: Vec<u8>, reply_to: Option<String> },
+}
+
+/// A message to send: to the exchange under `routing_key`, or straight to a queue.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub to: Destination,
+    pub body: Vec<u8>,
+    /// Set on SYNC_REQUEST: where the answers go.
+    pub reply_to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Exchange { routing_key: String },
+    Queue(String),
+}
+
+/// The routing key of a message about `aor`.
+pub fn routing_key(aor: &str) -> String {
+    format!("registration.{aor}")
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+    consumer: Consumer,
+}
+
+pub struct Bus {
+    pub settings: BusSettings,
+    pub status: Arc<Mutex<AmqpStatus>>,
+    /// Connections made after the first.
+    pub reconnects: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Bus {
+    /// Runs until shutdown; `inbound` receives what arrives (in the caller's own type).
+    pub async fn run<T: From<Inbound> + Send + 'static>(self, inbound: mpsc::Sender<T>, mut outbound: mpsc::Receiver<Outgoing>, shutdown: CancellationToken) {
+        let mut log = StateLog::new("registrations");
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut first = true;
+        loop {
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                link = first_reachable(&self.settings.urls, &mut log, &self.status, "registrations wait", |url| self.connect(url)) => link,
+            };
+            let Some((link, queue)) = connected else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                }
+            };
+            backoff.reset();
+            if !first {
+                self.reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            first = false;
+            if inbound.send(Inbound::Connected { queue }.into()).await.is_err() {
+                return;
+            }
+            match self.pump(link, &inbound, &mut outbound, &shutdown).await {
+                Ok(()) => return,
+                Err(e) => record_failure(&mut log, &self.status, "disconnected", format!("lost the broker: {e}; reconnecting")),
+            }
+        }
+    }
+
+    async fn connect(&self, url: &str) -> Result<(Link, String), String> {
+        let s = &self.settings;
+        let endpoint = Endpoint { connection_name: &s.connection_name, heartbeat: s.heartbeat, extra_ca: s.extra_ca.as_deref(), exchange: &s.exchange };
+        let (connection, channel) = open(url, &endpoint).await?;
+        // Server-named, exclusive: it lives as long as this connection, and no other node reads it.
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(text)?;
+        let name = queue.name().clone();
+        channel
+            .queue_bind(name.clone(), s.exchange.as_str().into(), "registration.#".into(), QueueBindOptions::default(), FieldTable::default())
+            .await
+            .map_err(text)?;
+        channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(text)?;
+        let consumer = channel
+            .basic_consume(name.clone(), "res_scale".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(text)?;
+        Ok((Link { connection, channel, consumer }, name.to_string()))
+    }
+
+    /// Moves messages both ways until shutdown (Ok) or a broken connection (Err).
+    async fn pump<T: From<Inbound>>(&self, mut link: Link, inbound: &mpsc::Sender<T>, outbound: &mut mpsc::Receiver<Outgoing>, shutdown: &CancellationToken) -> Result<(), String> {
+        let mut unacked: Option<Acker> = None;
+        let mut pending = 0u64;
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                delivery = link.consumer.next() => {
+                    let delivery = match delivery {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => break Err(text(e)),
+                        None => break Err("the broker cancelled the consumer".into()),
+                    };
+                    let reply_to = delivery.properties.reply_to().as_ref().map(|q| q.to_string());
+                    let message = Inbound::Delivery { body: delivery.data, reply_to };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break Ok(()),
+                        sent = inbound.send(message.into()) => if sent.is_err() { break Ok(()) },
+                    }
+                    unacked = Some(delivery.acker);
+                    pending += 1;
+                    if pending >= ACK_EVERY {
+                        ack(&mut unacked, &mut pending).await?;
+                    }
+                }
+                message = outbound.recv() => match message {
+                    Some(message) => publish(&link.channel, &self.settings.exchange, message).await?,
+                    None => break Ok(()),
+                },
+                _ = tokio::time::sleep(ACK_WHEN_QUIET), if pending > 0 => ack(&mut unacked, &mut pending).await?,
+            }
+        };
+        if result.is_ok() {
+            let _ = ack(&mut unacked, &mut pending).await;
+            let _ = link.connection.close(200, "res_scale stopping".into()).await;
+        }
+        result
+    }
+}
+
+/// Acknowledges every delivery up to the last one handed over.
+async fn ack(unacked: &mut Option<Acker>, pending: &mut u64) -> Result<(), String> {
+    if let Some(acker) = unacked.take() {
+        acker.ack(BasicAckOptions { multiple: true }).await.map_err(text)?;
+    }
+    *pending = 0;
+    Ok(())
+}
+
+async fn publish(channel: &Channel, exchange: &str, message: Outgoing) -> Result<(), String> {
+    let mut properties = BasicProperties::default().with_content_type("application/json".into());
+    if let Some(queue) = message.reply_to {
+        properties = properties.with_reply_to(queue.into());
+    }
+    let (exchange, key) = match message.to {
+        Destination::Exchange { routing_key } => (exchange.to_string(), routing_key),
+        Destination::Queue(queue) => (String::new(), queue),
+    };
+    channel
+        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &message.body, properties)
+        .await
+        .map_err(text)?;
+    Ok(())
+}

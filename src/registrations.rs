@@ -1,0 +1,302 @@
+//! The registrations subsystem of a loaded module: SIP registrations shared across the pool.
+//!
+//! - The bus task (core `registrations::bus`) consumes this node's queue and publishes.
+//! - The applier thread owns the [`Book`]: it decodes every message and applies it to PJSIP
+//!   (blocking Asterisk calls, hence a thread of its own and not a tokio worker), answers SYNC
+//!   requests, re-announces this node's phones and asks for a SYNC after every connect, and
+//!   withdraws the contacts of nodes that left the pool.
+//! - The contact observer (on sorcery's thread) records the contacts phones register here in
+//!   the [`LocalBook`] and queues their ANNOUNCE/WITHDRAW without waiting.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use res_scale_core::amqp::publisher::AmqpStatus;
+use res_scale_core::config;
+use res_scale_core::consul::nodes::PoolView;
+use res_scale_core::consul::registration::NodeIdentity;
+use res_scale_core::registrations::book::{Book, Counters, Entry, Handled, Key, LocalBook, LocalChange};
+use res_scale_core::registrations::bus::{routing_key, Bus, BusSettings, Destination, Inbound, Outgoing};
+use res_scale_core::registrations::message::{self, Contact, MAX_MESSAGE_BYTES};
+use tokio::sync::mpsc;
+
+use crate::ast::contacts::{self, AsteriskLocation, ContactSink};
+use crate::tasks::Tasks;
+
+/// Messages waiting to be published (this node's phones, SYNC replies).
+const OUTBOX: usize = 10_000;
+/// Messages received and not yet applied.
+const INBOX: usize = 4_096;
+/// SYNC replies and re-announcements are cut into batches this large (receivers take 256 KiB).
+const BATCH_BYTES: usize = MAX_MESSAGE_BYTES * 3 / 4;
+/// How often the applier looks at the pool and forgets expired contacts.
+const TICK: Duration = Duration::from_secs(2);
+/// A node must be missing from Consul this long before its contacts are withdrawn, so that a
+/// Consul restart or a blip in the watch does not empty every AOR.
+const NODE_LOSS_GRACE: Duration = Duration::from_secs(6);
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the applier thread receives.
+enum Input {
+    Bus(Inbound),
+    /// The EIDs of the nodes Consul lists, or None when Consul cannot be trusted right now.
+    Tick(Option<BTreeSet<String>>),
+    Stop,
+}
+
+impl From<Inbound> for Input {
+    fn from(inbound: Inbound) -> Input {
+        Input::Bus(inbound)
+    }
+}
+
+pub struct Registrations {
+    pub status: Arc<Mutex<AmqpStatus>>,
+    pub counters: Arc<Counters>,
+    pub reconnects: Arc<AtomicU64>,
+    pub book: Arc<Mutex<Book>>,
+    pub local: Arc<Mutex<LocalBook>>,
+    pub exchange: String,
+    inbox: mpsc::Sender<Input>,
+    applier: Option<std::thread::JoinHandle<()>>,
+    tasks: Tasks,
+}
+
+/// Where the contact observer delivers changes.
+struct LocalSink {
+    local: Arc<Mutex<LocalBook>>,
+    outbox: mpsc::Sender<Outgoing>,
+    counters: Arc<Counters>,
+    publish: bool,
+}
+
+impl ContactSink for LocalSink {
+    fn changed(&self, change: LocalChange, aor: &str, contact: Contact, registered_here: bool) {
+        if !registered_here {
+            return;
+        }
+        let Some(update) = lock(&self.local).changed(change, aor, contact) else { return };
+        if self.publish {
+            let message = Outgoing { to: Destination::Exchange { routing_key: routing_key(aor) }, body: message::encode_update(&update), reply_to: None };
+            send(&self.outbox, &self.counters, message);
+        }
+    }
+}
+
+/// Queues a message for the bus without waiting; a full queue drops it and counts.
+fn send(outbox: &mpsc::Sender<Outgoing>, counters: &Counters, message: Outgoing) {
+    match outbox.try_send(message) {
+        Ok(()) => Counters::count(&counters.published),
+        Err(_) => Counters::count(&counters.publish_dropped),
+    }
+}
+
+impl Registrations {
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        amqp: &config::Amqp,
+        settings: &config::Registrations,
+        node: &NodeIdentity,
+        pool: Option<Arc<Mutex<PoolView>>>,
+    ) -> Result<Registrations, String> {
+        let status = Arc::new(Mutex::new(AmqpStatus { state: "connecting".into(), ..Default::default() }));
+        let counters = Arc::new(Counters::default());
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let book = Arc::new(Mutex::new(Book::new(&node.eid)));
+        // Microseconds since the epoch: larger than any seq this node used before a restart.
+        let first_seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        let local = Arc::new(Mutex::new(LocalBook::new(&node.eid, first_seq)));
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let (inbox, inbox_rx) = mpsc::channel(INBOX);
+
+        contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
+        contacts::observe(true)?;
+        // Phones that registered before we were loaded.
+        contacts::report_all();
+
+        let applier = Applier {
+            book: book.clone(),
+            local: local.clone(),
+            counters: counters.clone(),
+            outbox,
+            sync_on_connect: settings.sync_on_start,
+            publish_local: settings.publish_local,
+            withdraw_on_node_loss: settings.withdraw_on_node_loss,
+            own_eid: node.eid.clone(),
+            node_seen: HashMap::new(),
+        };
+        let applier = std::thread::Builder::new()
+            .name("res_scale-reg".into())
+            .spawn(move || applier.run(inbox_rx))
+            .map_err(|e| format!("cannot start the registrations thread: {e}"))?;
+
+        let tasks = Tasks::new();
+        let bus = Bus {
+            settings: BusSettings {
+                urls: amqp.urls.clone(),
+                exchange: settings.exchange.clone(),
+                connection_name: format!("res_scale {} ({}) registrations", node.node_id, node.system_name),
+                heartbeat: amqp.heartbeat,
+                extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("registrations: cannot read ca_file {path}: {e}")).ok()),
+            },
+            status: status.clone(),
+            reconnects: reconnects.clone(),
+        };
+        tasks.spawn(runtime, bus.run(inbox.clone(), outbox_rx, tasks.shutdown()));
+        tasks.spawn(runtime, tick(inbox.clone(), pool, node.eid.clone(), tasks.shutdown()));
+        Ok(Registrations { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), inbox, applier: Some(applier), tasks })
+    }
+
+    /// Stops observing and consuming, then removes the contacts applied from others: without
+    /// the module nothing would refresh or withdraw them.
+    pub fn stop(mut self, runtime: &tokio::runtime::Runtime) {
+        let _ = contacts::observe(false);
+        if !contacts::wait_idle(STOP_TIMEOUT) {
+            tracing::warn!("registrations: a contact observer call was still running after {STOP_TIMEOUT:?}");
+        }
+        contacts::set_sink(None);
+        self.tasks.stop(runtime, STOP_TIMEOUT, "registrations");
+        // The applier may be waiting for room in a full inbox no more: the bus has stopped.
+        let _ = self.inbox.blocking_send(Input::Stop);
+        if let Some(thread) = self.applier.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends the pool's membership to the applier every TICK.
+async fn tick(inbox: mpsc::Sender<Input>, pool: Option<Arc<Mutex<PoolView>>>, own_eid: String, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let nodes = pool.as_ref().and_then(|pool| {
+            let view = lock(pool);
+            let eids: BTreeSet<String> = view.instances.iter().filter_map(|i| i.meta.get("eid").cloned()).collect();
+            // Only a fresh answer that lists this node itself says who is really gone.
+            (view.last_error.is_none() && view.updated.is_some() && eids.contains(&own_eid)).then_some(eids)
+        });
+        if inbox.send(Input::Tick(nodes)).await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Applier {
+    book: Arc<Mutex<Book>>,
+    local: Arc<Mutex<LocalBook>>,
+    counters: Arc<Counters>,
+    outbox: mpsc::Sender<Outgoing>,
+    sync_on_connect: bool,
+    publish_local: bool,
+    withdraw_on_node_loss: bool,
+    own_eid: String,
+    /// Nodes seen in Consul, and since when each has been missing.
+    node_seen: HashMap<String, Option<Instant>>,
+}
+
+impl Applier {
+    fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
+        let mut location = AsteriskLocation;
+        while let Some(input) = inbox.blocking_recv() {
+            match input {
+                Input::Bus(Inbound::Delivery { body, reply_to }) => {
+                    let local = self.local.clone();
+                    let registered_here = move |key: &_| lock(&local).contains(key);
+                    let handled = lock(&self.book).handle(&body, &mut location, &registered_here, &self.counters, unix_now());
+                    if let (Handled::SyncRequest { origin }, Some(queue)) = (handled, reply_to) {
+                        self.answer_sync(&origin, queue);
+                    }
+                }
+                Input::Bus(Inbound::Connected { queue }) => self.connected(queue),
+                Input::Tick(nodes) => {
+                    let now = unix_now();
+                    lock(&self.book).sweep(now);
+                    lock(&self.local).sweep(now);
+                    if let Some(nodes) = nodes {
+                        self.watch_nodes(&nodes, &mut location);
+                    }
+                }
+                Input::Stop => break,
+            }
+        }
+        let removed = lock(&self.book).clear(&mut location);
+        if removed > 0 {
+            tracing::info!("registrations: removed the {removed} contact(s) learned from other nodes");
+        }
+    }
+
+    /// A new connection: tell the pool about our phones again (what was said while the broker
+    /// was away may be lost) and ask it for what we missed.
+    fn connected(&self, queue: String) {
+        if self.publish_local {
+            let known = lock(&self.local).known(unix_now());
+            for body in message::encode_batches(&self.own_eid, &known, BATCH_BYTES) {
+                send(&self.outbox, &self.counters, Outgoing { to: Destination::Exchange { routing_key: routing_key("batch") }, body, reply_to: None });
+            }
+        }
+        if self.sync_on_connect {
+            let body = message::encode_sync_request(&self.own_eid);
+            send(&self.outbox, &self.counters, Outgoing { to: Destination::Exchange { routing_key: routing_key("sync") }, body, reply_to: Some(queue) });
+        }
+    }
+
+    /// Everything we know, origins kept, straight to the asker's queue.
+    fn answer_sync(&self, origin: &str, queue: String) {
+        let now = unix_now();
+        let mut known = lock(&self.book).known(now);
+        if self.publish_local {
+            known.extend(lock(&self.local).known(now));
+        }
+        let batches = message::encode_batches(&self.own_eid, &known, BATCH_BYTES);
+        tracing::debug!("registrations: answering the SYNC request of {origin} with {} contact(s) in {} batch(es)", known.len(), batches.len());
+        for body in batches {
+            send(&self.outbox, &self.counters, Outgoing { to: Destination::Queue(queue.clone()), body, reply_to: None });
+        }
+        Counters::count(&self.counters.sync_requests_answered);
+    }
+
+    /// Withdraws the contacts of nodes that Consul stopped listing a while ago.
+    fn watch_nodes(&mut self, nodes: &BTreeSet<String>, location: &mut AsteriskLocation) {
+        for eid in nodes {
+            self.node_seen.insert(eid.clone(), None);
+        }
+        let now = Instant::now();
+        let mut gone: Vec<String> = Vec::new();
+        for (eid, missing_since) in self.node_seen.iter_mut().filter(|(eid, _)| !nodes.contains(*eid)) {
+            match missing_since {
+                None => *missing_since = Some(now),
+                Some(since) if now.duration_since(*since) >= NODE_LOSS_GRACE => gone.push(eid.clone()),
+                Some(_) => {}
+            }
+        }
+        for eid in gone {
+            self.node_seen.remove(&eid);
+            if !self.withdraw_on_node_loss {
+                continue;
+            }
+            let removed = lock(&self.book).withdraw_origin(&eid, location, &self.counters);
+            tracing::info!("registrations: node {eid} left the pool; withdrew the {removed} contact(s) it had announced");
+        }
+    }
+}
+
+impl Registrations {
+    /// Copies of the contacts registered here and of those applied from others.
+    pub fn snapshot(&self) -> (Vec<(Key, Entry)>, Vec<(Key, Entry)>) {
+        let local = lock(&self.local).entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let remote = lock(&self.book).entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        (local, remote)
+    }
+}

@@ -1,0 +1,205 @@
+//! SIP registrations shared across the pool, end to end: real Asterisk 22 nodes with the module,
+//! a real RabbitMQ (and Consul where node membership matters), SIPp as phone and as the user
+//! agent that answers calls. A message "from a registrar" is published on the exchange the way
+//! Kamailio's config does.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use res_scale_tests::amqp::AmqpProbe;
+use res_scale_tests::kamailio::{Register, Sipp};
+use res_scale_tests::ports::free_port;
+use res_scale_tests::{wait, Node, Pool};
+
+const EXCHANGE: &str = "res_scale.registrations";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn scratch(pool: &Pool, name: &str) -> PathBuf {
+    let dir = pool.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn announce(aor: &str, uri: &str, expires: u64, origin: &str, seq: u64) -> Vec<u8> {
+    format!(r#"{{"type":"ANNOUNCE","aor":"{aor}","contact":{{"uri":"{uri}","expires":{expires},"path":"","user_agent":"test-phone","via_addr":"127.0.0.1","via_port":5060,"call_id":"c-{seq}"}},"origin":"{origin}","seq":{seq}}}"#).into_bytes()
+}
+
+fn withdraw(aor: &str, uri: &str, origin: &str, seq: u64) -> Vec<u8> {
+    format!(r#"{{"type":"WITHDRAW","aor":"{aor}","contact":{{"uri":"{uri}"}},"origin":"{origin}","seq":{seq}}}"#).into_bytes()
+}
+
+fn wait_bus(node: &Node) {
+    wait::until(&format!("registrations connected on {}", node.name), Duration::from_secs(15), Duration::from_millis(50), || {
+        node.cli("scale show registrations").contains("State:       connected").then_some(())
+    });
+}
+
+/// Whether `pjsip show aor <aor>` on the node lists a contact with this URI.
+fn has_contact(node: &Node, aor: &str, uri: &str) -> bool {
+    node.cli(&format!("pjsip show aor {aor}")).contains(uri)
+}
+
+fn wait_contact(node: &Node, aor: &str, uri: &str, present: bool, within: Duration) {
+    let what = format!("{uri} {} in AOR {aor} on {}", if present { "present" } else { "gone" }, node.name);
+    wait::until(&what, within, Duration::from_millis(50), || (has_contact(node, aor, uri) == present).then_some(()));
+}
+
+/// A SIPp UAS on `port` that answers one call; Ok once that call completed.
+fn answering_phone(dir: &Path, port: u16) -> Sipp {
+    let args: Vec<String> = ["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"].iter().map(|s| s.to_string()).collect();
+    Sipp::spawn(dir, &format!("uas-{port}"), &args)
+}
+
+/// Originates `PJSIP/<aor>` on the node; when the phone answers, the channel runs extension
+/// 100 (Answer, Wait 5): we hang up after it is Up. Returns whether it came Up.
+fn call(node: &Node, aor: &str) -> bool {
+    let reply = node.ari().post(&format!("/channels?endpoint=PJSIP/{aor}&context=from-sip&extension=100&priority=1&timeout=10"));
+    if reply.status != 200 {
+        return false;
+    }
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    let up = wait::try_until(Duration::from_secs(8), Duration::from_millis(50), || {
+        let r = node.ari().get(&format!("/channels/{id}"));
+        match r.status {
+            200 if r.json()["state"] == "Up" => Some(true),
+            404 => Some(false),
+            _ => None,
+        }
+    })
+    .unwrap_or(false);
+    let _ = node.ari().delete(&format!("/channels/{id}"));
+    up
+}
+
+fn counter_line(node: &Node, label: &str) -> String {
+    let text = node.cli("scale show registrations");
+    text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}")).to_string()
+}
+
+#[test]
+fn an_announced_phone_is_callable_from_every_node_until_withdrawn_or_expired() {
+    let pool = Pool::builder().nodes(2).with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let port = free_port();
+    let uri = format!("sip:alice@127.0.0.1:{port}");
+    let dir = scratch(&pool, "sipp");
+
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", &uri, now() + 120, "registrar-1", 1));
+    for node in &pool.nodes {
+        wait_contact(node, "alice", &uri, true, Duration::from_secs(5));
+        let shown = node.cli("scale show registrations alice");
+        assert!(shown.contains(&uri) && shown.contains("registrar-1") && shown.contains("test-phone"), "{shown}");
+    }
+    let phone = answering_phone(&dir, port);
+    assert!(call(pool.node(1), "alice"), "node2 could not reach the announced phone");
+    phone.wait(Duration::from_secs(10)).expect("the phone answered one call");
+
+    probe.publish(EXCHANGE, "registration.alice", &withdraw("alice", &uri, "registrar-1", 2));
+    for node in &pool.nodes {
+        wait_contact(node, "alice", &uri, false, Duration::from_secs(5));
+    }
+
+    // An announcement that expires in 3 s disappears by itself.
+    let short = format!("sip:alice@127.0.0.1:{}", free_port());
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", &short, now() + 3, "registrar-1", 3));
+    wait_contact(pool.node(1), "alice", &short, true, Duration::from_secs(5));
+    wait_contact(pool.node(1), "alice", &short, false, Duration::from_secs(8));
+    assert!(counter_line(pool.node(1), "Applied:").contains("2 created or refreshed, 1 removed"), "{}", counter_line(pool.node(1), "Applied:"));
+}
+
+#[test]
+fn a_phone_registered_on_one_node_is_callable_from_the_other_until_it_unregisters() {
+    let pool = Pool::builder().nodes(2).with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let (a, b) = (pool.node(0), pool.node(1));
+    let dir = scratch(&pool, "sipp");
+    let port = free_port();
+    let phone = Register { user: "dave".into(), call_id: "dave-reg-1".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: port };
+    phone.send(&dir, a.sip_port).expect("dave registers with node1");
+    let uri = phone.contact_uri();
+
+    wait_contact(b, "dave", &uri, true, Duration::from_secs(5));
+    let shown = b.cli("scale show registrations dave");
+    assert!(shown.contains(&a.eid) && shown.contains("SIPp phone"), "node2 should show node1 as origin:\n{shown}");
+    assert!(a.cli("scale show registrations dave").contains("this node"));
+
+    let uas = answering_phone(&dir, port);
+    assert!(call(b, "dave"), "node2 could not reach the phone registered on node1");
+    uas.wait(Duration::from_secs(10)).expect("the phone answered one call");
+
+    let bye = Register { cseq: 2, expires: 0, ..phone };
+    bye.send(&dir, a.sip_port).expect("dave unregisters");
+    wait_contact(b, "dave", &uri, false, Duration::from_secs(5));
+    assert!(!call(b, "dave"), "node2 still reached the phone after it unregistered");
+}
+
+#[test]
+fn malformed_messages_are_counted_and_the_next_valid_one_applies() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let t = now() + 120;
+    let cases: Vec<Vec<u8>> = vec![
+        b"{this is not json".to_vec(),
+        br#"{"type":"HELLO","origin":"x"}"#.to_vec(),
+        br#"{"type":"ANNOUNCE","aor":"alice","origin":"x","seq":1}"#.to_vec(),
+        format!(r#"{{"type":"ANNOUNCE","aor":"alice","contact":{{"uri":"http://nope","expires":{t}}},"origin":"x","seq":2}}"#).into_bytes(),
+        announce("nosuchaor", "sip:x@127.0.0.1:5999", t, "x", 3),
+        announce("alice", "sip:alice@127.0.0.1:5998", now() - 10, "x", 4),
+        vec![b'x'; 1024 * 1024],
+    ];
+    for body in &cases {
+        probe.publish(EXCHANGE, "registration.alice", body);
+    }
+    let valid = "sip:alice@127.0.0.1:5997";
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", valid, t, "x", 5));
+    wait_contact(node, "alice", valid, true, Duration::from_secs(5));
+    let rejected = counter_line(node, "Rejected:");
+    assert!(
+        rejected.contains("7 (too_large=1 bad_json=1 unknown_type=1 missing_field=1 bad_field=1 unknown_aor=1 expired=1)"),
+        "{rejected}"
+    );
+    let log = node.log();
+    assert!(log.contains("registrations: message refused (too_large)"), "no log line for the 1 MiB body");
+    assert!(log.contains("(unknown_aor)"), "no log line for the unknown AOR");
+    assert!(node.cli("core show version").contains("Asterisk 22"));
+}
+
+#[test]
+fn a_node_that_loads_late_or_restarts_gets_the_registrations_by_sync() {
+    let mut pool = Pool::builder().nodes(2).with_rabbitmq().without_module_loaded().start();
+    pool.node(0).cli("module load res_scale.so");
+    wait_bus(pool.node(0));
+    let dir = scratch(&pool, "sipp");
+    let port = free_port();
+    let phone = Register { user: "dave".into(), call_id: "dave-sync".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: port };
+    phone.send(&dir, pool.node(0).sip_port).expect("dave registers with node1");
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let remote = "sip:alice@127.0.0.1:5996";
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", remote, now() + 300, "registrar-1", 1));
+    wait_contact(pool.node(0), "alice", remote, true, Duration::from_secs(5));
+
+    // node2 was not listening when both registrations were published.
+    pool.node(1).cli("module load res_scale.so");
+    wait_contact(pool.node(1), "dave", &phone.contact_uri(), true, Duration::from_secs(5));
+    wait_contact(pool.node(1), "alice", remote, true, Duration::from_secs(5));
+    assert!(pool.node(1).cli("scale show registrations alice").contains("registrar-1"), "the origin is kept in SYNC replies");
+    let uas = answering_phone(&dir, port);
+    assert!(call(pool.node(1), "dave"), "node2 could not reach the phone it learned by SYNC");
+    uas.wait(Duration::from_secs(10)).expect("the phone answered one call");
+
+    // A restart forgets what was learned (prune on boot), then SYNC brings it back.
+    let node2 = pool.node_mut(1);
+    node2.stop();
+    node2.start();
+    let node2 = pool.node(1);
+    assert!(!has_contact(node2, "alice", remote) && !has_contact(node2, "dave", &phone.contact_uri()), "a restarted node kept learned contacts");
+    node2.cli("module load res_scale.so");
+    wait_contact(node2, "dave", &phone.contact_uri(), true, Duration::from_secs(5));
+    wait_contact(node2, "alice", remote, true, Duration::from_secs(5));
+}

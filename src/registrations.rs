@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_core::amqp::publisher::AmqpStatus;
 use res_scale_core::config;
+use res_scale_core::consul::api::{ServiceInstance, MAINTENANCE_CHECK_PREFIX};
 use res_scale_core::consul::nodes::PoolView;
 use res_scale_core::consul::registration::NodeIdentity;
 use res_scale_core::registrations::book::{Book, Counters, Entry, Handled, Key, LocalBook, LocalChange};
@@ -134,6 +135,8 @@ impl Registrations {
             withdraw_on_node_loss: settings.withdraw_on_node_loss,
             own_eid: node.eid.clone(),
             node_seen: HashMap::new(),
+            withdrawn: BTreeSet::new(),
+            queue: None,
         };
         let applier = std::thread::Builder::new()
             .name("res_scale-reg".into())
@@ -183,7 +186,7 @@ async fn tick(inbox: mpsc::Sender<Input>, pool: Option<Arc<Mutex<PoolView>>>, ow
         }
         let nodes = pool.as_ref().and_then(|pool| {
             let view = lock(pool);
-            let eids: BTreeSet<String> = view.instances.iter().filter_map(|i| i.meta.get("eid").cloned()).collect();
+            let eids: BTreeSet<String> = view.instances.iter().filter(|i| alive(i)).filter_map(|i| i.meta.get("eid").cloned()).collect();
             // Only a fresh answer that lists this node itself says who is really gone.
             (view.last_error.is_none() && view.updated.is_some() && eids.contains(&own_eid)).then_some(eids)
         });
@@ -191,6 +194,13 @@ async fn tick(inbox: mpsc::Sender<Input>, pool: Option<Arc<Mutex<PoolView>>>, ow
             return;
         }
     }
+}
+
+/// A node counts as in the pool while Consul lists it and its own check is not critical: a
+/// crashed node is noticed after one TTL, not after Consul deregisters it (a minute at least).
+/// A drained node (maintenance) is still in the pool.
+fn alive(instance: &ServiceInstance) -> bool {
+    instance.checks.iter().filter(|c| !c.id.starts_with(MAINTENANCE_CHECK_PREFIX)).all(|c| c.status != "critical")
 }
 
 struct Applier {
@@ -204,6 +214,10 @@ struct Applier {
     own_eid: String,
     /// Nodes seen in Consul, and since when each has been missing.
     node_seen: HashMap<String, Option<Instant>>,
+    /// Nodes whose contacts were withdrawn; if one comes back, we ask for a SYNC.
+    withdrawn: BTreeSet<String>,
+    /// Our queue on the current connection (where SYNC replies come).
+    queue: Option<String>,
 }
 
 impl Applier {
@@ -219,7 +233,10 @@ impl Applier {
                         self.answer_sync(&origin, queue);
                     }
                 }
-                Input::Bus(Inbound::Connected { queue }) => self.connected(queue),
+                Input::Bus(Inbound::Connected { queue }) => {
+                    self.connected(&queue);
+                    self.queue = Some(queue);
+                }
                 Input::Tick(nodes) => {
                     let now = unix_now();
                     lock(&self.book).sweep(now);
@@ -239,7 +256,7 @@ impl Applier {
 
     /// A new connection: tell the pool about our phones again (what was said while the broker
     /// was away may be lost) and ask it for what we missed.
-    fn connected(&self, queue: String) {
+    fn connected(&self, queue: &str) {
         if self.publish_local {
             let known = lock(&self.local).known(unix_now());
             for body in message::encode_batches(&self.own_eid, &known, BATCH_BYTES) {
@@ -247,9 +264,13 @@ impl Applier {
             }
         }
         if self.sync_on_connect {
-            let body = message::encode_sync_request(&self.own_eid);
-            send(&self.outbox, &self.counters, Outgoing { to: Destination::Exchange { routing_key: routing_key("sync") }, body, reply_to: Some(queue) });
+            self.request_sync(queue);
         }
+    }
+
+    fn request_sync(&self, queue: &str) {
+        let body = message::encode_sync_request(&self.own_eid);
+        send(&self.outbox, &self.counters, Outgoing { to: Destination::Exchange { routing_key: routing_key("sync") }, body, reply_to: Some(queue.to_string()) });
     }
 
     /// Everything we know, origins kept, straight to the asker's queue.
@@ -271,6 +292,14 @@ impl Applier {
     fn watch_nodes(&mut self, nodes: &BTreeSet<String>, location: &mut AsteriskLocation) {
         for eid in nodes {
             self.node_seen.insert(eid.clone(), None);
+            // Back after we withdrew its contacts (a stalled node, say): it does not know, so
+            // we ask the pool, which includes it, for what we dropped.
+            if self.withdrawn.remove(eid) {
+                if let Some(queue) = &self.queue {
+                    tracing::info!("registrations: node {eid} is back in the pool; asking for a SYNC");
+                    self.request_sync(queue);
+                }
+            }
         }
         let now = Instant::now();
         let mut gone: Vec<String> = Vec::new();
@@ -288,13 +317,17 @@ impl Applier {
             }
             let removed = lock(&self.book).withdraw_origin(&eid, location, &self.counters);
             tracing::info!("registrations: node {eid} left the pool; withdrew the {removed} contact(s) it had announced");
+            self.withdrawn.insert(eid);
         }
     }
 }
 
+/// Contacts with their AOR and URI, as the CLI lists them.
+pub type Contacts = Vec<(Key, Entry)>;
+
 impl Registrations {
     /// Copies of the contacts registered here and of those applied from others.
-    pub fn snapshot(&self) -> (Vec<(Key, Entry)>, Vec<(Key, Entry)>) {
+    pub fn snapshot(&self) -> (Contacts, Contacts) {
         let local = lock(&self.local).entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
         let remote = lock(&self.book).entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
         (local, remote)

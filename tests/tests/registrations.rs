@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use res_scale_tests::amqp::AmqpProbe;
-use res_scale_tests::kamailio::{Register, Sipp};
+use res_scale_tests::kamailio::{Kamailio, KamailioSpec, Register, Sipp};
 use res_scale_tests::ports::free_port;
 use res_scale_tests::{wait, Node, Pool};
 
@@ -49,7 +49,12 @@ fn wait_contact(node: &Node, aor: &str, uri: &str, present: bool, within: Durati
 
 /// A SIPp UAS on `port` that answers one call; Ok once that call completed.
 fn answering_phone(dir: &Path, port: u16) -> Sipp {
-    let args: Vec<String> = ["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"].iter().map(|s| s.to_string()).collect();
+    answering_phone_for(dir, port, 1)
+}
+
+/// A SIPp UAS on `port` that answers `calls` calls, then exits.
+fn answering_phone_for(dir: &Path, port: u16, calls: u32) -> Sipp {
+    let args: Vec<String> = ["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-m", &calls.to_string()].iter().map(|s| s.to_string()).collect();
     Sipp::spawn(dir, &format!("uas-{port}"), &args)
 }
 
@@ -202,4 +207,46 @@ fn a_node_that_loads_late_or_restarts_gets_the_registrations_by_sync() {
     node2.cli("module load res_scale.so");
     wait_contact(node2, "dave", &phone.contact_uri(), true, Duration::from_secs(5));
     wait_contact(node2, "alice", remote, true, Duration::from_secs(5));
+}
+
+#[test]
+fn a_phone_registered_with_kamailio_is_callable_from_every_node() {
+    let pool = Pool::builder().nodes(2).with_rabbitmq().start();
+    // The nodes declare the exchange; Kamailio's rabbitmq module declares none.
+    pool.nodes.iter().for_each(wait_bus);
+    let dir = scratch(&pool, "kamailio");
+    let mut spec = KamailioSpec::new(&pool.rabbitmq.as_ref().unwrap().url());
+    spec.registrar_id = "kamailio-e2e".into();
+    spec.destinations = pool.nodes.iter().map(|n| format!("sip:127.0.0.1:{}", n.sip_port)).collect();
+    let kamailio = Kamailio::start(&dir, spec);
+    let port = free_port();
+    let phone = Register { user: "alice".into(), call_id: "alice-kam".into(), cseq: 1, expires: 120, user_agent: "SIPp via Kamailio".into(), local_port: port };
+    phone.send(&dir, kamailio.sip_port).expect("alice registers with Kamailio");
+    for node in &pool.nodes {
+        wait_contact(node, "alice", &phone.contact_uri(), true, Duration::from_secs(5));
+        assert!(node.cli("scale show registrations alice").contains("kamailio-e2e-"), "origin is Kamailio's");
+    }
+    let uas = answering_phone_for(&dir, port, 2);
+    for node in &pool.nodes {
+        assert!(call(node, "alice"), "{} could not reach the phone registered with Kamailio", node.name);
+    }
+    uas.wait(Duration::from_secs(10)).expect("the phone answered both calls");
+}
+
+#[test]
+fn contacts_of_a_node_that_leaves_the_pool_are_withdrawn_on_the_others() {
+    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let dir = scratch(&pool, "sipp");
+    let phone = Register { user: "dave".into(), call_id: "dave-loss".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: free_port() };
+    phone.send(&dir, pool.node(0).sip_port).expect("dave registers with node1");
+    wait_contact(pool.node(1), "dave", &phone.contact_uri(), true, Duration::from_secs(5));
+    // Both nodes in Consul before one goes: node loss is judged from Consul's list.
+    wait::until("both nodes in Consul", Duration::from_secs(10), Duration::from_millis(100), || pool.node(1).cli("scale show nodes").contains(&pool.node(0).eid).then_some(()));
+
+    pool.node_mut(0).kill();
+    // The killed node's TTL check turns critical (3 s here) and, after a grace period of a few
+    // seconds, its contacts go.
+    wait_contact(pool.node(1), "dave", &phone.contact_uri(), false, Duration::from_secs(30));
+    assert!(counter_line(pool.node(1), "Sync/loss:").contains("1 contact(s) withdrawn for lost nodes"));
 }

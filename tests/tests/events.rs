@@ -169,7 +169,12 @@ fn wrong_credentials_are_reported_and_a_reload_with_the_right_ones_connects() {
     assert!(amqp.contains("amqp://guest:****@"), "password masked: {amqp}");
     assert!(!amqp.contains("State:         connected"), "{amqp}");
     assert!(node.cli("core show version").contains("Asterisk 22."));
-    assert_eq!(node.log().matches("no broker reachable").count(), 1, "one line per state change");
+    // The registrations connection uses the same brokers and reports the same refusal.
+    assert!(node.cli("scale show registrations").contains("ACCESS_REFUSED"), "{}", node.cli("scale show registrations"));
+    let log = node.log();
+    for subsystem in ["amqp", "registrations"] {
+        assert_eq!(log.matches(&format!("{subsystem}: no broker reachable")).count(), 1, "one line per state change of {subsystem}");
+    }
 
     node.write_config("res_scale.conf", &good);
     node.cli("module reload res_scale.so");

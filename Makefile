@@ -46,7 +46,8 @@ integration-test: $(TEST_MODULE)
 run: provision build
 	RES_SCALE_MODULE=$(CURDIR)/$(RELEASE)/res_scale.so $(CARGO) run --release -p res-scale-tests --bin scale-pool
 
-## bench: measurements against a real pool (figures go to BENCHMARKS.md)
+## bench: measurements against a real pool (figures go to BENCHMARKS.md): apps, events and
+## registrations; `cargo run --release -p res-scale-tests --bin scale-bench -- <name>` runs one
 ## (uses the test-hooks build: `scale test events` injects events into the real callback path)
 bench: provision $(TEST_MODULE)
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin scale-bench

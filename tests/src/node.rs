@@ -42,6 +42,9 @@ pub struct NodeSpec {
     pub preload_module: bool,
     /// Contents of res_scale.conf; `None` leaves the file out.
     pub res_scale_conf: Option<String>,
+    /// Extra AORs `bench-aor-0` .. `bench-aor-<n-1>` (no endpoint) in pjsip.conf, for contacts
+    /// announced by a benchmark.
+    pub extra_aors: usize,
 }
 
 enum Process {
@@ -171,6 +174,9 @@ impl Node {
         // dave registers without authentication: the registration tests' SIPp phone.
         pjsip.push_str("[dave]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = dave\ndirect_media = no\n[dave]\ntype = aor\nmax_contacts = 5\n");
         pjsip.push_str("[sipp]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\ndirect_media = no\n");
+        for i in 0..spec.extra_aors {
+            pjsip.push_str(&format!("[bench-aor-{i}]\ntype = aor\nmax_contacts = 5\n"));
+        }
         self.write_config("pjsip.conf", &pjsip);
         self.write_config(
             "extensions.conf",

@@ -21,11 +21,12 @@ pub struct PoolBuilder {
     preload_module: bool,
     same_eid: bool,
     res_scale_conf: Option<String>,
+    extra_aors: usize,
 }
 
 impl Default for PoolBuilder {
     fn default() -> Self {
-        PoolBuilder { nodes: 1, consul: false, consul_token: None, rabbitmq: false, rabbitmq_tls: false, preload_module: true, same_eid: false, res_scale_conf: None }
+        PoolBuilder { nodes: 1, consul: false, consul_token: None, rabbitmq: false, rabbitmq_tls: false, preload_module: true, same_eid: false, res_scale_conf: None, extra_aors: 0 }
     }
 }
 
@@ -79,6 +80,13 @@ impl PoolBuilder {
         self
     }
 
+    /// Adds `n` AORs named `bench-aor-0` .. `bench-aor-<n-1>` (`max_contacts = 5`, no endpoint)
+    /// to every node's pjsip.conf, for benchmarks that announce many contacts.
+    pub fn extra_aors(mut self, n: usize) -> Self {
+        self.extra_aors = n;
+        self
+    }
+
     pub fn start(self) -> Pool {
         let testbed = Testbed::load();
         reap_orphaned_containers();
@@ -113,6 +121,7 @@ impl PoolBuilder {
                 eid: format!("02:{:02x}:{:02x}:00:00:{:02x}", salt >> 8, salt & 0xff, if self.same_eid { 1 } else { i }),
                 preload_module: self.preload_module,
                 res_scale_conf: Some(conf.clone()),
+                extra_aors: self.extra_aors,
             };
             let ports = NodePorts { sip: free_port(), http: free_port(), rtp_base: 20_000 + (free_port() % 200) * 200 };
             nodes.push(Node::create(&testbed, &place, &spec, ports));

@@ -2,12 +2,17 @@
 //! command that made them, ready for BENCHMARKS.md.
 //!
 //! Benchmarks: `apps` (Consul KV write -> Stasis application registered on every node),
-//! `events` (Stasis events through the module to RabbitMQ, against a plain lapin publisher).
+//! `events` (Stasis events through the module to RabbitMQ, against a plain lapin publisher),
+//! `registrations` (ANNOUNCE messages applied as PJSIP contacts, single and batched, and the
+//! SYNC of a node that joins).
 
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_tests::amqp::AmqpProbe;
-use res_scale_tests::{wait, Pool};
+use res_scale_tests::{wait, Node, Pool};
 
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
@@ -17,6 +22,9 @@ fn main() {
     }
     if all || which.iter().any(|w| w == "events") {
         event_forwarding(100_000, 5_000);
+    }
+    if all || which.iter().any(|w| w == "registrations") {
+        registrations_apply(10_000, 500);
     }
 }
 
@@ -148,4 +156,372 @@ fn event_forwarding(burst: usize, paced: usize) {
     println!("- at 1000 events/s: {}", paced_report.trim());
     println!("- latency event creation -> consumer at 1000 events/s: {} ({} of {paced} received)", summary(&mut latencies), received.len());
     println!("- counters after the run:\n{amqp}");
+}
+
+const REGISTRATIONS_EXCHANGE: &str = "res_scale.registrations";
+/// The registrar the benchmark's contacts come from (not a node's EID, so every node applies them).
+const BENCH_ORIGIN: &str = "bench-registrar";
+
+/// One line of `scale show registrations`, e.g. `Applied:`, without its label.
+fn registrations_line(text: &str, label: &str) -> String {
+    text.lines().find_map(|l| l.trim_start().strip_prefix(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}")).trim().to_string()
+}
+
+/// A CLI command through the node's control socket, the way `asterisk -rx` does it ("cli quit
+/// after <command>", NUL-terminated; Asterisk runs it, writes the output and closes). No
+/// process is started: a poll costs well under a millisecond of our CPU, where `node.cli`
+/// (`docker exec`) takes ~140 ms and `asterisk -rx` in the rootfs ~12 ms, which would blur
+/// sub-second figures and take CPU from the node on a 2-core machine. The output starts with
+/// Asterisk's banner line.
+fn socket_cli(node: &Node, command: &str) -> String {
+    let path = node.dir.join("run/asterisk.ctl");
+    let mut socket = UnixStream::connect(&path).unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()));
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    socket.write_all(format!("cli quit after {command}\0").as_bytes()).unwrap_or_else(|e| panic!("{}: send '{command}': {e}", node.name));
+    let mut out = Vec::new();
+    socket.read_to_end(&mut out).unwrap_or_else(|e| panic!("{}: read the output of '{command}': {e}", node.name));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `scale show registrations` filtered to one AOR: the counters without a 10,000-line listing
+/// (the module still copies its whole book to answer).
+fn registrations_counters(node: &Node) -> String {
+    socket_cli(node, "scale show registrations bench-aor-0")
+}
+
+/// The `Applied:` counter (contacts created or refreshed in PJSIP).
+fn applied(text: &str) -> u64 {
+    let line = registrations_line(text, "Applied:");
+    line.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("unexpected Applied line: {line}"))
+}
+
+/// When the last contact was seen: between the start of the last poll that did not see it
+/// (`after`) and the end of the first poll that did (`by`).
+struct Seen {
+    after: Instant,
+    by: Instant,
+    polls: usize,
+}
+
+/// Waits until `node` has applied all `n` benchmark contacts. The node applies messages one at
+/// a time in queue order, so the cheap signal is the last contact published (`last`) showing in
+/// `pjsip show aor` (polled every 10 ms; it does not touch the module's book); then the Applied
+/// counter must say `n`, which proves that none was lost or refused on the way. Should the
+/// order ever differ, the counter is polled until it gets there and that time is the result.
+fn until_applied(node: &Node, last: usize, n: u64, started: Instant) -> Seen {
+    let deadline = started + Duration::from_secs(300);
+    let (aor, uri) = (format!("bench-aor-{last}"), format!("phone-{last}@"));
+    let (mut after, mut polls, mut out_of_order) = (started, 0, false);
+    loop {
+        let asked = Instant::now();
+        let shown = socket_cli(node, &format!("pjsip show aor {aor}"));
+        polls += 1;
+        if shown.contains(&uri) {
+            let visible = Instant::now();
+            let text = registrations_counters(node);
+            if applied(&text) >= n {
+                return Seen { after, by: if out_of_order { Instant::now() } else { visible }, polls };
+            }
+            out_of_order = true;
+        }
+        after = asked;
+        assert!(Instant::now() < deadline, "{} did not apply {n} contacts within 300 s:\n{}", node.name, registrations_counters(node));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Resets the statistics (max depth) of the contact observers' serializer before a phase.
+fn reset_contact_taskprocessor(node: &Node) {
+    let text = socket_cli(node, "core show taskprocessors like sorcery/contact");
+    for name in text.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.starts_with("sorcery/contact-")) {
+        socket_cli(node, &format!("core reset taskprocessor {name}"));
+    }
+}
+
+/// Waits (up to 60 s) until no Asterisk taskprocessor has work queued: the contact observers
+/// (res_pjsip's and res_scale's own, on the `sorcery/contact` serializer) run after the contacts
+/// are stored, and while any queue is over its high-water mark res_pjsip ignores new SIP
+/// requests. Returns when that was seen (None: not within 60 s) and the `sorcery/contact`
+/// queue's maximum depth since [`reset_contact_taskprocessor`].
+fn until_taskprocessors_idle(node: &Node) -> (Option<Instant>, u64) {
+    let mut max_depth = 0;
+    let idle = wait::try_until(Duration::from_secs(60), Duration::from_millis(10), || {
+        let text = socket_cli(node, "core show taskprocessors");
+        let mut queued = 0;
+        for fields in text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).filter(|f| f.len() >= 6) {
+            let number = |i: usize| fields[i].parse::<u64>().ok();
+            let (Some(in_queue), Some(depth)) = (number(2), number(3)) else { continue };
+            queued += in_queue;
+            if fields[0].starts_with("sorcery/contact") {
+                max_depth = depth;
+            }
+        }
+        (queued == 0).then(Instant::now)
+    });
+    (idle, max_depth)
+}
+
+fn wait_registrations_connected(node: &Node) {
+    wait::until(&format!("registrations connected on {}", node.name), Duration::from_secs(15), Duration::from_millis(50), || {
+        registrations_counters(node).contains("State:       connected").then_some(())
+    });
+}
+
+/// How many contacts PJSIP holds (`Objects found: N` of `pjsip show contacts`; 0 when none).
+fn pjsip_contacts(node: &Node) -> usize {
+    let text = node.cli("pjsip show contacts");
+    text.lines().find_map(|l| l.trim().strip_prefix("Objects found:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The `registrations` line of `scale show status`.
+fn status_registrations(node: &Node) -> String {
+    let text = node.cli("scale show status");
+    text.lines().find(|l| l.trim_start().starts_with("registrations ")).unwrap_or_else(|| panic!("no registrations line in:\n{text}")).trim().to_string()
+}
+
+/// The contact of benchmark phone `i`, as a registrar announces it: AOR `bench-aor-<i>`, one
+/// distinct URI each (no qualify: nothing is ever sent to it).
+fn bench_update(i: usize, expires: u64) -> serde_json::Value {
+    serde_json::json!({
+        "aor": format!("bench-aor-{i}"),
+        "contact": {"uri": format!("sip:phone-{i}@127.0.0.1:{}", 10_000 + i % 50_000), "expires": expires, "path": "",
+                    "user_agent": "bench-phone", "via_addr": "127.0.0.1", "via_port": 5060, "call_id": format!("bench-{i}")},
+        "origin": BENCH_ORIGIN,
+        "seq": 1,
+    })
+}
+
+/// CPU time (user + system) of every thread of a process, by thread id, with its name.
+fn thread_cpu(pid: u32) -> BTreeMap<u32, (String, Duration)> {
+    let tick = Duration::from_secs(1) / 100; // USER_HZ
+    let mut threads = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // "tid (name) state ppid ...": utime and stime are fields 14 and 15.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u32>().ok()).unwrap_or(0);
+        if let Ok(tid) = stat[..open].trim().parse() {
+            threads.insert(tid, (stat[open + 1..close].to_string(), tick * (ticks(11) + ticks(12))));
+        }
+    }
+    threads
+}
+
+/// Busy and total CPU time of the whole machine so far (`/proc/stat`), in USER_HZ ticks.
+fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let total = ticks.iter().sum();
+    let idle = ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0);
+    (total - idle, total)
+}
+
+/// Where the CPU went between two points: the busiest threads of one Asterisk process, and
+/// how busy the whole machine was.
+struct CpuWatch {
+    pid: u32,
+    threads: BTreeMap<u32, (String, Duration)>,
+    machine: (u64, u64),
+}
+
+impl CpuWatch {
+    fn start(pid: u32) -> CpuWatch {
+        CpuWatch { pid, threads: thread_cpu(pid), machine: machine_cpu() }
+    }
+
+    /// e.g. `machine 93% busy (all cores); Asterisk 1.21 s of CPU: res_scale-reg 0.61 s, ...`
+    fn report(&self) -> String {
+        let (busy, total) = machine_cpu();
+        let machine = (busy - self.machine.0) as f64 / (total - self.machine.1).max(1) as f64;
+        let mut by_name: BTreeMap<String, Duration> = BTreeMap::new();
+        for (tid, (name, cpu)) in thread_cpu(self.pid) {
+            let before = self.threads.get(&tid).map(|t| t.1).unwrap_or_default();
+            *by_name.entry(name).or_default() += cpu.saturating_sub(before);
+        }
+        let asterisk: Duration = by_name.values().sum();
+        let mut top: Vec<(String, Duration)> = by_name.into_iter().filter(|(_, cpu)| !cpu.is_zero()).collect();
+        top.sort_by_key(|t| std::cmp::Reverse(t.1));
+        let top: Vec<String> = top.iter().take(6).map(|(name, cpu)| format!("{name} {:.2} s", cpu.as_secs_f64())).collect();
+        format!("machine {:.0}% busy (all cores); Asterisk {:.2} s of CPU: {}", machine * 100.0, asterisk.as_secs_f64(), top.join(", "))
+    }
+}
+
+/// One measured phase: `n` contacts applied on a node.
+struct Phase {
+    started: Instant,
+    seen: Seen,
+    /// How long the publisher took to hand its messages to the broker, and how many there were.
+    publish: Option<(Duration, usize)>,
+    /// Where the CPU went meanwhile.
+    cpu: String,
+    /// When every taskprocessor queue was empty again, and the contact observers' deepest queue.
+    idle: (Option<Instant>, u64),
+}
+
+impl Phase {
+    /// The time until all were seen applied: by the end of the poll that saw it (the figure,
+    /// conservative), and after the start of the poll before (the least it can be).
+    fn elapsed(&self) -> (Duration, Duration) {
+        (self.seen.by - self.started, self.seen.after - self.started)
+    }
+
+    fn line(&self, n: usize) -> String {
+        let (at_most, at_least) = self.elapsed();
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        let publish = match self.publish {
+            Some((p, messages)) => format!("; publishing the {messages} messages took {:.3} s ({:.0} msg/s)", p.as_secs_f64(), messages as f64 / p.as_secs_f64()),
+            None => String::new(),
+        };
+        let idle = match self.idle.0 {
+            Some(at) => format!("at {:.3} s", (at - self.started).as_secs_f64()),
+            None => "not within 60 s".into(),
+        };
+        format!(
+            "{:.0} contacts/s ({n} contacts in {:.3} s; the poll before, at {:.3} s, had not seen them all: at most {:.0}/s; {} polls{publish}); \
+             taskprocessor queues empty again {idle} (sorcery/contact queue max depth {})",
+            rate(at_most),
+            at_most.as_secs_f64(),
+            at_least.as_secs_f64(),
+            rate(at_least),
+            self.seen.polls,
+            self.idle.1
+        )
+    }
+}
+
+/// Publishes `bodies` (as fast as the broker takes them, from another thread) and times from
+/// the first publish until `node` has applied all `n` contacts.
+fn publish_and_wait(probe: &AmqpProbe, node: &Node, keys: &[String], bodies: &[Vec<u8>], n: usize) -> Phase {
+    reset_contact_taskprocessor(node);
+    let watch = CpuWatch::start(node.pid());
+    std::thread::scope(|s| {
+        let started = Instant::now();
+        let publisher = s.spawn(|| probe.publish_burst(REGISTRATIONS_EXCHANGE, |i| keys[i].clone(), bodies, &[]));
+        let seen = until_applied(node, n - 1, n as u64, started);
+        let cpu = watch.report();
+        let idle = until_taskprocessors_idle(node);
+        let publish = publisher.join().unwrap();
+        Phase { started, seen, publish: Some((publish, bodies.len())), cpu, idle }
+    })
+}
+
+/// Checks that `node` shows all `n` benchmark contacts in PJSIP and in its book, and returns the
+/// counters for the report.
+fn check_all_visible(node: &Node, n: usize) -> String {
+    let t = Instant::now();
+    let in_pjsip = pjsip_contacts(node);
+    let listing = t.elapsed();
+    let status = status_registrations(node);
+    assert!(in_pjsip >= n, "{}: only {in_pjsip} contacts in `pjsip show contacts`, expected {n}", node.name);
+    assert!(status.contains(&format!("remote={n} ")), "{}: {status}", node.name);
+    let text = node.cli("scale show registrations bench-aor-0");
+    let counters = ["Applied:", "Ignored:", "Rejected:", "Published:", "Sync/loss:"].map(|l| format!("{l} {}", registrations_line(&text, l)));
+    format!("`pjsip show contacts`: {in_pjsip} objects (listed in {:.1} s); {}", listing.as_secs_f64(), counters.join("; "))
+}
+
+/// Warnings and errors a node logged after byte `from` of its log.
+fn log_problems(node: &Node, from: usize) -> Vec<String> {
+    let log = node.log();
+    log.get(from..).unwrap_or_default().lines().filter(|l| l.contains("WARNING[") || l.contains("ERROR[")).map(str::to_string).collect()
+}
+
+/// The registrations apply rate and SYNC convergence. Two nodes with `n` extra AORs, the module
+/// not loaded at boot, so that only the node under measurement consumes:
+/// 1. node1 loads the module; `n` single ANNOUNCE messages (one contact each, distinct AORs, from
+///    one registrar) are published in a burst; the clock runs from the first publish until
+///    node1 has applied all `n` ([`until_applied`]: the last one visible in PJSIP, and the
+///    Applied counter at `n`);
+/// 2. node1 unloads the module (which removes what it applied) and loads it again (a fresh book);
+///    the same `n` contacts are published as batches of `batch`; same clock;
+/// 3. node2, which holds none, loads the module: it asks for a SYNC and node1 answers with
+///    everything it knows; the clock runs from `module load` until node2 has applied all `n`.
+///
+/// After each phase: how long until every taskprocessor queue is empty again, and a full check
+/// (`pjsip show contacts`, `scale show status`, the counters).
+fn registrations_apply(n: usize, batch: usize) {
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let pool = Pool::builder().nodes(2).with_rabbitmq().without_module_loaded().extra_aors(n).start();
+    let (node1, node2) = (pool.node(0), pool.node(1));
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let expires = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let updates: Vec<serde_json::Value> = (0..n).map(|i| bench_update(i, expires)).collect();
+    let log_from = [node1.log().len(), node2.log().len()];
+
+    node1.cli("module load res_scale.so");
+    wait_registrations_connected(node1);
+
+    // 1. Single messages.
+    let singles: Vec<Vec<u8>> = updates
+        .iter()
+        .map(|u| {
+            let mut message = u.clone();
+            message["type"] = "ANNOUNCE".into();
+            message.to_string().into_bytes()
+        })
+        .collect();
+    let keys: Vec<String> = (0..n).map(|i| format!("registration.bench-aor-{i}")).collect();
+    let single = publish_and_wait(&probe, node1, &keys, &singles, n);
+    let single_check = check_all_visible(node1, n);
+    // What one poll costs with every contact in place: the resolution of the figures.
+    let mean_of_10 = |command: &str| {
+        let t = Instant::now();
+        (0..10).for_each(|_| drop(socket_cli(node1, command)));
+        t.elapsed().as_secs_f64() * 1e3 / 10.0
+    };
+    let (aor_poll, counter_poll) = (mean_of_10(&format!("pjsip show aor bench-aor-{}", n - 1)), mean_of_10("scale show registrations bench-aor-0"));
+
+    // A fresh book on node1: unloading removes the contacts it applied.
+    let t = Instant::now();
+    node1.cli("module unload res_scale.so");
+    let unload_time = t.elapsed();
+    let left = pjsip_contacts(node1);
+    assert_eq!(left, 0, "node1 still holds {left} contacts after unloading the module");
+    node1.cli("module load res_scale.so");
+    wait_registrations_connected(node1);
+
+    // 2. The same contacts in batches.
+    let batches: Vec<Vec<u8>> = updates
+        .chunks(batch)
+        .map(|chunk| serde_json::json!({"type": "ANNOUNCE", "origin": BENCH_ORIGIN, "contacts": chunk}).to_string().into_bytes())
+        .collect();
+    let largest = batches.iter().map(Vec::len).max().unwrap();
+    assert!(largest <= 256 * 1024, "a batch of {batch} is {largest} bytes, over the 256 KiB limit");
+    let batch_keys = vec!["registration.batch".to_string(); batches.len()];
+    let batched = publish_and_wait(&probe, node1, &batch_keys, &batches, n);
+    let batched_check = check_all_visible(node1, n);
+
+    // 3. SYNC of a joining node that holds none.
+    assert_eq!(pjsip_contacts(node2), 0, "node2 should start with no contact");
+    reset_contact_taskprocessor(node2);
+    let (watch, answering) = (CpuWatch::start(node2.pid()), CpuWatch::start(node1.pid()));
+    let started = Instant::now();
+    node2.cli("module load res_scale.so");
+    let seen = until_applied(node2, n - 1, n as u64, started);
+    let cpu = format!("{} (node2); node1, answering: {}", watch.report(), answering.report());
+    let sync = Phase { started, seen, publish: None, cpu, idle: until_taskprocessors_idle(node2) };
+    let sync_check = check_all_visible(node2, n);
+
+    println!("## Registrations apply rate (2 nodes, {n} AORs each, {n} contacts from origin {BENCH_ORIGIN}; load average before: {load_before})");
+    println!(
+        "- completion seen by polling `pjsip show aor bench-aor-{}` (the last contact published) every 10 ms through the control socket: {aor_poll:.1} ms a poll; then `scale show registrations bench-aor-0` confirms Applied = {n} ({counter_poll:.1} ms: it copies the whole book)",
+        n - 1
+    );
+    println!("- 1. single ANNOUNCE, one contact per message, node1: {}", single.line(n));
+    println!("     CPU meanwhile: {}", single.cpu);
+    println!("     after: {single_check}");
+    println!("     (`module unload` then removed the {n} contacts in {:.2} s)", unload_time.as_secs_f64());
+    println!("- 2. batched ANNOUNCE, {batch} contacts per message ({} messages, largest {} KiB), node1: {}", batches.len(), largest / 1024, batched.line(n));
+    println!("     CPU meanwhile: {}", batched.cpu);
+    println!("     after: {batched_check}");
+    println!("- 3. SYNC of node2 joining with none, from `module load`: {}", sync.line(n));
+    println!("     CPU meanwhile: {}", sync.cpu);
+    println!("     after: {sync_check}");
+    for (node, from) in [node1, node2].into_iter().zip(log_from) {
+        let problems = log_problems(node, from);
+        println!("- {} log during the benchmark: {} warning/error line(s)", node.name, problems.len());
+        for line in problems.iter().take(10) {
+            println!("    {line}");
+        }
+    }
 }

@@ -226,8 +226,7 @@ impl Applier {
         while let Some(input) = inbox.blocking_recv() {
             match input {
                 Input::Bus(Inbound::Delivery { body, reply_to }) => {
-                    let local = self.local.clone();
-                    let registered_here = move |key: &_| lock(&local).contains(key);
+                    let registered_here = |key: &Key| lock(&self.local).contains(key);
                     let handled = lock(&self.book).handle(&body, &mut location, &registered_here, &self.counters, unix_now());
                     if let (Handled::SyncRequest { origin }, Some(queue)) = (handled, reply_to) {
                         self.answer_sync(&origin, queue);

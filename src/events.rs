@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
-use res_scale_core::amqp::event::{Counters, Event, EventQueue};
+use res_scale_core::amqp::event::{Counters, EventQueue};
 use res_scale_core::consul::apps::EventCounters;
 
 use crate::ast::stasis::{EventSink, Message};
@@ -19,13 +19,10 @@ pub struct Forwarder {
 impl EventSink for Forwarder {
     fn event(&self, app: &str, message: &Message<'_>) {
         // Events of an application we no longer run (a late callback) are not forwarded.
-        if !self.apps.count(app) {
-            return;
-        }
+        let Some(app) = self.apps.count(app) else { return };
         let queue = self.queue.read().unwrap_or_else(|e| e.into_inner());
         let Some((queue, counters)) = queue.as_ref() else { return };
-        let event_type = message.event_type().unwrap_or_default();
-        match message.to_json().and_then(|json| Event::new(app, &event_type, &json)) {
+        match message.to_event(app) {
             Some(event) => {
                 queue.push(event);
             }

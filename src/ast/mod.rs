@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod contacts;
 mod entry;
+mod event_json;
 mod gate;
 pub mod guard;
 pub mod identity;

@@ -12,6 +12,9 @@ use std::time::Instant;
 
 use res_scale_core::consul::apps::StasisApps;
 
+use res_scale_core::amqp::event::Event;
+
+use crate::ast::event_json;
 use crate::ast::gate::Gate;
 use crate::ast::guard::guarded;
 use crate::sys;
@@ -29,33 +32,12 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
-    /// The event's `type` member, e.g. `StasisStart`.
-    pub fn event_type(&self) -> Option<String> {
-        // SAFETY: json is live during the callback; object_get returns a borrowed member (or
-        // NULL), string_get a borrowed string (or NULL when the member is not a string).
-        unsafe {
-            let member = sys::ast_json_object_get(self.json, c"type".as_ptr());
-            if member.is_null() {
-                return None;
-            }
-            let text = sys::ast_json_string_get(member);
-            (!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned())
-        }
-    }
-
-    /// The event as compact JSON text.
-    pub fn to_json(&self) -> Option<String> {
-        // SAFETY: json is the live message Asterisk lent to the callback; the dump is a fresh
-        // allocation that we copy and free with Asterisk's allocator.
-        unsafe {
-            let text = sys::ast_json_dump_string_format(self.json, sys::AST_JSON_COMPACT);
-            if text.is_null() {
-                return None;
-            }
-            let copy = CStr::from_ptr(text).to_string_lossy().into_owned();
-            sys::ast_json_free(text as *mut c_void);
-            Some(copy)
-        }
+    /// The event as a message body for `app` (None when it is not a JSON object or nests
+    /// absurdly deep).
+    pub fn to_event(&self, app: Arc<str>) -> Option<Event> {
+        // SAFETY: json is the event Asterisk lent to the callback; it stays live and nobody
+        // modifies it until the callback returns, which outlasts `self`.
+        unsafe { event_json::to_event(self.json, app) }
     }
 }
 
@@ -73,6 +55,8 @@ pub fn wait_idle(timeout: Duration) -> bool {
 }
 
 unsafe extern "C" fn on_event(_data: *mut c_void, app_name: *const c_char, message: *mut sys::ast_json) {
+    #[cfg(feature = "test-hooks")]
+    let started = Instant::now();
     let _pass = GATE.enter();
     guarded("a Stasis event callback", (), || {
         if app_name.is_null() || message.is_null() {
@@ -85,6 +69,14 @@ unsafe extern "C" fn on_event(_data: *mut c_void, app_name: *const c_char, messa
             sink.event(&app, &Message { json: message, _borrow: PhantomData });
         }
     });
+    #[cfg(feature = "test-hooks")]
+    LAST_CALLBACK.set(started.elapsed());
+}
+
+#[cfg(feature = "test-hooks")]
+thread_local! {
+    /// How long the last callback on this thread took (`inject` reports it).
+    static LAST_CALLBACK: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
 /// Stasis applications registered through res_stasis.
@@ -111,10 +103,19 @@ impl StasisApps for AsteriskStasis {
     }
 }
 
+/// How long one injected event took.
+#[cfg(feature = "test-hooks")]
+pub struct Injected {
+    /// The whole `stasis_app_send` call: res_stasis's dispatch (app lookup, locking) and ours.
+    pub send: Duration,
+    /// Our callback alone.
+    pub callback: Duration,
+}
+
 /// Hands `json` to application `app` the way res_stasis delivers events (synchronously, through
 /// our callback), and returns how long that took. Test builds only: it feeds benchmarks.
 #[cfg(feature = "test-hooks")]
-pub fn inject(app: &str, json: &str) -> Result<Duration, String> {
+pub fn inject(app: &str, json: &str) -> Result<Injected, String> {
     let c_app = CString::new(app).map_err(|_| "NUL in app name")?;
     let c_json = CString::new(json).map_err(|_| "NUL in JSON")?;
     // SAFETY: valid C strings; the parsed JSON is ours until the unref below; stasis_app_send
@@ -124,12 +125,13 @@ pub fn inject(app: &str, json: &str) -> Result<Duration, String> {
         if message.is_null() {
             return Err("invalid JSON".into());
         }
+        LAST_CALLBACK.set(Duration::ZERO);
         let started = Instant::now();
         let rc = sys::stasis_app_send(c_app.as_ptr(), message);
-        let took = started.elapsed();
+        let send = started.elapsed();
         sys::ast_json_unref(message);
         if rc == 0 {
-            Ok(took)
+            Ok(Injected { send, callback: LAST_CALLBACK.get() })
         } else {
             Err(format!("stasis_app_send returned {rc} (is '{app}' registered?)"))
         }

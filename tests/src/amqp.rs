@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -156,12 +156,13 @@ impl AmqpProbe {
         });
     }
 
-    /// The benchmark baseline: publishes every body in order on one channel, without publisher
-    /// confirms, as fast as lapin takes them (each publish is handed to lapin at once; only a
-    /// window of them is awaited for being written out). Returns the time from the first publish
-    /// to the broker's answer to the channel close, which comes after the last message.
-    /// `headers` go on every message as long strings (empty: none).
-    pub fn publish_burst(&self, exchange: &str, routing_key_for: impl Fn(usize) -> String, bodies: &[Vec<u8>], headers: &[(&str, &str)]) -> Duration {
+    /// The benchmark baseline: publishes every body in order on one channel as fast as lapin
+    /// takes them (each publish is handed to lapin at once; only a window of them is awaited for
+    /// being written out). Returns the time from the first publish to the broker's answer to the
+    /// channel close, which comes after the last message. `headers` go on every message as long
+    /// strings (empty: none). With `confirms`, the channel is in confirm mode and the time runs
+    /// until the broker has confirmed every message (none may be nacked).
+    pub fn publish_burst(&self, exchange: &str, routing_key_for: impl Fn(usize) -> String, bodies: &[Vec<u8>], headers: &[(&str, &str)], confirms: bool) -> Duration {
         let mut properties = json_properties();
         if !headers.is_empty() {
             let mut table = FieldTable::default();
@@ -175,6 +176,9 @@ impl AmqpProbe {
         let keys: Vec<ShortString> = (0..bodies.len()).map(|i| short(&routing_key_for(i))).collect();
         let within = CALL_TIMEOUT + Duration::from_millis(bodies.len() as u64);
         self.run(&what, within, |ch| async move {
+            if confirms {
+                ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap_or_else(|e| panic!("AMQP confirm.select: {e}"));
+            }
             let start = Instant::now();
             let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
             for (key, body) in keys.into_iter().zip(bodies) {
@@ -199,6 +203,10 @@ impl AmqpProbe {
             }
             for publish in pending {
                 publish.await.unwrap_or_else(|e| panic!("AMQP basic.publish to {exchange:?}: {e}"));
+            }
+            if confirms {
+                let returned = ch.wait_for_confirms().await.unwrap_or_else(|e| panic!("AMQP confirms of the burst: {e}"));
+                assert!(returned.is_empty(), "the broker returned {} message(s) of the burst", returned.len());
             }
             ch.close(200, "OK".into()).await.unwrap_or_else(|e| panic!("AMQP channel.close after the burst: {e}"));
             start.elapsed()

@@ -39,6 +39,13 @@ impl Ari {
         self.send("POST", path)
     }
 
+    /// POST with a JSON body.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> Reply {
+        let started = Instant::now();
+        let result = self.agent.post(&format!("{}{path}", self.base)).set("Authorization", &self.auth).set("Content-Type", "application/json").send_string(&body.to_string());
+        Self::reply("POST", path, result, started)
+    }
+
     pub fn delete(&self, path: &str) -> Reply {
         self.send("DELETE", path)
     }
@@ -46,6 +53,10 @@ impl Ari {
     fn send(&self, method: &str, path: &str) -> Reply {
         let started = Instant::now();
         let result = self.agent.request(method, &format!("{}{path}", self.base)).set("Authorization", &self.auth).call();
+        Self::reply(method, path, result, started)
+    }
+
+    fn reply(method: &str, path: &str, result: Result<ureq::Response, ureq::Error>, started: Instant) -> Reply {
         let (status, body) = match result {
             Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
             Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),

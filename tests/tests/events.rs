@@ -89,7 +89,14 @@ fn call_events_reach_a_consumer_in_order_with_application_and_node_eid() {
             assert_eq!(m.headers["asterisk_id"], node.eid);
             assert_eq!(m.headers["event_type"], m.json["type"].as_str().unwrap());
             assert_eq!(m.content_type.as_deref(), Some("application/json"));
+            assert!(m.body.starts_with(r#"{"application":"conf","#), "application comes first: {}", m.body);
         }
+        // The module writes Asterisk's JSON itself (not through jansson's dump): nested objects,
+        // arrays, integers and strings must arrive as ARI has them.
+        let start = messages.iter().find(|m| m.json["channel"]["id"] == channel.as_str() && m.json["type"] == "StasisStart").unwrap();
+        assert!(start.json["args"].is_array(), "{}", start.body);
+        assert!(start.json["channel"]["dialplan"]["priority"].is_i64(), "{}", start.body);
+        assert!(start.json["channel"]["caller"].is_object() && start.json["timestamp"].is_string(), "{}", start.body);
     }
     let amqp = pool.node(0).cli("scale show amqp");
     assert!(amqp.contains("Dropped:       0"), "{amqp}");
@@ -206,6 +213,35 @@ fn an_app_removed_from_consul_stops_publishing_and_an_added_one_starts() {
     let got = probe.drain("test-apps", 1, Duration::from_secs(5));
     let apps: Vec<&str> = got.iter().map(|m| m.json["application"].as_str().unwrap()).collect();
     assert_eq!(apps, ["queue"], "nothing from the removed app, the new one publishes");
+}
+
+/// The module writes Asterisk's JSON as text itself: whatever an ARI client puts in a user
+/// event (escapes, non-ASCII, nesting, every JSON type) must reach the consumer unchanged.
+#[test]
+fn a_user_events_variables_arrive_unchanged() {
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
+    create_app(&pool, "conf");
+    let node = pool.node(0);
+    wait_connected(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue("test-json", EXCHANGE, "stasis.app.conf.#");
+    let variables = serde_json::json!({
+        "text": "quote\" backslash\\ slash/ newline\n tab\t control\u{1} é ß 😀 \u{2028}",
+        "numbers": [0, -42, 9_007_199_254_740_993_i64, 1.5, -0.25, 1e300],
+        "flags": {"yes": true, "no": false, "nothing": null},
+        "nested": [[], {}, [{"deep": [1, {"deeper": "x"}]}]],
+        "application": "not ours",
+    });
+    let reply = node.ari().post_json("/events/user/tricky?application=conf", &serde_json::json!({ "variables": variables }));
+    assert_eq!(reply.status, 204, "{}", reply.body);
+    let got = probe.drain("test-json", 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json["type"], "ChannelUserevent");
+    assert_eq!(got[0].json["application"], "conf");
+    // Asterisk adds the event name to the variables; everything else is the client's.
+    let mut expected = variables;
+    expected["eventname"] = "tricky".into();
+    assert_eq!(got[0].json["userevent"], expected, "body: {}", got[0].body);
 }
 
 #[test]

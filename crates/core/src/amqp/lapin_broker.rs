@@ -102,16 +102,16 @@ impl Broker for LapinBroker {
 impl Link for LapinLink {
     async fn publish(&self, routing_key: String, event: Arc<Event>) -> Result<bool, String> {
         let mut headers = FieldTable::default();
-        headers.insert("application".into(), AMQPValue::LongString(event.app.as_str().into()));
+        headers.insert("application".into(), AMQPValue::LongString((*event.app).into()));
         headers.insert("asterisk_id".into(), AMQPValue::LongString(self.eid.as_str().into()));
-        headers.insert("event_type".into(), AMQPValue::LongString(event.event_type.as_str().into()));
+        headers.insert("event_type".into(), AMQPValue::LongString(event.event_type().into()));
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(self.delivery_mode)
             .with_headers(headers);
         let confirm = self
             .channel
-            .basic_publish(self.exchange.clone(), routing_key.into(), BasicPublishOptions::default(), &event.body, properties)
+            .basic_publish(self.exchange.clone(), routing_key.into(), BasicPublishOptions::default(), event.body(), properties)
             .await
             .map_err(text)?;
         if !self.confirms {

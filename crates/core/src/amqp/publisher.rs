@@ -175,7 +175,7 @@ impl<B: Broker> Publisher<B> {
             self.counters.confirmed.fetch_add(1, Ordering::Relaxed);
         } else {
             self.counters.nacked.fetch_add(1, Ordering::Relaxed);
-            let what = event.map(|e| format!("{} event of '{}'", e.event_type, e.app)).unwrap_or_default();
+            let what = event.map(|e| format!("{} event of '{}'", e.event_type(), e.app)).unwrap_or_default();
             tracing::warn!("amqp: the broker refused (nack) a {what}");
         }
     }
@@ -301,8 +301,8 @@ mod tests {
             if self.broken.load(Ordering::Relaxed) {
                 return Err("connection reset".into());
             }
-            s.published.push((self.url.clone(), routing_key, event.event_type.clone()));
-            Ok(s.nack_type.as_deref() != Some(event.event_type.as_str()))
+            s.published.push((self.url.clone(), routing_key, event.event_type().to_string()));
+            Ok(s.nack_type.as_deref() != Some(event.event_type()))
         }
 
         async fn close(self) {}
@@ -338,7 +338,7 @@ mod tests {
 
     fn push(h: &Harness, types: &[&str]) {
         for t in types {
-            assert!(h.queue.push(Event::new("conf", t, "{}").unwrap()));
+            assert!(h.queue.push(crate::amqp::event::tests::event("conf", t)));
         }
     }
 

@@ -29,19 +29,17 @@ pub trait StasisApps: Send + Sync + 'static {
 /// anything slow holds.
 #[derive(Debug, Default)]
 pub struct EventCounters {
-    by_app: RwLock<HashMap<String, Arc<AtomicU64>>>,
+    by_app: RwLock<HashMap<Arc<str>, AtomicU64>>,
 }
 
 impl EventCounters {
-    /// Counts one event of `app`; false if the app is not (or no longer) ours.
-    pub fn count(&self, app: &str) -> bool {
-        match self.by_app.read().unwrap_or_else(|e| e.into_inner()).get(app) {
-            Some(counter) => {
-                counter.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            None => false,
-        }
+    /// Counts one event of `app`. Returns the application's shared name (events carry it
+    /// without allocating), or None if the app is not (or no longer) ours.
+    pub fn count(&self, app: &str) -> Option<Arc<str>> {
+        let by_app = self.by_app.read().unwrap_or_else(|e| e.into_inner());
+        let (name, counter) = by_app.get_key_value(app)?;
+        counter.fetch_add(1, Ordering::Relaxed);
+        Some(name.clone())
     }
 
     pub fn get(&self, app: &str) -> u64 {
@@ -49,7 +47,7 @@ impl EventCounters {
     }
 
     fn add(&self, app: &str) {
-        self.by_app.write().unwrap_or_else(|e| e.into_inner()).entry(app.to_string()).or_default();
+        self.by_app.write().unwrap_or_else(|e| e.into_inner()).entry(app.into()).or_default();
     }
 
     fn remove(&self, app: &str) {
@@ -262,7 +260,7 @@ mod tests {
         assert_eq!(apply(&table, &stasis, &counters, &set(&["a", "b"])), None);
         assert_eq!(apply(&table, &stasis, &counters, &set(&["b", "c"])), Some(vec!["b".into(), "c".into()]));
         assert_eq!(*stasis.calls.lock().unwrap(), ["+a", "+b", "-a", "+c"]);
-        assert!(counters.count("b") && !counters.count("a"));
+        assert_eq!((counters.count("b").as_deref(), counters.count("a")), (Some("b"), None));
         assert_eq!(counters.get("b"), 1);
     }
 

@@ -163,14 +163,7 @@ impl AmqpProbe {
     /// strings (empty: none). With `confirms`, the channel is in confirm mode and the time runs
     /// until the broker has confirmed every message (none may be nacked).
     pub fn publish_burst(&self, exchange: &str, routing_key_for: impl Fn(usize) -> String, bodies: &[Vec<u8>], headers: &[(&str, &str)], confirms: bool) -> Duration {
-        let mut properties = json_properties();
-        if !headers.is_empty() {
-            let mut table = FieldTable::default();
-            for (k, v) in headers {
-                table.insert(short(k), AMQPValue::LongString((*v).into()));
-            }
-            properties = properties.with_headers(table);
-        }
+        let properties = json_properties_with(headers);
         const WINDOW: usize = 1024;
         let what = format!("publish a burst of {} messages to exchange {exchange:?}", bodies.len());
         let keys: Vec<ShortString> = (0..bodies.len()).map(|i| short(&routing_key_for(i))).collect();
@@ -210,6 +203,26 @@ impl AmqpProbe {
             }
             ch.close(200, "OK".into()).await.unwrap_or_else(|e| panic!("AMQP channel.close after the burst: {e}"));
             start.elapsed()
+        })
+    }
+
+    /// Publishes `n` messages, `per_second` of them a second, each body made by `body_for` from
+    /// its sequence number and send time (ns since the epoch), with `headers`: the reference
+    /// path for the module's event latency (publisher -> broker -> consumer, nothing else).
+    pub fn publish_paced(&self, exchange: &str, routing_key: &str, n: usize, per_second: u64, headers: &[(&str, &str)], body_for: impl Fn(usize, u128) -> Vec<u8>) {
+        let properties = json_properties_with(headers);
+        let what = format!("publish {n} messages at {per_second}/s to exchange {exchange:?}");
+        let within = CALL_TIMEOUT + Duration::from_secs(n as u64 / per_second.max(1));
+        self.run(&what, within, |ch| async move {
+            let start = tokio::time::Instant::now();
+            for seq in 0..n {
+                tokio::time::sleep_until(start + Duration::from_nanos(seq as u64 * 1_000_000_000 / per_second.max(1))).await;
+                let sent_ns = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+                ch.basic_publish(short(exchange), short(routing_key), BasicPublishOptions::default(), &body_for(seq, sent_ns), properties.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("AMQP basic.publish to {exchange:?}: {e}"));
+            }
+            ch.close(200, "OK".into()).await.unwrap_or_else(|e| panic!("AMQP channel.close after the paced publish: {e}"));
         })
     }
 
@@ -269,6 +282,18 @@ fn short(s: &str) -> ShortString {
 
 fn json_properties() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into())
+}
+
+/// JSON properties with `headers` as long strings (none when empty).
+fn json_properties_with(headers: &[(&str, &str)]) -> BasicProperties {
+    if headers.is_empty() {
+        return json_properties();
+    }
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert(short(k), AMQPValue::LongString((*v).into()));
+    }
+    json_properties().with_headers(table)
 }
 
 fn received(delivery: lapin::message::Delivery) -> Received {

@@ -31,9 +31,13 @@ fn main() {
 /// Median, p99 and max of a sample, in milliseconds.
 fn summary(samples: &mut [Duration]) -> String {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    format!("median {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})", ms(at(0.5)), ms(at(0.99)), ms(*samples.last().unwrap()), samples.len())
+    format!("median {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})", ms(quantile(samples, 0.5)), ms(quantile(samples, 0.99)), ms(*samples.last().unwrap()), samples.len())
+}
+
+/// The `q` quantile of sorted samples.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Time from a KV write (or delete) until every node has (or no longer has) the application,
@@ -134,17 +138,29 @@ fn event_forwarding(burst: usize, paced: usize) {
     let headers_time = plain(&headers, false);
     let headers_confirmed_time = plain(&headers, true);
 
-    let consumer = std::thread::spawn(move || AmqpProbe::new(&url).consume("bench", paced, Duration::from_secs(60)));
-    std::thread::sleep(Duration::from_millis(500));
-    let paced_report = node.cli(&format!("scale test events bench {paced} 1000"));
-    let received = consumer.join().unwrap();
-    let mut latencies: Vec<Duration> = received
-        .iter()
-        .filter_map(|(m, at)| {
-            let sent = UNIX_EPOCH + Duration::from_nanos(m.json["sent_ns"].as_u64()?);
-            at.duration_since(sent).ok()
+    // Latency at 1,000 events/s: through the module, then (the reference) the same messages
+    // from a plain publisher; what the module adds is the difference.
+    let latencies = |publish: &dyn Fn()| {
+        let url = url.clone();
+        let consumer = std::thread::spawn(move || AmqpProbe::new(&url).consume("bench", paced, Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(500));
+        publish();
+        let received = consumer.join().unwrap();
+        assert_eq!(received.len(), paced, "every paced event reaches the consumer");
+        let took: Vec<Duration> = received
+            .iter()
+            .filter_map(|(m, at)| at.duration_since(UNIX_EPOCH + Duration::from_nanos(m.json["sent_ns"].as_u64()?)).ok())
+            .collect();
+        took
+    };
+    let paced_report = std::cell::RefCell::new(String::new());
+    let mut module_latency = latencies(&|| *paced_report.borrow_mut() = node.cli(&format!("scale test events bench {paced} 1000")));
+    let paced_report = paced_report.into_inner();
+    let mut plain_latency = latencies(&|| {
+        probe.publish_paced("res_scale.events", &key, paced, 1000, &headers, |seq, sent_ns| {
+            format!(r#"{{"application":"bench","type":"BenchEvent","seq":{seq},"sent_ns":{sent_ns},"asterisk_id":"{}"}}"#, node.eid).into_bytes()
         })
-        .collect();
+    });
     let amqp = node.cli("scale show amqp");
 
     let rate = |d: Duration| burst as f64 / d.as_secs_f64();
@@ -165,7 +181,11 @@ fn event_forwarding(burst: usize, paced: usize) {
     );
     println!("- burst injection: {}", report.trim());
     println!("- at 1000 events/s: {}", paced_report.trim());
-    println!("- latency event creation -> consumer at 1000 events/s: {} ({} of {paced} received)", summary(&mut latencies), received.len());
+    println!("- latency to a consumer at 1000 events/s:");
+    println!("  through res_scale (from event creation): {}", summary(&mut module_latency));
+    println!("  plain lapin publisher (from publish):    {}", summary(&mut plain_latency));
+    let added = |q: f64| (quantile(&module_latency, q).as_secs_f64() - quantile(&plain_latency, q).as_secs_f64()) * 1e3;
+    println!("  added by res_scale: p50 {:+.1} ms, p99 {:+.1} ms", added(0.5), added(0.99));
     println!("- counters after the run:\n{amqp}");
 }
 

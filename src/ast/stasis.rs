@@ -10,9 +10,8 @@ use std::time::Duration;
 #[cfg(feature = "test-hooks")]
 use std::time::Instant;
 
-use res_scale_core::consul::apps::StasisApps;
-
 use res_scale_core::amqp::event::Event;
+use res_scale_core::consul::apps::StasisApps;
 
 use crate::ast::event_json;
 use crate::ast::gate::Gate;

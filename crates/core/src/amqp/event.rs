@@ -1,5 +1,6 @@
-//! One Stasis event on its way to RabbitMQ, and the bounded queue between Asterisk's threads
-//! and the publisher.
+//! One Stasis event on its way to RabbitMQ: the writer that turns Asterisk's JSON into its
+//! body on the callback's thread, and the bounded queue between Asterisk's threads and the
+//! publisher.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};

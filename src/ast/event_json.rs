@@ -23,27 +23,37 @@ const MAX_DEPTH: u32 = 64;
 /// the event to the Stasis callback on these terms).
 pub unsafe fn to_event(json: *mut sys::ast_json, app: Arc<str>) -> Option<Event> {
     // SAFETY (whole body): json and every value reached from it are live and unmodified for the
-    // call (caller's contract); the iterator, key, value and string pointers Asterisk returns
-    // are borrowed from json and read before the next call on it.
+    // call (caller's contract); the pointers Asterisk returns are borrowed from json.
     unsafe {
         if sys::ast_json_typeof(json) != sys::AST_JSON_OBJECT {
             return None;
         }
         let mut writer = EventWriter::new(app);
-        let mut member = sys::ast_json_object_iter(json);
-        while !member.is_null() {
-            let key = CStr::from_ptr(sys::ast_json_object_iter_key(member)).to_bytes();
-            let value = sys::ast_json_object_iter_value(member);
+        for_each_member(json, |key, value| {
             if writer.key(key) {
                 match string_of(value) {
                     Some(text) => writer.top_string(text),
                     None => write_value(value, writer.out(), 1)?,
                 }
             }
-            member = sys::ast_json_object_iter_next(json, member);
-        }
+            Some(())
+        })?;
         Some(writer.finish())
     }
+}
+
+/// Calls `visit` with each member's key and value, in Asterisk's order; stops at the first None.
+unsafe fn for_each_member(object: *mut sys::ast_json, mut visit: impl FnMut(&[u8], *mut sys::ast_json) -> Option<()>) -> Option<()> {
+    // SAFETY: object is a live JSON object (caller); the iterator and the key and value it
+    // yields are borrowed from it and used before the next step.
+    unsafe {
+        let mut member = sys::ast_json_object_iter(object);
+        while !member.is_null() {
+            visit(CStr::from_ptr(sys::ast_json_object_iter_key(member)).to_bytes(), sys::ast_json_object_iter_value(member))?;
+            member = sys::ast_json_object_iter_next(object, member);
+        }
+    }
+    Some(())
 }
 
 /// The bytes of a JSON string value (up to a NUL it may hold), None for other types.
@@ -65,18 +75,16 @@ unsafe fn write_value(value: *mut sys::ast_json, out: &mut Vec<u8>, depth: u32) 
         match sys::ast_json_typeof(value) {
             sys::AST_JSON_OBJECT => {
                 out.push(b'{');
-                let mut member = sys::ast_json_object_iter(value);
                 let mut first = true;
-                while !member.is_null() {
+                for_each_member(value, |key, member| {
                     if !first {
                         out.push(b',');
                     }
                     first = false;
-                    write_string(out, CStr::from_ptr(sys::ast_json_object_iter_key(member)).to_bytes());
+                    write_string(out, key);
                     out.push(b':');
-                    write_value(sys::ast_json_object_iter_value(member), out, depth + 1)?;
-                    member = sys::ast_json_object_iter_next(value, member);
-                }
+                    write_value(member, out, depth + 1)
+                })?;
                 out.push(b'}');
             }
             sys::AST_JSON_ARRAY => {

@@ -121,9 +121,7 @@ fn event_forwarding(burst: usize, paced: usize) {
     node.cli("module reload res_scale.so");
 
     let key = format!("stasis.app.bench.{}", node.eid);
-    let bodies: Vec<Vec<u8>> = (0..burst)
-        .map(|seq| format!(r#"{{"application":"bench","type":"BenchEvent","seq":{seq},"sent_ns":1795345201000000000,"asterisk_id":"{}"}}"#, node.eid).into_bytes())
-        .collect();
+    let bodies: Vec<Vec<u8>> = (0..burst).map(|seq| bench_body(seq, 1_795_345_201_000_000_000, &node.eid)).collect();
     let headers = [("application", "bench"), ("asterisk_id", node.eid.as_str()), ("event_type", "BenchEvent")];
     // The plain publisher three ways: the bodies alone (the broker's raw limit), then the same
     // messages res_scale sends (with the contract's headers) without and with confirms.
@@ -140,26 +138,9 @@ fn event_forwarding(burst: usize, paced: usize) {
 
     // Latency at 1,000 events/s: through the module, then (the reference) the same messages
     // from a plain publisher; what the module adds is the difference.
-    let latencies = |publish: &dyn Fn()| {
-        let url = url.clone();
-        let consumer = std::thread::spawn(move || AmqpProbe::new(&url).consume("bench", paced, Duration::from_secs(60)));
-        std::thread::sleep(Duration::from_millis(500));
-        publish();
-        let received = consumer.join().unwrap();
-        assert_eq!(received.len(), paced, "every paced event reaches the consumer");
-        let took: Vec<Duration> = received
-            .iter()
-            .filter_map(|(m, at)| at.duration_since(UNIX_EPOCH + Duration::from_nanos(m.json["sent_ns"].as_u64()?)).ok())
-            .collect();
-        took
-    };
-    let paced_report = std::cell::RefCell::new(String::new());
-    let mut module_latency = latencies(&|| *paced_report.borrow_mut() = node.cli(&format!("scale test events bench {paced} 1000")));
-    let paced_report = paced_report.into_inner();
-    let mut plain_latency = latencies(&|| {
-        probe.publish_paced("res_scale.events", &key, paced, 1000, &headers, |seq, sent_ns| {
-            format!(r#"{{"application":"bench","type":"BenchEvent","seq":{seq},"sent_ns":{sent_ns},"asterisk_id":"{}"}}"#, node.eid).into_bytes()
-        })
+    let (mut module_latency, paced_report) = paced_latencies(&url, paced, || node.cli(&format!("scale test events bench {paced} 1000")));
+    let (mut plain_latency, ()) = paced_latencies(&url, paced, || {
+        probe.publish_paced("res_scale.events", &key, paced, 1000, &headers, |seq, sent_ns| bench_body(seq, sent_ns, &node.eid))
     });
     let amqp = node.cli("scale show amqp");
 
@@ -187,6 +168,27 @@ fn event_forwarding(burst: usize, paced: usize) {
     let added = |q: f64| (quantile(&module_latency, q).as_secs_f64() - quantile(&plain_latency, q).as_secs_f64()) * 1e3;
     println!("  added by res_scale: p50 {:+.1} ms, p99 {:+.1} ms", added(0.5), added(0.99));
     println!("- counters after the run:\n{amqp}");
+}
+
+/// A benchmark event as res_scale publishes it (`sent_ns`: when it was made, ns since the epoch).
+fn bench_body(seq: usize, sent_ns: u128, eid: &str) -> Vec<u8> {
+    format!(r#"{{"application":"bench","type":"BenchEvent","seq":{seq},"sent_ns":{sent_ns},"asterisk_id":"{eid}"}}"#).into_bytes()
+}
+
+/// Runs `publish` while a consumer takes `n` messages from queue `bench`; returns each one's
+/// time from its `sent_ns` to its arrival, and what `publish` returned.
+fn paced_latencies<T>(url: &str, n: usize, publish: impl FnOnce() -> T) -> (Vec<Duration>, T) {
+    let url = url.to_string();
+    let consumer = std::thread::spawn(move || AmqpProbe::new(&url).consume("bench", n, Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(500));
+    let published = publish();
+    let received = consumer.join().unwrap();
+    assert_eq!(received.len(), n, "every paced event reaches the consumer");
+    let latencies = received
+        .iter()
+        .filter_map(|(m, at)| at.duration_since(UNIX_EPOCH + Duration::from_nanos(m.json["sent_ns"].as_u64()?)).ok())
+        .collect();
+    (latencies, published)
 }
 
 const REGISTRATIONS_EXCHANGE: &str = "res_scale.registrations";

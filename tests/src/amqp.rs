@@ -101,12 +101,20 @@ impl AmqpProbe {
         })
     }
 
-    /// How many messages wait in `queue` (a passive declare).
-    pub fn message_count(&self, queue: &str) -> u32 {
-        self.run(&format!("count messages in {queue:?}"), CALL_TIMEOUT, |ch| async move {
+    /// Waits until `queue` holds at least `n` messages and returns when that was seen. Polls
+    /// every 10 ms with a passive declare on one connection: a connection per poll would cost
+    /// the broker more than what a benchmark measures.
+    pub fn until_message_count(&self, queue: &str, n: u32, within: Duration) -> Instant {
+        let what = format!("wait for {n} messages in {queue:?}");
+        self.run(&what, within, |ch| async move {
             let options = QueueDeclareOptions { passive: true, ..Default::default() };
-            let q = ch.queue_declare(short(queue), options, FieldTable::default()).await.unwrap_or_else(|e| panic!("AMQP queue.declare (passive) {queue:?}: {e}"));
-            q.message_count()
+            loop {
+                let q = ch.queue_declare(short(queue), options, FieldTable::default()).await.unwrap_or_else(|e| panic!("AMQP queue.declare (passive) {queue:?}: {e}"));
+                if q.message_count() >= n {
+                    return Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         })
     }
 

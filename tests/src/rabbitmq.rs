@@ -146,6 +146,12 @@ impl RabbitMq {
         }
     }
 
+    /// The host PID of the Erlang VM running the broker (what the broker writes to its PID
+    /// file once it has started).
+    pub fn vm_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.dir.join("rabbit.pid")).ok()?.trim().parse().ok()
+    }
+
     /// Runs rabbitmqctl against this broker, e.g. `["list_queues"]`.
     pub fn ctl(&self, args: &[&str]) -> String {
         let out = self.command(&format!("{BIN}/rabbitmqctl")).arg("-n").arg(&self.node_name).args(args).output().expect("run rabbitmqctl");

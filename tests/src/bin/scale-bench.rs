@@ -76,9 +76,7 @@ fn app_propagation(rounds: usize) {
 
 /// Waits until `queue` holds `n` messages; returns when that was seen.
 fn until_queued(probe: &AmqpProbe, queue: &str, n: usize) -> Instant {
-    wait::until(&format!("{n} messages in {queue}"), Duration::from_secs(300), Duration::from_millis(10), || {
-        (probe.message_count(queue) as usize >= n).then(Instant::now)
-    })
+    probe.until_message_count(queue, n as u32, Duration::from_secs(300))
 }
 
 /// Events through the real callback path (`scale test events`, which hands each event to
@@ -99,42 +97,57 @@ fn event_forwarding(burst: usize, paced: usize) {
     let probe = AmqpProbe::new(&url);
     probe.bind_queue("bench", "res_scale.events", "stasis.app.bench.#");
 
-    let started = Instant::now();
-    let report = node.cli(&format!("scale test events bench {burst}"));
-    let module_time = until_queued(&probe, "bench", burst) - started;
-    probe.purge("bench");
-
-    // The same with confirms off (fire-and-forget), after a reload.
-    let file = node.dir.join("etc/res_scale.conf");
-    let confirmed_conf = std::fs::read_to_string(&file).unwrap();
-    node.write_config("res_scale.conf", &confirmed_conf.replace("queue_capacity = 200000", "queue_capacity = 200000\nconfirms = no"));
-    node.cli("module reload res_scale.so");
-    wait::until("the publisher back", Duration::from_secs(10), Duration::from_millis(20), || {
-        let amqp = node.cli("scale show amqp");
-        (amqp.contains("State:         connected") && amqp.contains("confirms: no")).then_some(())
-    });
-    let started = Instant::now();
-    node.cli(&format!("scale test events bench {burst}"));
-    let unconfirmed_time = until_queued(&probe, "bench", burst) - started;
-    probe.purge("bench");
-    node.write_config("res_scale.conf", &confirmed_conf);
-    node.cli("module reload res_scale.so");
-
+    let broker_pid = pool.rabbitmq.as_ref().unwrap().vm_pid().expect("the broker's PID file");
+    let burst_of = |publish: &dyn Fn()| timed_burst(&probe, node.pid(), broker_pid, burst, publish);
+    // A burst through the module, with what `scale test events` reported of it.
+    let module_burst = || {
+        let report = std::cell::OnceCell::new();
+        let burst = burst_of(&|| drop(report.set(node.cli(&format!("scale test events bench {burst}")))));
+        (burst, report.into_inner().unwrap_or_default())
+    };
     let key = format!("stasis.app.bench.{}", node.eid);
     let bodies: Vec<Vec<u8>> = (0..burst).map(|seq| bench_body(seq, 1_795_345_201_000_000_000, &node.eid)).collect();
     let headers = [("application", "bench"), ("asterisk_id", node.eid.as_str()), ("event_type", "BenchEvent")];
-    // The plain publisher three ways: the bodies alone (the broker's raw limit), then the same
-    // messages res_scale sends (with the contract's headers) without and with confirms.
+    // The plain publisher: the same messages res_scale sends (with the contract's headers), or
+    // the bodies alone (the broker's raw limit).
     let plain = |headers: &[(&str, &str)], confirms: bool| {
-        let started = Instant::now();
-        probe.publish_burst("res_scale.events", |_| key.clone(), &bodies, headers, confirms);
-        let took = until_queued(&probe, "bench", burst) - started;
-        probe.purge("bench");
-        took
+        burst_of(&|| {
+            probe.publish_burst("res_scale.events", |_| key.clone(), &bodies, headers, confirms);
+        })
     };
-    let plain_time = plain(&[], false);
-    let headers_time = plain(&headers, false);
-    let headers_confirmed_time = plain(&headers, true);
+    let file = node.dir.join("etc/res_scale.conf");
+    let confirmed_conf = std::fs::read_to_string(&file).unwrap();
+    let set_confirms = |on: bool| {
+        let conf = if on { confirmed_conf.clone() } else { confirmed_conf.replace("queue_capacity = 200000", "queue_capacity = 200000\nconfirms = no") };
+        node.write_config("res_scale.conf", &conf);
+        node.cli("module reload res_scale.so");
+        let shown = format!("confirms: {}", if on { "yes" } else { "no" });
+        wait::until("the publisher back", Duration::from_secs(10), Duration::from_millis(20), || {
+            let amqp = node.cli("scale show amqp");
+            (amqp.contains("State:         connected") && amqp.contains(&shown)).then_some(())
+        });
+    };
+
+    // The first burst into a fresh broker also pays for growing its memory: not measured. Then
+    // each kind runs once per round, each res_scale burst next to its plain counterpart, so a
+    // slow spell of the machine hits both sides of a ratio.
+    // The module's first burst after load also grows its memory; its callback times are shown.
+    plain(&headers, false);
+    let (_, first_report) = module_burst();
+    let mut later_report = None;
+    let mut runs: [Vec<Burst>; 5] = Default::default();
+    for _ in 0..BURST_ROUNDS {
+        let (confirmed, report) = module_burst();
+        runs[0].push(confirmed);
+        later_report.get_or_insert(report);
+        runs[1].push(plain(&headers, true));
+        set_confirms(false);
+        runs[2].push(module_burst().0);
+        runs[3].push(plain(&headers, false));
+        runs[4].push(plain(&[], false));
+        set_confirms(true);
+    }
+    let [module, headers_confirmed, unconfirmed, with_headers, bodies_only] = runs.map(|r| Burst::total(&r));
 
     // Latency at 1,000 events/s: through the module, then (the reference) the same messages
     // from a plain publisher; what the module adds is the difference.
@@ -144,23 +157,33 @@ fn event_forwarding(burst: usize, paced: usize) {
     });
     let amqp = node.cli("scale show amqp");
 
-    let rate = |d: Duration| burst as f64 / d.as_secs_f64();
-    let line = |what: &str, d: Duration| println!("- {what:<66} {:>6.0} events/s ({:.2} s)", rate(d), d.as_secs_f64());
-    println!("## Event forwarding (1 node, {burst} events burst, queue_capacity 200000)");
-    line("res_scale, confirms = yes (callback -> queue -> publisher -> queue):", module_time);
-    line("res_scale, confirms = no:", unconfirmed_time);
-    line("plain lapin, bodies only (no headers, no confirms):", plain_time);
-    line("plain lapin, same messages (the three headers), no confirms:", headers_time);
-    line("plain lapin, same messages, confirms:", headers_confirmed_time);
-    let ratio = |ours: Duration, plain: Duration| rate(ours) / rate(plain);
+    let phases = [
+        ("res_scale, confirms = yes (callback -> queue -> publisher -> queue):", &module),
+        ("plain lapin, same messages (the three headers), confirms:", &headers_confirmed),
+        ("res_scale, confirms = no:", &unconfirmed),
+        ("plain lapin, same messages, no confirms:", &with_headers),
+        ("plain lapin, bodies only (no headers, no confirms):", &bodies_only),
+    ];
+    let rate = |b: &Burst| (burst * BURST_ROUNDS) as f64 / b.took.as_secs_f64();
+    println!("## Event forwarding (1 node, bursts of {burst} events, {BURST_ROUNDS} of each kind, queue_capacity 200000)");
+    for (what, b) in phases {
+        println!("- {what:<66} {:>6.0} events/s ({:.2} s in all)", rate(b), b.took.as_secs_f64());
+    }
+    let ratio = |ours: &Burst, plain: &Burst| rate(ours) / rate(plain);
     println!(
         "- ratio res_scale / plain, like for like: confirms on {:.2}, confirms off {:.2}; against the bodies-only publisher: {:.2} / {:.2}",
-        ratio(module_time, headers_confirmed_time),
-        ratio(unconfirmed_time, headers_time),
-        ratio(module_time, plain_time),
-        ratio(unconfirmed_time, plain_time)
+        ratio(&module, &headers_confirmed),
+        ratio(&unconfirmed, &with_headers),
+        ratio(&module, &bodies_only),
+        ratio(&unconfirmed, &bodies_only)
     );
-    println!("- burst injection: {}", report.trim());
+    println!("- CPU per event in each burst, us: res_scale's threads (publisher, lapin) / the rest of Asterisk (the CLI thread that makes the events; res_stasis and our callback run on it) / the broker / this process (the plain publisher):");
+    for (what, b) in phases {
+        let cpu = b.cpu.per_event(burst * BURST_ROUNDS);
+        println!("  {:<64} {}", what.trim_end_matches(':').split(" (callback").next().unwrap_or(what), cpu);
+    }
+    println!("- the first burst after the module's load (not in the rates above): {}", first_report.trim());
+    println!("- a later burst (the first measured one): {}", later_report.unwrap_or_default().trim());
     println!("- at 1000 events/s: {}", paced_report.trim());
     println!("- latency to a consumer at 1000 events/s:");
     println!("  through res_scale (from event creation): {}", summary(&mut module_latency));
@@ -168,6 +191,87 @@ fn event_forwarding(burst: usize, paced: usize) {
     let added = |q: f64| (quantile(&module_latency, q).as_secs_f64() - quantile(&plain_latency, q).as_secs_f64()) * 1e3;
     println!("  added by res_scale: p50 {:+.1} ms, p99 {:+.1} ms", added(0.5), added(0.99));
     println!("- counters after the run:\n{amqp}");
+}
+
+/// Bursts of each kind in the event benchmark, taken in turns.
+const BURST_ROUNDS: usize = 2;
+
+/// One burst: how long until the queue held every message, and the CPU it cost meanwhile.
+struct Burst {
+    took: Duration,
+    cpu: CpuSplit,
+}
+
+impl Burst {
+    /// Several bursts as one: their times and CPU added up.
+    fn total(bursts: &[Burst]) -> Burst {
+        let mut total = Burst { took: Duration::ZERO, cpu: CpuSplit::default() };
+        for b in bursts {
+            total.took += b.took;
+            total.cpu = total.cpu.plus(&b.cpu);
+        }
+        total
+    }
+}
+
+/// Runs `publish` (a burst of `n` messages towards queue `bench`) and measures it until the
+/// queue holds them all; purges the queue afterwards.
+fn timed_burst(probe: &AmqpProbe, asterisk_pid: u32, broker_pid: u32, n: usize, publish: &dyn Fn()) -> Burst {
+    let before = CpuSplit::now(asterisk_pid, broker_pid);
+    let started = Instant::now();
+    publish();
+    let took = until_queued(probe, "bench", n) - started;
+    let cpu = CpuSplit::now(asterisk_pid, broker_pid).since(&before);
+    probe.purge("bench");
+    Burst { took, cpu }
+}
+
+/// CPU time used so far (or during a phase) by the programs sharing the machine in the event
+/// benchmark. With two cores shared, a rate alone hides who spent them.
+#[derive(Default)]
+struct CpuSplit {
+    /// res_scale's own threads in Asterisk: the publisher's runtime and lapin's I/O loop.
+    module: Duration,
+    /// Every other Asterisk thread.
+    asterisk: Duration,
+    broker: Duration,
+    /// The benchmark process itself (the plain publisher, the probe counting the queue).
+    bench: Duration,
+}
+
+impl CpuSplit {
+    fn now(asterisk_pid: u32, broker_pid: u32) -> CpuSplit {
+        let mut split = CpuSplit::default();
+        for (name, cpu) in thread_cpu(asterisk_pid).into_values() {
+            if name.starts_with("res_scale") || name.starts_with("lapin") {
+                split.module += cpu;
+            } else {
+                split.asterisk += cpu;
+            }
+        }
+        split.broker = process_cpu(broker_pid);
+        split.bench = process_cpu(std::process::id());
+        split
+    }
+
+    fn plus(&self, other: &CpuSplit) -> CpuSplit {
+        CpuSplit { module: self.module + other.module, asterisk: self.asterisk + other.asterisk, broker: self.broker + other.broker, bench: self.bench + other.bench }
+    }
+
+    fn since(&self, before: &CpuSplit) -> CpuSplit {
+        CpuSplit {
+            module: self.module.saturating_sub(before.module),
+            asterisk: self.asterisk.saturating_sub(before.asterisk),
+            broker: self.broker.saturating_sub(before.broker),
+            bench: self.bench.saturating_sub(before.bench),
+        }
+    }
+
+    /// e.g. `5.6 / 3.1 / 28.0 / 0.1` (microseconds per event, in the fields' order).
+    fn per_event(&self, n: usize) -> String {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        format!("{:>5.1} / {:>5.1} / {:>5.1} / {:>5.1}", us(self.module), us(self.asterisk), us(self.broker), us(self.bench))
+    }
 }
 
 /// A benchmark event as res_scale publishes it (`sent_ns`: when it was made, ns since the epoch).
@@ -326,19 +430,29 @@ fn bench_update(i: usize, expires: u64) -> serde_json::Value {
 
 /// CPU time (user + system) of every thread of a process, by thread id, with its name.
 fn thread_cpu(pid: u32) -> BTreeMap<u32, (String, Duration)> {
-    let tick = Duration::from_secs(1) / 100; // USER_HZ
     let mut threads = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        // "tid (name) state ppid ...": utime and stime are fields 14 and 15.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u32>().ok()).unwrap_or(0);
-        if let Ok(tid) = stat[..open].trim().parse() {
-            threads.insert(tid, (stat[open + 1..close].to_string(), tick * (ticks(11) + ticks(12))));
+        if let Some((tid, name, cpu)) = stat_cpu(&task.path().join("stat")) {
+            threads.insert(tid, (name, cpu));
         }
     }
     threads
+}
+
+/// CPU time (user + system) of a whole process, all its threads together.
+fn process_cpu(pid: u32) -> Duration {
+    stat_cpu(std::path::Path::new(&format!("/proc/{pid}/stat"))).map_or(Duration::ZERO, |(_, _, cpu)| cpu)
+}
+
+/// Id, name and CPU time from a `stat` file of /proc.
+fn stat_cpu(path: &std::path::Path) -> Option<(u32, String, Duration)> {
+    let tick = Duration::from_secs(1) / 100; // USER_HZ
+    let stat = std::fs::read_to_string(path).ok()?;
+    // "tid (name) state ppid ...": utime and stime are fields 14 and 15.
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u32>().ok()).unwrap_or(0);
+    Some((stat[..open].trim().parse().ok()?, stat[open + 1..close].to_string(), tick * (ticks(11) + ticks(12))))
 }
 
 /// Busy and total CPU time of the whole machine so far (`/proc/stat`), in USER_HZ ticks.

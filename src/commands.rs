@@ -224,7 +224,7 @@ const TEST_PANIC: Command = Command {
 const TEST_EVENTS: Command = Command {
     words: c"scale test events",
     summary: c"Inject events into a Stasis application (test builds only)",
-    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch) to <app> through stasis_app_send, paced at\n       <per-second> if given, and reports the time each send took. Present only in\n       builds with the test-hooks feature.\n",
+    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch) to <app> through stasis_app_send, paced at\n       <per-second> if given, and reports the time each send took, and how many\n       sends the scheduler preempted. Present only in builds with the test-hooks\n       feature.\n",
     run: |args| {
         let (app, count, rate) = match args {
             [app, count] => (app, count.parse::<u64>(), None),
@@ -236,7 +236,7 @@ const TEST_EVENTS: Command = Command {
             _ => return Outcome::ShowUsage,
         };
         let started = std::time::Instant::now();
-        let (mut sends, mut callbacks) = (Vec::with_capacity(count as usize), Vec::with_capacity(count as usize));
+        let mut took = Vec::with_capacity(count as usize);
         for seq in 0..count {
             if let Some(rate) = rate {
                 let due = started + std::time::Duration::from_nanos(seq * 1_000_000_000 / rate);
@@ -247,25 +247,30 @@ const TEST_EVENTS: Command = Command {
             let sent_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
             let json = format!(r#"{{"type":"BenchEvent","seq":{seq},"sent_ns":{sent_ns}}}"#);
             match crate::ast::stasis::inject(app, &json) {
-                Ok(took) => {
-                    sends.push(took.send);
-                    callbacks.push(took.callback);
-                }
+                Ok(injected) => took.push(injected),
                 Err(e) => return Outcome::Failed(format!("event {seq}: {e}\n")),
             }
         }
         let elapsed = started.elapsed();
-        let quantiles = |took: &mut Vec<std::time::Duration>| {
+        let quantiles = |mut took: Vec<std::time::Duration>| {
+            if took.is_empty() {
+                return "-".to_string();
+            }
             took.sort();
             let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_nanos() as f64 / 1e3;
             format!("p50 {:.2} us, p99 {:.2} us, max {:.2} us", at(0.5), at(0.99), at(1.0))
         };
+        let callbacks = |events: &mut dyn Iterator<Item = &crate::ast::stasis::Injected>| quantiles(events.map(|i| i.callback).collect());
+        let preempted = took.iter().filter(|i| i.preempted).count();
         Outcome::Output(format!(
-            "sent {count} events to {app} in {:.1} ms ({:.0}/s)\n  per event, our callback:    {}\n  per event, stasis_app_send: {}\n",
+            "sent {count} events to {app} in {:.1} ms ({:.0}/s)\n  per event, our callback:    {}\n  per event, stasis_app_send: {}\n  \
+             {preempted} of the {count} sends were preempted (the scheduler ran another thread meanwhile);\n  \
+             our callback in the others: {}\n",
             elapsed.as_secs_f64() * 1e3,
             count as f64 / elapsed.as_secs_f64(),
-            quantiles(&mut callbacks),
-            quantiles(&mut sends),
+            callbacks(&mut took.iter()),
+            quantiles(took.iter().map(|i| i.send).collect()),
+            callbacks(&mut took.iter().filter(|i| !i.preempted)),
         ))
     },
     complete: no_completion,

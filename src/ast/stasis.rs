@@ -109,6 +109,20 @@ pub struct Injected {
     pub send: Duration,
     /// Our callback alone.
     pub callback: Duration,
+    /// The scheduler took the CPU away from this thread meanwhile (for another thread or
+    /// process): then the times include however long that one ran.
+    pub preempted: bool,
+}
+
+/// Involuntary context switches of the calling thread so far.
+#[cfg(feature = "test-hooks")]
+fn preemptions() -> libc::c_long {
+    // SAFETY: getrusage writes the struct we pass; RUSAGE_THREAD is the calling thread.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage.ru_nivcsw
+    }
 }
 
 /// Hands `json` to application `app` the way res_stasis delivers events (synchronously, through
@@ -125,12 +139,14 @@ pub fn inject(app: &str, json: &str) -> Result<Injected, String> {
             return Err("invalid JSON".into());
         }
         LAST_CALLBACK.set(Duration::ZERO);
+        let switches = preemptions();
         let started = Instant::now();
         let rc = sys::stasis_app_send(c_app.as_ptr(), message);
         let send = started.elapsed();
+        let preempted = preemptions() != switches;
         sys::ast_json_unref(message);
         if rc == 0 {
-            Ok(Injected { send, callback: LAST_CALLBACK.get() })
+            Ok(Injected { send, callback: LAST_CALLBACK.get(), preempted })
         } else {
             Err(format!("stasis_app_send returned {rc} (is '{app}' registered?)"))
         }

@@ -232,7 +232,7 @@ fn timed_burst(probe: &AmqpProbe, asterisk_pid: u32, broker_pid: u32, n: usize, 
 struct CpuSplit {
     /// res_scale's own threads in Asterisk: the publisher's runtime and lapin's I/O loop.
     module: Duration,
-    /// Every other Asterisk thread.
+    /// Every other Asterisk thread, ended ones included.
     asterisk: Duration,
     broker: Duration,
     /// The benchmark process itself (the plain publisher, the probe counting the queue).
@@ -245,10 +245,11 @@ impl CpuSplit {
         for (name, cpu) in thread_cpu(asterisk_pid).into_values() {
             if name.starts_with("res_scale") || name.starts_with("lapin") {
                 split.module += cpu;
-            } else {
-                split.asterisk += cpu;
             }
         }
+        // From the process's total, which keeps the CPU of threads that have ended: the CLI
+        // thread that makes a burst's events ends with its command.
+        split.asterisk = process_cpu(asterisk_pid).saturating_sub(split.module);
         split.broker = process_cpu(broker_pid);
         split.bench = process_cpu(std::process::id());
         split

@@ -128,10 +128,10 @@ fn event_forwarding(burst: usize, paced: usize) {
         });
     };
 
-    // The first burst into a fresh broker also pays for growing its memory: not measured. Then
-    // each kind runs once per round, each res_scale burst next to its plain counterpart, so a
-    // slow spell of the machine hits both sides of a ratio.
-    // The module's first burst after load also grows its memory; its callback times are shown.
+    // The first burst into a fresh broker, and the module's first after its load, also pay for
+    // growing their memory: not measured (the module's callback times are shown). Then each
+    // kind runs once per round, each res_scale burst next to its plain counterpart, so a slow
+    // spell of the machine hits both sides of a ratio.
     plain(&headers, false);
     let (_, first_report) = module_burst();
     let mut later_report = None;

@@ -2,7 +2,9 @@
 //! command that made them, ready for BENCHMARKS.md.
 //!
 //! Benchmarks: `apps` (Consul KV write -> Stasis application registered on every node),
-//! `events` (Stasis events through the module to RabbitMQ, against a plain lapin publisher),
+//! `events` (Stasis events through the module to RabbitMQ, against a plain lapin publisher;
+//! with `--pinned`, Asterisk and the publishers on CPU 0 and the broker and the consumer on
+//! CPU 1, as if the broker ran on its own host),
 //! `registrations` (ANNOUNCE messages applied as PJSIP contacts, single and batched, and the
 //! SYNC of a node that joins).
 
@@ -21,7 +23,7 @@ fn main() {
         app_propagation(100);
     }
     if all || which.iter().any(|w| w == "events") {
-        event_forwarding(100_000, 5_000);
+        event_forwarding(100_000, 5_000, which.iter().any(|w| w == "--pinned"));
     }
     if all || which.iter().any(|w| w == "registrations") {
         registrations_apply(10_000, 500);
@@ -83,7 +85,7 @@ fn until_queued(probe: &AmqpProbe, queue: &str, n: usize) -> Instant {
 /// res_stasis like any other) to a queue bound on `stasis.app.bench.#`, compared in the same
 /// run with a plain lapin publisher sending the same number of same-sized bodies; then the
 /// latency from event creation to a consumer at 1,000 events/s.
-fn event_forwarding(burst: usize, paced: usize) {
+fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
     // A queue that holds the whole burst: this measures throughput, not the drop policy.
     let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\nqueue_capacity = 200000\n[registrations]\nenabled = no\n";
     let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().res_scale_conf(conf).start();
@@ -98,6 +100,14 @@ fn event_forwarding(burst: usize, paced: usize) {
     probe.bind_queue("bench", "res_scale.events", "stasis.app.bench.#");
 
     let broker_pid = pool.rabbitmq.as_ref().unwrap().vm_pid().expect("the broker's PID file");
+    // Threads inherit their creator's CPUs, so pinning every thread there now covers the ones
+    // to come (the consumer's are moved on their own, below).
+    let consumer_cpu = pinned.then(|| {
+        pin(node.pid(), CLIENT_CPU, true);
+        pin(std::process::id(), CLIENT_CPU, true);
+        pin(broker_pid, BROKER_CPU, true);
+        BROKER_CPU
+    });
     let burst_of = |publish: &dyn Fn()| timed_burst(&probe, node.pid(), broker_pid, burst, publish);
     // A burst through the module, with what `scale test events` reported of it.
     let module_burst = || {
@@ -151,8 +161,8 @@ fn event_forwarding(burst: usize, paced: usize) {
 
     // Latency at 1,000 events/s: through the module, then (the reference) the same messages
     // from a plain publisher; what the module adds is the difference.
-    let (mut module_latency, paced_report) = paced_latencies(&url, paced, || node.cli(&format!("scale test events bench {paced} 1000")));
-    let (mut plain_latency, ()) = paced_latencies(&url, paced, || {
+    let (mut module_latency, paced_report) = paced_latencies(&url, paced, consumer_cpu, || node.cli(&format!("scale test events bench {paced} 1000")));
+    let (mut plain_latency, ()) = paced_latencies(&url, paced, consumer_cpu, || {
         probe.publish_paced("res_scale.events", &key, paced, 1000, &headers, |seq, sent_ns| bench_body(seq, sent_ns, &node.eid))
     });
     let amqp = node.cli("scale show amqp");
@@ -165,7 +175,8 @@ fn event_forwarding(burst: usize, paced: usize) {
         ("plain lapin, bodies only (no headers, no confirms):", &bodies_only),
     ];
     let rate = |b: &Burst| (burst * BURST_ROUNDS) as f64 / b.took.as_secs_f64();
-    println!("## Event forwarding (1 node, bursts of {burst} events, {BURST_ROUNDS} of each kind, queue_capacity 200000)");
+    let placement = if pinned { ", pinned: Asterisk and the publishers on CPU 0, the broker and the consumer on CPU 1" } else { "" };
+    println!("## Event forwarding (1 node, bursts of {burst} events, {BURST_ROUNDS} of each kind, queue_capacity 200000{placement})");
     for (what, b) in phases {
         println!("- {what:<66} {:>6.0} events/s ({:.2} s in all)", rate(b), b.took.as_secs_f64());
     }
@@ -191,6 +202,21 @@ fn event_forwarding(burst: usize, paced: usize) {
     let added = |q: f64| (quantile(&module_latency, q).as_secs_f64() - quantile(&plain_latency, q).as_secs_f64()) * 1e3;
     println!("  added by res_scale: p50 {:+.1} ms, p99 {:+.1} ms", added(0.5), added(0.99));
     println!("- counters after the run:\n{amqp}");
+}
+
+/// With `--pinned`: where Asterisk and the publishers run, and where the broker and the
+/// consumer run.
+const CLIENT_CPU: u32 = 0;
+const BROKER_CPU: u32 = 1;
+
+/// Restricts a process (`all_threads`: every thread it has) or one thread to one CPU.
+fn pin(id: u32, cpu: u32, all_threads: bool) {
+    let mut taskset = std::process::Command::new("taskset");
+    if all_threads {
+        taskset.arg("-a");
+    }
+    let out = taskset.args(["-c", "-p", &cpu.to_string(), &id.to_string()]).output().expect("run taskset");
+    assert!(out.status.success(), "taskset -c -p {cpu} {id}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Bursts of each kind in the event benchmark, taken in turns.
@@ -282,9 +308,17 @@ fn bench_body(seq: usize, sent_ns: u128, eid: &str) -> Vec<u8> {
 
 /// Runs `publish` while a consumer takes `n` messages from queue `bench`; returns each one's
 /// time from its `sent_ns` to its arrival, and what `publish` returned.
-fn paced_latencies<T>(url: &str, n: usize, publish: impl FnOnce() -> T) -> (Vec<Duration>, T) {
+fn paced_latencies<T>(url: &str, n: usize, consumer_cpu: Option<u32>, publish: impl FnOnce() -> T) -> (Vec<Duration>, T) {
     let url = url.to_string();
-    let consumer = std::thread::spawn(move || AmqpProbe::new(&url).consume("bench", n, Duration::from_secs(60)));
+    let consumer = std::thread::spawn(move || {
+        if let Some(cpu) = consumer_cpu {
+            // Before the probe starts its runtime, whose threads then inherit the CPU.
+            let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+            let tid = me.file_name().and_then(|t| t.to_str()).and_then(|t| t.parse().ok()).expect("a thread id");
+            pin(tid, cpu, false);
+        }
+        AmqpProbe::new(&url).consume("bench", n, Duration::from_secs(60))
+    });
     std::thread::sleep(Duration::from_millis(500));
     let published = publish();
     let received = consumer.join().unwrap();

@@ -321,6 +321,16 @@ impl Node {
         fs::read_to_string(self.dir.join("log/messages.log")).unwrap_or_default()
     }
 
+    /// The log once it contains `text` (panics after 5 s). Asterisk's logger writes on its own
+    /// thread, so a line can reach the file just after the CLI command or state change that
+    /// caused it is seen.
+    pub fn wait_logged(&self, text: &str) -> String {
+        crate::wait::until(&format!("{} to log {text:?}", self.name), Duration::from_secs(5), Duration::from_millis(20), || {
+            let log = self.log();
+            log.contains(text).then_some(log)
+        })
+    }
+
     /// Whatever Asterisk wrote to stdout/stderr.
     pub fn console(&self) -> String {
         fs::read_to_string(self.dir.join("log/console.out")).unwrap_or_default()

@@ -110,7 +110,7 @@ fn apps_in_consul_appear_and_disappear_on_every_node() {
         assert!(apps.lines().any(|l| l.trim_start().starts_with("conf ")), "{apps}");
         assert!(apps.contains("Skipped invalid names: bad name"), "{apps}");
         assert!(!ari_apps(node).contains(&"bad name".to_string()));
-        assert!(node.log().contains("skipping key 'res_scale/apps/bad name'"), "{}", node.log());
+        node.wait_logged("skipping key 'res_scale/apps/bad name'");
     }
     // The nodes publish the apps they run.
     wait::until("apps in the node meta", Duration::from_secs(2), Duration::from_millis(50), || {
@@ -242,6 +242,6 @@ fn an_acl_token_is_used_and_a_wrong_one_is_reported() {
         status.lines().any(|l| l.trim_start().starts_with("consul") && l.contains("forbidden")).then_some(status)
     });
     assert!(!status.contains("not-a-token"), "the token is never shown: {status}");
-    assert!(node.log().contains("Consul refused the token"), "{}", node.log());
+    node.wait_logged("Consul refused the token");
     assert!(ari_apps(node).contains(&"acl-app".to_string()), "apps stay registered");
 }

@@ -178,8 +178,8 @@ fn wrong_credentials_are_reported_and_a_reload_with_the_right_ones_connects() {
     assert!(node.cli("core show version").contains("Asterisk 22."));
     // The registrations connection uses the same brokers and reports the same refusal.
     assert!(node.cli("scale show registrations").contains("ACCESS_REFUSED"), "{}", node.cli("scale show registrations"));
-    let log = node.log();
     for subsystem in ["amqp", "registrations"] {
+        let log = node.wait_logged(&format!("{subsystem}: no broker reachable"));
         assert_eq!(log.matches(&format!("{subsystem}: no broker reachable")).count(), 1, "one line per state change of {subsystem}");
     }
 

@@ -24,6 +24,17 @@ fn wait_connected(node: &Node) {
     });
 }
 
+/// Runs application `conf` on every node of `pool`, waits until each one's publisher is
+/// connected, and binds a durable `queue` on `binding_key`, as an ARI application's consumer
+/// would be.
+fn conf_with_consumer(pool: &Pool, queue: &str, binding_key: &str) -> AmqpProbe {
+    create_app(pool, "conf");
+    pool.nodes.iter().for_each(wait_connected);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue(queue, EXCHANGE, binding_key);
+    probe
+}
+
 /// Originates a Local channel straight into Stasis `app` and returns its id.
 fn call_into(node: &Node, app: &str) -> String {
     let reply = node.ari().post(&format!("/channels?endpoint=Local/100@from-sip&app={app}"));
@@ -58,10 +69,7 @@ fn ended(messages: &[Received], channels: &[String]) -> bool {
 #[test]
 fn call_events_reach_a_consumer_in_order_with_application_and_node_eid() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    create_app(&pool, "conf");
-    pool.nodes.iter().for_each(wait_connected);
-    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
-    probe.bind_queue("test-conf", EXCHANGE, "stasis.app.conf.#");
+    let probe = conf_with_consumer(&pool, "test-conf", "stasis.app.conf.#");
 
     let mut calls = Vec::new();
     for node in &pool.nodes {
@@ -105,12 +113,8 @@ fn call_events_reach_a_consumer_in_order_with_application_and_node_eid() {
 #[test]
 fn a_broker_outage_keeps_asterisk_fast_and_loses_no_event() {
     let mut pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
-    create_app(&pool, "conf");
-    wait_connected(pool.node(0));
-    let url = pool.rabbitmq.as_ref().unwrap().url();
-    let probe = AmqpProbe::new(&url);
     // A durable queue keeps its binding across the broker restart.
-    probe.bind_queue("test-outage", EXCHANGE, "stasis.app.conf.#");
+    let probe = conf_with_consumer(&pool, "test-outage", "stasis.app.conf.#");
 
     let latency = |node: &Node| node.ari().get("/asterisk/info").elapsed;
     let mut before: Vec<Duration> = (0..20).map(|_| latency(pool.node(0))).collect();
@@ -191,11 +195,8 @@ fn wrong_credentials_are_reported_and_a_reload_with_the_right_ones_connects() {
 #[test]
 fn an_app_removed_from_consul_stops_publishing_and_an_added_one_starts() {
     let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
-    create_app(&pool, "conf");
+    let probe = conf_with_consumer(&pool, "test-apps", "stasis.app.#");
     let node = pool.node(0);
-    wait_connected(node);
-    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
-    probe.bind_queue("test-apps", EXCHANGE, "stasis.app.#");
     let user_event = |app: &str| node.ari().post(&format!("/events/user/ping?application={app}")).status;
 
     assert_eq!(user_event("conf"), 204);
@@ -220,11 +221,8 @@ fn an_app_removed_from_consul_stops_publishing_and_an_added_one_starts() {
 #[test]
 fn a_user_events_variables_arrive_unchanged() {
     let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
-    create_app(&pool, "conf");
+    let probe = conf_with_consumer(&pool, "test-json", "stasis.app.conf.#");
     let node = pool.node(0);
-    wait_connected(node);
-    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
-    probe.bind_queue("test-json", EXCHANGE, "stasis.app.conf.#");
     let variables = serde_json::json!({
         "text": "quote\" backslash\\ slash/ newline\n tab\t control\u{1} é ß 😀 \u{2028}",
         "numbers": [0, -42, 9_007_199_254_740_993_i64, 1.5, -0.25, 1e300],
@@ -263,11 +261,8 @@ fn persistent_delivery_and_publisher_confirms_when_configured() {
     // Confirms are the default; persistence is asked for.
     let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\npersistent = yes\n[registrations]\nenabled = no\n";
     let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().res_scale_conf(conf).start();
-    create_app(&pool, "conf");
+    let probe = conf_with_consumer(&pool, "test-persistent", "stasis.app.conf.#");
     let node = pool.node(0);
-    wait_connected(node);
-    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
-    probe.bind_queue("test-persistent", EXCHANGE, "stasis.app.conf.#");
 
     for _ in 0..3 {
         assert_eq!(node.ari().post("/events/user/ping?application=conf").status, 204);

@@ -260,7 +260,6 @@ const TEST_EVENTS: Command = Command {
             let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_nanos() as f64 / 1e3;
             format!("p50 {:.2} us, p99 {:.2} us, max {:.2} us", at(0.5), at(0.99), at(1.0))
         };
-        let callbacks = |events: &mut dyn Iterator<Item = &crate::ast::stasis::Injected>| quantiles(events.map(|i| i.callback).collect());
         let preempted = took.iter().filter(|i| i.preempted).count();
         Outcome::Output(format!(
             "sent {count} events to {app} in {:.1} ms ({:.0}/s)\n  per event, our callback:    {}\n  per event, stasis_app_send: {}\n  \
@@ -268,9 +267,9 @@ const TEST_EVENTS: Command = Command {
              our callback in the others: {}\n",
             elapsed.as_secs_f64() * 1e3,
             count as f64 / elapsed.as_secs_f64(),
-            callbacks(&mut took.iter()),
+            quantiles(took.iter().map(|i| i.callback).collect()),
             quantiles(took.iter().map(|i| i.send).collect()),
-            callbacks(&mut took.iter().filter(|i| !i.preempted)),
+            quantiles(took.iter().filter(|i| !i.preempted).map(|i| i.callback).collect()),
         ))
     },
     complete: no_completion,

@@ -1,5 +1,5 @@
 //! A small blocking AMQP 0-9-1 client for the tests, on lapin 4: binds a queue to the module's
-//! exchange, drains what the module published, purges, publishes.
+//! exchange, drains or consumes what the module published, publishes.
 //!
 //! Every call opens its own connection and closes it before returning, so a probe outlives broker
 //! restarts without any reconnect logic. Connecting is retried for a few seconds (a broker that
@@ -19,7 +19,6 @@ use futures_util::StreamExt;
 
 use lapin::options::{
     BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -101,27 +100,20 @@ impl AmqpProbe {
         })
     }
 
-    /// Waits until `queue` holds at least `n` messages and returns when that was seen. Polls
-    /// every 10 ms with a passive declare on one connection: a connection per poll would cost
-    /// the broker more than what a benchmark measures.
-    pub fn until_message_count(&self, queue: &str, n: u32, within: Duration) -> Instant {
-        let what = format!("wait for {n} messages in {queue:?}");
-        self.run(&what, within, |ch| async move {
-            let options = QueueDeclareOptions { passive: true, ..Default::default() };
-            loop {
-                let q = ch.queue_declare(short(queue), options, FieldTable::default()).await.unwrap_or_else(|e| panic!("AMQP queue.declare (passive) {queue:?}: {e}"));
-                if q.message_count() >= n {
-                    return Instant::now();
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    }
-
     /// Consumes (basic.consume, auto-ack) until `n` messages arrived or `within` passed, with
     /// the wall-clock time each one arrived: what a latency measurement needs, unlike `drain`,
-    /// which polls.
-    pub fn consume(&self, queue: &str, n: usize, within: Duration) -> Vec<(Received, SystemTime)> {
+    /// which polls. `ready` runs once the broker has registered the consumer, so a caller on
+    /// another thread can start publishing then.
+    pub fn consume(&self, queue: &str, n: usize, within: Duration, ready: impl FnOnce()) -> Vec<(Received, SystemTime)> {
+        let mut got = Vec::with_capacity(n);
+        self.consume_each(queue, n, within, ready, |delivery| got.push((received(delivery), SystemTime::now())));
+        got
+    }
+
+    /// `consume`, handing each delivery to `take` as it arrives instead of keeping it: a
+    /// throughput measurement counts 100,000 messages and should not pay for parsing them.
+    /// Returns how many arrived.
+    pub fn consume_each(&self, queue: &str, n: usize, within: Duration, ready: impl FnOnce(), mut take: impl FnMut(lapin::message::Delivery)) -> usize {
         let what = format!("consume {n} messages from {queue:?}");
         self.run(&what, within + CALL_TIMEOUT, |ch| async move {
             let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
@@ -129,26 +121,19 @@ impl AmqpProbe {
                 .basic_consume(short(queue), short("res_scale-tests"), options, FieldTable::default())
                 .await
                 .unwrap_or_else(|e| panic!("AMQP basic.consume {queue:?}: {e}"));
-            let mut got = Vec::with_capacity(n);
+            ready();
+            let mut arrived = 0;
             let deadline = tokio::time::Instant::now() + within;
-            while got.len() < n {
+            while arrived < n {
                 match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(Some(Ok(delivery))) => got.push((received(delivery), SystemTime::now())),
+                    Ok(Some(Ok(delivery))) => take(delivery),
                     Ok(Some(Err(e))) => panic!("AMQP consume {queue:?}: {e}"),
                     Ok(None) | Err(_) => break,
                 }
+                arrived += 1;
             }
-            got
+            arrived
         })
-    }
-
-    /// Drops every message waiting in `queue`.
-    pub fn purge(&self, queue: &str) {
-        self.run(&format!("purge queue {queue:?}"), CALL_TIMEOUT, |ch| async move {
-            ch.queue_purge(short(queue), QueuePurgeOptions::default())
-                .await
-                .unwrap_or_else(|e| panic!("AMQP queue.purge {queue:?}: {e}"));
-        });
     }
 
     /// Publishes one message (content type application/json, no headers, no confirm), returning

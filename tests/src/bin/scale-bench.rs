@@ -76,15 +76,11 @@ fn app_propagation(rounds: usize) {
     println!("- delete: {}", summary(&mut deletes));
 }
 
-/// Waits until `queue` holds `n` messages; returns when that was seen.
-fn until_queued(probe: &AmqpProbe, queue: &str, n: usize) -> Instant {
-    probe.until_message_count(queue, n as u32, Duration::from_secs(300))
-}
-
 /// Events through the real callback path (`scale test events`, which hands each event to
 /// res_stasis like any other) to a queue bound on `stasis.app.bench.#`, compared in the same
-/// run with a plain lapin publisher sending the same number of same-sized bodies; then the
-/// latency from event creation to a consumer at 1,000 events/s.
+/// run with a plain lapin publisher sending the same messages (and the bodies alone), each
+/// burst timed until a consumer has them all; then the latency from event creation to a
+/// consumer at 1,000 events/s.
 fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
     // A queue that holds the whole burst: this measures throughput, not the drop policy.
     let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\nqueue_capacity = 200000\n[registrations]\nenabled = no\n";
@@ -108,7 +104,7 @@ fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
         pin(broker_pid, BROKER_CPU, true);
         BROKER_CPU
     });
-    let burst_of = |publish: &dyn Fn()| timed_burst(&probe, node.pid(), broker_pid, burst, publish);
+    let burst_of = |publish: &dyn Fn()| timed_burst(&url, consumer_cpu, node.pid(), broker_pid, burst, publish);
     // A burst through the module, with what `scale test events` reported of it.
     let module_burst = || {
         let report = std::cell::OnceCell::new();
@@ -178,7 +174,7 @@ fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
     let placement = if pinned { ", pinned: Asterisk and the publishers on CPU 0, the broker and the consumer on CPU 1" } else { "" };
     println!("## Event forwarding (1 node, bursts of {burst} events, {BURST_ROUNDS} of each kind, queue_capacity 200000{placement})");
     for (what, b) in phases {
-        println!("- {what:<66} {:>6.0} events/s ({:.2} s in all)", rate(b), b.took.as_secs_f64());
+        println!("- {what:<66} {:>6.0} events/s delivered ({:.2} s in all)", rate(b), b.took.as_secs_f64());
     }
     let ratio = |ours: &Burst, plain: &Burst| rate(ours) / rate(plain);
     println!(
@@ -188,7 +184,7 @@ fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
         ratio(&module, &bodies_only),
         ratio(&unconfirmed, &bodies_only)
     );
-    println!("- CPU per event in each burst, us: res_scale's threads (publisher, lapin) / the rest of Asterisk (the CLI thread that makes the events; res_stasis and our callback run on it) / the broker / this process (the plain publisher):");
+    println!("- CPU per event in each burst, us: res_scale's threads (publisher, lapin) / the rest of Asterisk (the CLI thread that makes the events; res_stasis and our callback run on it) / the broker / this process (the consumer, and the plain publisher in its bursts):");
     for (what, b) in phases {
         let cpu = b.cpu.per_event(burst * BURST_ROUNDS);
         println!("  {:<64} {}", what.trim_end_matches(':').split(" (callback").next().unwrap_or(what), cpu);
@@ -222,7 +218,7 @@ fn pin(id: u32, cpu: u32, all_threads: bool) {
 /// Bursts of each kind in the event benchmark, taken in turns.
 const BURST_ROUNDS: usize = 2;
 
-/// One burst: how long until the queue held every message, and the CPU it cost meanwhile.
+/// One burst: how long until the consumer had every message, and the CPU it cost meanwhile.
 struct Burst {
     took: Duration,
     cpu: CpuSplit,
@@ -240,16 +236,27 @@ impl Burst {
     }
 }
 
-/// Runs `publish` (a burst of `n` messages towards queue `bench`) and measures it until the
-/// queue holds them all; purges the queue afterwards.
-fn timed_burst(probe: &AmqpProbe, asterisk_pid: u32, broker_pid: u32, n: usize, publish: &dyn Fn()) -> Burst {
-    let before = CpuSplit::now(asterisk_pid, broker_pid);
-    let started = Instant::now();
-    publish();
-    let took = until_queued(probe, "bench", n) - started;
-    let cpu = CpuSplit::now(asterisk_pid, broker_pid).since(&before);
-    probe.purge("bench");
-    Burst { took, cpu }
+/// Runs `publish` (a burst of `n` messages towards queue `bench`) and measures it until a
+/// consumer of the queue has received them all: the rate is events delivered, so the broker's
+/// work of handing them on counts too.
+fn timed_burst(url: &str, consumer_cpu: Option<u32>, asterisk_pid: u32, broker_pid: u32, n: usize, publish: &dyn Fn()) -> Burst {
+    let mut before = None;
+    let (last, ()) = while_consuming(
+        url,
+        consumer_cpu,
+        move |probe, ready| {
+            let mut last = None;
+            let arrived = probe.consume_each("bench", n, Duration::from_secs(300), ready, |_| last = Some(Instant::now()));
+            assert_eq!(arrived, n, "every event of the burst reaches the consumer");
+            last.expect("a message arrived")
+        },
+        || {
+            before = Some((CpuSplit::now(asterisk_pid, broker_pid), Instant::now()));
+            publish();
+        },
+    );
+    let (cpu_before, started) = before.expect("the burst started");
+    Burst { took: last - started, cpu: CpuSplit::now(asterisk_pid, broker_pid).since(&cpu_before) }
 }
 
 /// CPU time used so far (or during a phase) by the programs sharing the machine in the event
@@ -261,7 +268,7 @@ struct CpuSplit {
     /// Every other Asterisk thread, ended ones included.
     asterisk: Duration,
     broker: Duration,
-    /// The benchmark process itself (the plain publisher, the probe counting the queue).
+    /// The benchmark process itself (the consumer, and the plain publisher in its bursts).
     bench: Duration,
 }
 
@@ -306,10 +313,17 @@ fn bench_body(seq: usize, sent_ns: u128, eid: &str) -> Vec<u8> {
     format!(r#"{{"application":"bench","type":"BenchEvent","seq":{seq},"sent_ns":{sent_ns},"asterisk_id":"{eid}"}}"#).into_bytes()
 }
 
-/// Runs `publish` while a consumer takes `n` messages from queue `bench`; returns each one's
-/// time from its `sent_ns` to its arrival, and what `publish` returned.
-fn paced_latencies<T>(url: &str, n: usize, consumer_cpu: Option<u32>, publish: impl FnOnce() -> T) -> (Vec<Duration>, T) {
+/// Runs `publish` once `consume` (on its own thread, with its own probe, on `consumer_cpu` when
+/// pinned) has a consumer registered, and returns what each returned. `consume` gets the
+/// probe and the function to call once its consumer is registered.
+fn while_consuming<R: Send + 'static, T>(
+    url: &str,
+    consumer_cpu: Option<u32>,
+    consume: impl FnOnce(&AmqpProbe, Box<dyn FnOnce() + Send>) -> R + Send + 'static,
+    publish: impl FnOnce() -> T,
+) -> (R, T) {
     let url = url.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let consumer = std::thread::spawn(move || {
         if let Some(cpu) = consumer_cpu {
             // Before the probe starts its runtime, whose threads then inherit the CPU.
@@ -317,11 +331,26 @@ fn paced_latencies<T>(url: &str, n: usize, consumer_cpu: Option<u32>, publish: i
             let tid = me.file_name().and_then(|t| t.to_str()).and_then(|t| t.parse().ok()).expect("a thread id");
             pin(tid, cpu, false);
         }
-        AmqpProbe::new(&url).consume("bench", n, Duration::from_secs(60))
+        consume(&AmqpProbe::new(&url), Box::new(move || {
+            // Fails only when nobody waits any more (the publishing side panicked).
+            let _ = ready_tx.send(());
+        }))
     });
-    std::thread::sleep(Duration::from_millis(500));
+    if ready_rx.recv().is_err() {
+        // The consumer's thread ended before its consumer was registered: its panic says why.
+        match consumer.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(_) => panic!("the consumer ended before it was registered"),
+        }
+    }
     let published = publish();
-    let received = consumer.join().unwrap();
+    (consumer.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), published)
+}
+
+/// Runs `publish` while a consumer takes `n` messages from queue `bench`; returns each one's
+/// time from its `sent_ns` to its arrival, and what `publish` returned.
+fn paced_latencies<T>(url: &str, n: usize, consumer_cpu: Option<u32>, publish: impl FnOnce() -> T) -> (Vec<Duration>, T) {
+    let (received, published) = while_consuming(url, consumer_cpu, move |probe, ready| probe.consume("bench", n, Duration::from_secs(60), ready), publish);
     assert_eq!(received.len(), n, "every paced event reaches the consumer");
     let latencies = received
         .iter()

@@ -224,7 +224,7 @@ const TEST_PANIC: Command = Command {
 const TEST_EVENTS: Command = Command {
     words: c"scale test events",
     summary: c"Inject events into a Stasis application (test builds only)",
-    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch) to <app> through stasis_app_send, paced at\n       <per-second> if given, and reports the time each send took, and how many\n       sends the scheduler preempted. Present only in builds with the test-hooks\n       feature.\n",
+    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch) to <app> through stasis_app_send, paced at\n       <per-second> if given, and reports the time each send took, and how many\n       sends were preempted, took a page fault or slept. Present only in builds\n       with the test-hooks feature.\n",
     run: |args| {
         let (app, count, rate) = match args {
             [app, count] => (app, count.parse::<u64>(), None),
@@ -260,16 +260,18 @@ const TEST_EVENTS: Command = Command {
             let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize].as_nanos() as f64 / 1e3;
             format!("p50 {:.2} us, p99 {:.2} us, max {:.2} us", at(0.5), at(0.99), at(1.0))
         };
-        let preempted = took.iter().filter(|i| i.preempted).count();
+        let count_of = |what: fn(&crate::ast::stasis::Injected) -> bool| took.iter().filter(|i| what(i)).count();
+        let (preempted, faulted, waited) = (count_of(|i| i.preempted), count_of(|i| i.faulted), count_of(|i| i.waited));
         Outcome::Output(format!(
             "sent {count} events to {app} in {:.1} ms ({:.0}/s)\n  per event, our callback:    {}\n  per event, stasis_app_send: {}\n  \
-             {preempted} of the {count} sends were preempted (the scheduler ran another thread meanwhile);\n  \
-             our callback in the others: {}\n",
+             of the {count} sends, {preempted} were preempted (the scheduler ran another thread meanwhile), \
+             {faulted} took a page fault, {waited} slept (waited for a lock);\n  \
+             our callback in the other sends: {}\n",
             elapsed.as_secs_f64() * 1e3,
             count as f64 / elapsed.as_secs_f64(),
             quantiles(took.iter().map(|i| i.callback).collect()),
             quantiles(took.iter().map(|i| i.send).collect()),
-            quantiles(took.iter().filter(|i| !i.preempted).map(|i| i.callback).collect()),
+            quantiles(took.iter().filter(|i| !i.preempted && !i.faulted && !i.waited).map(|i| i.callback).collect()),
         ))
     },
     complete: no_completion,

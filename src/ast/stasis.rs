@@ -112,16 +112,23 @@ pub struct Injected {
     /// The scheduler took the CPU away from this thread meanwhile (for another thread or
     /// process): then the times include however long that one ran.
     pub preempted: bool,
+    /// The thread took a page fault meanwhile (memory touched for the first time): the
+    /// kernel's time is in the times too.
+    pub faulted: bool,
+    /// The thread gave up the CPU meanwhile (a voluntary switch: it slept, typically waiting
+    /// for a lock another thread held).
+    pub waited: bool,
 }
 
-/// Involuntary context switches of the calling thread so far.
+/// What happened to the calling thread so far: involuntary switches, page faults, voluntary
+/// switches.
 #[cfg(feature = "test-hooks")]
-fn preemptions() -> libc::c_long {
+fn thread_usage() -> [libc::c_long; 3] {
     // SAFETY: getrusage writes the struct we pass; RUSAGE_THREAD is the calling thread.
     unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
         libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-        usage.ru_nivcsw
+        [usage.ru_nivcsw, usage.ru_minflt + usage.ru_majflt, usage.ru_nvcsw]
     }
 }
 
@@ -139,14 +146,14 @@ pub fn inject(app: &str, json: &str) -> Result<Injected, String> {
             return Err("invalid JSON".into());
         }
         LAST_CALLBACK.set(Duration::ZERO);
-        let switches = preemptions();
+        let before = thread_usage();
         let started = Instant::now();
         let rc = sys::stasis_app_send(c_app.as_ptr(), message);
         let send = started.elapsed();
-        let preempted = preemptions() != switches;
+        let after = thread_usage();
         sys::ast_json_unref(message);
         if rc == 0 {
-            Ok(Injected { send, callback: LAST_CALLBACK.get(), preempted })
+            Ok(Injected { send, callback: LAST_CALLBACK.get(), preempted: after[0] != before[0], faulted: after[1] != before[1], waited: after[2] != before[2] })
         } else {
             Err(format!("stasis_app_send returned {rc} (is '{app}' registered?)"))
         }

@@ -31,7 +31,15 @@ impl Event {
 
     /// `stasis.app.<app>.<eid>`: a binding on `stasis.app.<app>.#` gets one app from every node.
     pub fn routing_key(&self, eid: &str) -> String {
-        format!("stasis.app.{}.{eid}", self.app)
+        // Built by hand: the publisher makes one per event, and format!'s machinery cost about
+        // a tenth of its thread's time in a profile.
+        const PREFIX: &str = "stasis.app.";
+        let mut key = String::with_capacity(PREFIX.len() + self.app.len() + 1 + eid.len());
+        key.push_str(PREFIX);
+        key.push_str(&self.app);
+        key.push('.');
+        key.push_str(eid);
+        key
     }
 }
 

@@ -148,7 +148,15 @@ impl<B: Broker> Publisher<B> {
                 biased;
                 Some(outcome) = inflight.next() => self.completed(pending, outcome?),
                 event = next_event(rx), if pending.len() < WINDOW => match event {
-                    Some(event) => pending.push_back(Arc::new(event)),
+                    Some(event) => {
+                        pending.push_back(Arc::new(event));
+                        // Whatever else waits comes along now, rather than one event per turn
+                        // of this loop.
+                        while pending.len() < WINDOW {
+                            let Ok(event) = rx.try_recv() else { break };
+                            pending.push_back(Arc::new(event));
+                        }
+                    }
                     None => return Ok(()),
                 },
                 _ = shutdown.cancelled() => return self.flush(link, rx, pending, inflight).await,

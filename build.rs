@@ -56,7 +56,7 @@ fn main() {
         .allowlist_function("ast_json_typeof|ast_json_object_iter|ast_json_object_iter_next|ast_json_object_iter_key|ast_json_object_iter_value")
         .allowlist_function("ast_json_string_get|ast_json_integer_get|ast_json_real_get|ast_json_array_size|ast_json_array_get")
         // Only the test-hooks build injects events (scale test events).
-        .allowlist_function("stasis_app_send|ast_json_load_string|ast_json_unref")
+        .allowlist_function("stasis_app_send|ast_json_load_string|ast_json_unref|ast_json_deep_copy|ast_json_object_set|ast_json_integer_create")
         .allowlist_function("ast_shutting_down")
         .allowlist_function("res_scale_.*")
         .allowlist_var("ast_eid_default|ast_config_AST_SYSTEM_NAME|ast_config_AST_CONFIG_DIR")

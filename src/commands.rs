@@ -218,13 +218,25 @@ const TEST_PANIC: Command = Command {
     complete: no_completion,
 };
 
+/// The members of a benchmark event after its type, seq and sent_ns: what a StasisStart
+/// carries, so that the callback walks a real event's shape and size (~600 bytes published).
+/// `scale-bench` cuts its plain publisher's bodies from an event the module published.
+#[cfg(feature = "test-hooks")]
+const BENCH_EVENT_REST: &str = concat!(
+    r#""timestamp":"2026-11-22T20:00:00.000+0000","args":["inbound"],"#,
+    r#""channel":{"id":"1795345201.1234","name":"PJSIP/alice-00000042","state":"Up","protocol_id":"a84d2f1c5e6b4d3a9f1e2c7b8a9d0e1f@10.0.0.1","#,
+    r#""caller":{"name":"Alice Example","number":"+15551230001"},"connected":{"name":"","number":""},"accountcode":"","#,
+    r#""dialplan":{"context":"from-internal","exten":"1000","priority":3,"app_name":"Stasis","app_data":"bench,inbound"},"#,
+    r#""creationtime":"2026-11-22T20:00:00.000+0000","language":"en","caller_rdnis":"","tenantid":""}"#
+);
+
 /// Drives the real event path for benchmarks: builds events and hands them to the
 /// application through res_stasis, which calls our callback on this thread.
 #[cfg(feature = "test-hooks")]
 const TEST_EVENTS: Command = Command {
     words: c"scale test events",
     summary: c"Inject events into a Stasis application (test builds only)",
-    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch) to <app> through stasis_app_send, paced at\n       <per-second> if given, and reports the time each send took, and how many\n       sends were preempted, took a page fault or slept. Present only in builds\n       with the test-hooks feature.\n",
+    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch, and a channel snapshot like a StasisStart's) to <app>\n       through stasis_app_send, paced at <per-second> if given, and reports the\n       time each send took, and how many sends were preempted, took a page fault\n       or slept. Present only in builds with the test-hooks feature.\n",
     run: |args| {
         let (app, count, rate) = match args {
             [app, count] => (app, count.parse::<u64>(), None),
@@ -235,6 +247,10 @@ const TEST_EVENTS: Command = Command {
             Ok(count) if count > 0 => count,
             _ => return Outcome::ShowUsage,
         };
+        let mut injector = match crate::ast::stasis::Injector::new(app, &format!(r#"{{"type":"BenchEvent","seq":0,"sent_ns":0,{BENCH_EVENT_REST}}}"#)) {
+            Ok(injector) => injector,
+            Err(e) => return Outcome::Failed(format!("the benchmark event: {e}\n")),
+        };
         let started = std::time::Instant::now();
         let mut took = Vec::with_capacity(count as usize);
         for seq in 0..count {
@@ -243,10 +259,12 @@ const TEST_EVENTS: Command = Command {
                 while std::time::Instant::now() < due {
                     std::thread::sleep(std::time::Duration::from_micros(50));
                 }
+                if let Err(e) = injector.renew() {
+                    return Outcome::Failed(format!("event {seq}: {e}\n"));
+                }
             }
-            let sent_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let json = format!(r#"{{"type":"BenchEvent","seq":{seq},"sent_ns":{sent_ns}}}"#);
-            match crate::ast::stasis::inject(app, &json) {
+            let sent_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+            match injector.send(seq as i64, sent_ns) {
                 Ok(injected) => took.push(injected),
                 Err(e) => return Outcome::Failed(format!("event {seq}: {e}\n")),
             }

@@ -132,30 +132,77 @@ fn thread_usage() -> [libc::c_long; 3] {
     }
 }
 
-/// Hands `json` to application `app` the way res_stasis delivers events (synchronously, through
-/// our callback), and returns how long that took. Test builds only: it feeds benchmarks.
+/// Hands a benchmark event to an application the way res_stasis delivers events
+/// (synchronously, through our callback) and times it. Test builds only: it feeds benchmarks.
+///
+/// The event is parsed once and sent again and again with a new `seq` and `sent_ns`: parsing
+/// a StasisStart-sized event per send took longer than everything res_scale does with it, and
+/// a burst should spend its CPU on the path it measures. Sends far apart renew the event first
+/// (a fresh deep copy): res_stasis hands the callback an event built just before, not one
+/// last touched a millisecond ago, whose cold cache lines would make the callback look slower
+/// than it is. Our callback copies what it needs, so reusing the object is safe.
 #[cfg(feature = "test-hooks")]
-pub fn inject(app: &str, json: &str) -> Result<Injected, String> {
-    let c_app = CString::new(app).map_err(|_| "NUL in app name")?;
-    let c_json = CString::new(json).map_err(|_| "NUL in JSON")?;
-    // SAFETY: valid C strings; the parsed JSON is ours until the unref below; stasis_app_send
-    // borrows it for the duration of the call.
-    unsafe {
-        let message = sys::ast_json_load_string(c_json.as_ptr(), std::ptr::null_mut());
-        if message.is_null() {
+pub struct Injector {
+    app: CString,
+    event: *mut sys::ast_json,
+}
+
+#[cfg(feature = "test-hooks")]
+impl Injector {
+    /// `json`: the event, a JSON object with integer members `seq` and `sent_ns`.
+    pub fn new(app: &str, json: &str) -> Result<Injector, String> {
+        let app = CString::new(app).map_err(|_| "NUL in app name")?;
+        let json = CString::new(json).map_err(|_| "NUL in JSON")?;
+        // SAFETY: a valid C string; the parsed JSON (or NULL) is ours until Drop unrefs it.
+        let event = unsafe { sys::ast_json_load_string(json.as_ptr(), std::ptr::null_mut()) };
+        if event.is_null() {
             return Err("invalid JSON".into());
         }
-        LAST_CALLBACK.set(Duration::ZERO);
-        let before = thread_usage();
-        let started = Instant::now();
-        let rc = sys::stasis_app_send(c_app.as_ptr(), message);
-        let send = started.elapsed();
-        let after = thread_usage();
-        sys::ast_json_unref(message);
-        if rc == 0 {
-            Ok(Injected { send, callback: LAST_CALLBACK.get(), preempted: after[0] != before[0], faulted: after[1] != before[1], waited: after[2] != before[2] })
-        } else {
-            Err(format!("stasis_app_send returned {rc} (is '{app}' registered?)"))
+        Ok(Injector { app, event })
+    }
+
+    /// Replaces the event with a fresh copy of itself, as if just built.
+    pub fn renew(&mut self) -> Result<(), String> {
+        // SAFETY: self.event is our live JSON object; the copy (NULL if out of memory) takes
+        // its place, and the old one is unreffed once nothing points at it.
+        unsafe {
+            let copy = sys::ast_json_deep_copy(self.event);
+            if copy.is_null() {
+                return Err("could not copy the event".into());
+            }
+            sys::ast_json_unref(std::mem::replace(&mut self.event, copy));
         }
+        Ok(())
+    }
+
+    /// Sends the event as number `seq`, made at `sent_ns` (ns since the epoch).
+    pub fn send(&mut self, seq: i64, sent_ns: i64) -> Result<Injected, String> {
+        // SAFETY: self.event is our live JSON object; object_set takes over the new integer
+        // (and refuses NULL); stasis_app_send borrows the event for the duration of the call.
+        unsafe {
+            for (key, value) in [(c"seq", seq), (c"sent_ns", sent_ns)] {
+                if sys::ast_json_object_set(self.event, key.as_ptr(), sys::ast_json_integer_create(value)) != 0 {
+                    return Err(format!("could not set {}", key.to_string_lossy()));
+                }
+            }
+            LAST_CALLBACK.set(Duration::ZERO);
+            let before = thread_usage();
+            let started = Instant::now();
+            let rc = sys::stasis_app_send(self.app.as_ptr(), self.event);
+            let send = started.elapsed();
+            let after = thread_usage();
+            if rc != 0 {
+                return Err(format!("stasis_app_send returned {rc} (is '{}' registered?)", self.app.to_string_lossy()));
+            }
+            Ok(Injected { send, callback: LAST_CALLBACK.get(), preempted: after[0] != before[0], faulted: after[1] != before[1], waited: after[2] != before[2] })
+        }
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl Drop for Injector {
+    fn drop(&mut self) {
+        // SAFETY: our reference to the event; stasis_app_send keeps none after it returns.
+        unsafe { sys::ast_json_unref(self.event) };
     }
 }

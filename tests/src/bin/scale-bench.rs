@@ -112,7 +112,8 @@ fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
         (burst, report.into_inner().unwrap_or_default())
     };
     let key = format!("stasis.app.bench.{}", node.eid);
-    let bodies: Vec<Vec<u8>> = (0..burst).map(|seq| bench_body(seq, 1_795_345_201_000_000_000, &node.eid)).collect();
+    let template = BenchBody::from_module(&url, node);
+    let bodies: Vec<Vec<u8>> = (0..burst).map(|seq| template.body(seq, 1_795_345_201_000_000_000)).collect();
     let headers = [("application", "bench"), ("asterisk_id", node.eid.as_str()), ("event_type", "BenchEvent")];
     // The plain publisher: the same messages res_scale sends (with the contract's headers), or
     // the bodies alone (the broker's raw limit).
@@ -159,7 +160,7 @@ fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
     // from a plain publisher; what the module adds is the difference.
     let (mut module_latency, paced_report) = paced_latencies(&url, paced, consumer_cpu, || test_events(node, &format!("bench {paced} 1000")));
     let (mut plain_latency, ()) = paced_latencies(&url, paced, consumer_cpu, || {
-        probe.publish_paced("res_scale.events", &key, paced, 1000, &headers, |seq, sent_ns| bench_body(seq, sent_ns, &node.eid))
+        probe.publish_paced("res_scale.events", &key, paced, 1000, &headers, |seq, sent_ns| template.body(seq, sent_ns))
     });
     let amqp = node.cli("scale show amqp");
 
@@ -308,9 +309,30 @@ impl CpuSplit {
     }
 }
 
-/// A benchmark event as res_scale publishes it (`sent_ns`: when it was made, ns since the epoch).
-fn bench_body(seq: usize, sent_ns: u128, eid: &str) -> Vec<u8> {
-    format!(r#"{{"application":"bench","type":"BenchEvent","seq":{seq},"sent_ns":{sent_ns},"asterisk_id":"{eid}"}}"#).into_bytes()
+/// The body res_scale publishes for a `scale test events` event, as a template for the plain
+/// publisher: cut from an event the module published, so that both send the same bytes (a
+/// ratio of different messages would mean nothing) and the event's text lives in one place.
+struct BenchBody {
+    /// Up to `"seq":`.
+    head: String,
+    /// After the `sent_ns` value.
+    tail: String,
+}
+
+impl BenchBody {
+    fn from_module(url: &str, node: &Node) -> BenchBody {
+        let (received, _) = while_consuming(url, None, |probe, ready| probe.consume("bench", 1, Duration::from_secs(10), ready), || test_events(node, "bench 1"));
+        let body = &received.first().expect("the module's event reaches the consumer").0.body;
+        let seq_at = body.find(r#""seq":"#).unwrap_or_else(|| panic!("no seq in {body}"));
+        let sent_at = body.find(r#""sent_ns":"#).unwrap_or_else(|| panic!("no sent_ns in {body}")) + r#""sent_ns":"#.len();
+        let tail_at = sent_at + body[sent_at..].find(|c: char| !c.is_ascii_digit()).unwrap_or(0);
+        BenchBody { head: body[..seq_at].to_string(), tail: body[tail_at..].to_string() }
+    }
+
+    /// The body of event `seq` made at `sent_ns` (ns since the epoch).
+    fn body(&self, seq: usize, sent_ns: u128) -> Vec<u8> {
+        format!(r#"{}"seq":{seq},"sent_ns":{sent_ns}{}"#, self.head, self.tail).into_bytes()
+    }
 }
 
 /// Runs `publish` once `consume` (on its own thread, with its own probe, on `consumer_cpu` when

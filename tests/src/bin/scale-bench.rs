@@ -104,12 +104,12 @@ fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
         pin(broker_pid, BROKER_CPU, true);
         BROKER_CPU
     });
-    let burst_of = |publish: &dyn Fn()| timed_burst(&url, consumer_cpu, node.pid(), broker_pid, burst, publish);
+    let burst_of = |publish: &mut dyn FnMut()| timed_burst(&url, consumer_cpu, node.pid(), broker_pid, burst, publish);
     // A burst through the module, with what `scale test events` reported of it.
     let module_burst = || {
-        let report = std::cell::OnceCell::new();
-        let burst = burst_of(&|| drop(report.set(test_events(node, &format!("bench {burst}")))));
-        (burst, report.into_inner().unwrap_or_default())
+        let mut report = String::new();
+        let burst = burst_of(&mut || report = test_events(node, &format!("bench {burst}")));
+        (burst, report)
     };
     let key = format!("stasis.app.bench.{}", node.eid);
     let template = BenchBody::from_module(&url, node);
@@ -118,7 +118,7 @@ fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
     // The plain publisher: the same messages res_scale sends (with the contract's headers), or
     // the bodies alone (the broker's raw limit).
     let plain = |headers: &[(&str, &str)], confirms: bool| {
-        burst_of(&|| {
+        burst_of(&mut || {
             probe.publish_burst("res_scale.events", |_| key.clone(), &bodies, headers, confirms);
         })
     };
@@ -240,7 +240,7 @@ impl Burst {
 /// Runs `publish` (a burst of `n` messages towards queue `bench`) and measures it until a
 /// consumer of the queue has received them all: the rate is events delivered, so the broker's
 /// work of handing them on counts too.
-fn timed_burst(url: &str, consumer_cpu: Option<u32>, asterisk_pid: u32, broker_pid: u32, n: usize, publish: &dyn Fn()) -> Burst {
+fn timed_burst(url: &str, consumer_cpu: Option<u32>, asterisk_pid: u32, broker_pid: u32, n: usize, publish: &mut dyn FnMut()) -> Burst {
     let mut before = None;
     let (last, ()) = while_consuming(
         url,

@@ -1,0 +1,36 @@
+//! What every request and task of the gateway shares.
+
+use std::sync::{Arc, RwLock};
+
+use res_scale_core::consul::http::HttpConsul;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::owners::Owners;
+use crate::pool::Pool;
+
+pub struct Gateway {
+    pub config: Config,
+    pub pool: Arc<Pool>,
+    pub owners: Arc<Owners>,
+    pub metrics: Arc<Metrics>,
+    pub consul: Arc<HttpConsul>,
+    /// `None` while the events link to RabbitMQ is up, else why it is not.
+    pub amqp_error: RwLock<Option<String>>,
+    /// Cancelled on SIGTERM/SIGINT: sockets close with a normal close frame, tasks end.
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Gateway {
+    pub fn amqp_error(&self) -> Option<String> {
+        self.amqp_error.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_amqp_error(&self, error: Option<String>) {
+        self.metrics.set_connected("amqp", error.is_none());
+        *self.amqp_error.write().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+}

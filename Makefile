@@ -50,11 +50,12 @@ integration-test: $(TEST_MODULE) gateway
 run: provision build
 	RES_SCALE_MODULE=$(CURDIR)/$(RELEASE)/res_scale.so $(CARGO) run --release -p res-scale-tests --bin scale-pool
 
-## bench: measurements against a real pool (figures go to BENCHMARKS.md): apps, events and
-## registrations; `cargo run --release -p res-scale-tests --bin scale-bench -- <name>` runs one
+## bench: measurements against a real pool (figures go to BENCHMARKS.md): apps, events,
+## registrations, then the gateway against the node's own ARI (gateway-bench); `cargo run --release -p res-scale-tests --bin scale-bench -- <name>` runs one
 ## (uses the test-hooks build: `scale test events` injects events into the real callback path)
-bench: provision $(TEST_MODULE)
+bench: provision $(TEST_MODULE) gateway
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin scale-bench
+	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin gateway-bench
 
 clean:
 	$(CARGO) clean

@@ -103,7 +103,11 @@ impl Gateway {
     pub fn wait_healthy(&self, nodes: usize) {
         let url = format!("{}/healthz", self.url());
         wait::until(&format!("gateway healthy with {nodes} nodes"), Duration::from_secs(30), Duration::from_millis(100), || {
-            let body = ureq::get(&url).call().ok()?.into_string().ok()?;
+            // 503 until RabbitMQ is connected too; the body says how many nodes serve.
+            let body = match ureq::get(&url).call() {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => r.into_string().ok()?,
+                Err(_) => return None,
+            };
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
             (v["nodes"]["serving"].as_u64()? as usize >= nodes).then_some(())
         });

@@ -61,8 +61,8 @@ fn an_unmodified_asyncari_app_answers_and_plays_on_both_nodes() {
         let channel = owner.ari().get(&format!("/channels/{id}")).json();
         assert_eq!(channel["state"], "Up", "{channel}");
         let playback = playing["playback"].as_str().unwrap();
-        assert_eq!(owner.ari().get(&format!("/playbacks/{playback}")).status, 200, "playback {playback} on {}", owner.name);
-        assert_eq!(other.ari().get(&format!("/playbacks/{playback}")).status, 404, "playback {playback} must not be on {}", other.name);
+        let started = app.expect(&format!("PlaybackStarted of {playback}"), SECONDS_20, |l| l["type"] == "PlaybackStarted" && l["playback"]["id"] == playback);
+        assert_eq!(started["asterisk_id"], owner.eid.as_str(), "the playback ran on the channel's node, not on {}: {started}", other.name);
     }
     assert!(!app.lines().iter().any(|l| l.get("error").is_some()), "the app saw an error: {:?}", app.lines());
 

@@ -6,7 +6,10 @@
 //!   requests, re-announces this node's phones and asks for a SYNC after every connect, and
 //!   withdraws the contacts of nodes that left the pool.
 //! - The contact observer (on sorcery's thread) records the contacts phones register here in
-//!   the [`LocalBook`] and queues their ANNOUNCE/WITHDRAW without waiting.
+//!   the [`LocalBook`] and queues their ANNOUNCE/WITHDRAW without waiting. Changes of contacts
+//!   without endpoint it leaves for the applier, which tells whether the registrar refreshed
+//!   one it applied (a phone registered the same URI here: the contact becomes this node's).
+
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
@@ -73,9 +76,14 @@ pub struct Registrations {
     tasks: Tasks,
 }
 
+/// Contacts without endpoint whose change the observer reported, latest report per contact:
+/// the applier checks them against what it applied.
+type Refreshed = Arc<Mutex<HashMap<Key, Contact>>>;
+
 /// Where the contact observer delivers changes.
 struct LocalSink {
     local: Arc<Mutex<LocalBook>>,
+    refreshed: Refreshed,
     outbox: mpsc::Sender<Outgoing>,
     counters: Arc<Counters>,
     publish: bool,
@@ -83,10 +91,18 @@ struct LocalSink {
 
 impl ContactSink for LocalSink {
     fn changed(&self, change: LocalChange, aor: &str, contact: Contact, registered_here: bool) {
-        if !registered_here {
+        let key = (aor.to_string(), contact.uri.clone());
+        let mut local = lock(&self.local);
+        // One that became this node's (see Book::refreshed) reports without endpoint too.
+        if !registered_here && !local.contains(&key) {
+            drop(local);
+            if change == LocalChange::Registered {
+                lock(&self.refreshed).insert(key, contact);
+            }
             return;
         }
-        let Some(update) = lock(&self.local).changed(change, aor, contact) else { return };
+        let Some(update) = local.changed(change, aor, contact) else { return };
+        drop(local);
         if self.publish {
             let message = Outgoing { to: Destination::Exchange { routing_key: routing_key(aor) }, body: message::encode_update(&update), reply_to: None };
             send(&self.outbox, &self.counters, message);
@@ -119,8 +135,9 @@ impl Registrations {
         let local = Arc::new(Mutex::new(LocalBook::new(&node.eid, first_seq)));
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
+        let refreshed = Refreshed::default();
 
-        contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
+        contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), refreshed: refreshed.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
         contacts::observe(true)?;
         // Phones that registered before we were loaded.
         contacts::report_all();
@@ -128,6 +145,7 @@ impl Registrations {
         let applier = Applier {
             book: book.clone(),
             local: local.clone(),
+            refreshed,
             counters: counters.clone(),
             outbox,
             sync_on_connect: settings.sync_on_start,
@@ -206,6 +224,7 @@ fn alive(instance: &ServiceInstance) -> bool {
 struct Applier {
     book: Arc<Mutex<Book>>,
     local: Arc<Mutex<LocalBook>>,
+    refreshed: Refreshed,
     counters: Arc<Counters>,
     outbox: mpsc::Sender<Outgoing>,
     sync_on_connect: bool,
@@ -224,6 +243,7 @@ impl Applier {
     fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         let mut location = AsteriskLocation;
         while let Some(input) = inbox.blocking_recv() {
+            self.check_refreshed(&mut location);
             match input {
                 Input::Bus(Inbound::Delivery { body, reply_to }) => {
                     let registered_here = |key: &Key| lock(&self.local).contains(key);
@@ -250,6 +270,18 @@ impl Applier {
         let removed = lock(&self.book).clear(&mut location);
         if removed > 0 {
             tracing::info!("registrations: removed the {removed} contact(s) learned from other nodes");
+        }
+    }
+
+    /// Gives up the applied contacts that this node's registrar refreshed meanwhile.
+    fn check_refreshed(&self, location: &mut AsteriskLocation) {
+        let seen = std::mem::take(&mut *lock(&self.refreshed));
+        if seen.is_empty() {
+            return;
+        }
+        let mut book = lock(&self.book);
+        for (key, contact) in seen {
+            book.refreshed(&key, &contact, location, &self.counters);
         }
     }
 

@@ -250,3 +250,49 @@ fn contacts_of_a_node_that_leaves_the_pool_are_withdrawn_on_the_others() {
     wait_contact(pool.node(1), "dave", &phone.contact_uri(), false, Duration::from_secs(30));
     assert!(counter_line(pool.node(1), "Sync/loss:").contains("1 contact(s) withdrawn for lost nodes"));
 }
+
+/// The origin `scale show registrations` gives for a contact ("" when it lists none).
+fn origin(node: &Node, aor: &str, uri: &str) -> String {
+    let text = node.cli(&format!("scale show registrations {aor}"));
+    let row = text.lines().find(|l| l.split_whitespace().nth(1) == Some(uri)).unwrap_or("");
+    let rest = row.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
+    if rest.starts_with("this node") { "this node".into() } else { rest.split(' ').next().unwrap_or("").to_string() }
+}
+
+#[test]
+fn a_phone_that_registers_where_its_contact_was_learned_stays_callable_when_the_origin_withdraws() {
+    let pool = Pool::builder().nodes(2).with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let (a, b) = (pool.node(0), pool.node(1));
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let dir = scratch(&pool, "sipp");
+    let port = free_port();
+    let phone = Register { user: "dave".into(), call_id: "dave-moved".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: port };
+    let uri = phone.contact_uri();
+
+    // The phone was registered with another registrar, which announced it...
+    probe.publish(EXCHANGE, "registration.dave", &announce("dave", &uri, now() + 120, "registrar-1", 1));
+    for node in &pool.nodes {
+        wait_contact(node, "dave", &uri, true, Duration::from_secs(5));
+    }
+    // ...then it moves to node1 (a dispatcher fail-over): node1's registrar refreshes the
+    // contact it had applied.
+    phone.send(&dir, a.sip_port).expect("dave registers with node1");
+    wait::until("node1 to own dave's contact", Duration::from_secs(10), Duration::from_millis(100), || (origin(a, "dave", &uri) == "this node").then_some(()));
+    wait::until("node2 to learn dave's contact from node1", Duration::from_secs(10), Duration::from_millis(100), || (origin(b, "dave", &uri) == a.eid).then_some(()));
+
+    // The old registrar withdraws what it announced: nobody owns that any more.
+    probe.publish(EXCHANGE, "registration.dave", &withdraw("dave", &uri, "registrar-1", 2));
+    for node in &pool.nodes {
+        wait::until(&format!("{} to pass over the withdrawal", node.name), Duration::from_secs(10), Duration::from_millis(100), || {
+            counter_line(node, "Ignored:").contains(", 1 duplicate/old/not owner").then_some(())
+        });
+        assert!(has_contact(node, "dave", &uri), "{} lost dave's live registration:\n{}", node.name, node.cli("scale show registrations dave"));
+    }
+    assert!(counter_line(a, "Applied:").contains("1 taken over by this node's registrar"), "{}", counter_line(a, "Applied:"));
+    let uas = answering_phone_for(&dir, port, 2);
+    for node in &pool.nodes {
+        assert!(call(node, "dave"), "{} could not reach dave after the withdrawal", node.name);
+    }
+    uas.wait(Duration::from_secs(10)).expect("the phone answered both calls");
+}

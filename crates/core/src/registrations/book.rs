@@ -4,7 +4,9 @@
 //! - per (origin, AOR), only a message newer than the last applied counts ([`SeqTracker`]);
 //! - a contact belongs to the origin that announced it last: only that origin's WITHDRAW removes
 //!   it, and REPLACE removes only that origin's contacts of the AOR;
-//! - a contact that a phone registered on this node is never touched by messages from others;
+//! - a contact that a phone registered on this node is never touched by messages from others,
+//!   including one this node applied and its registrar then refreshed for a REGISTER with the
+//!   same URI (the phone moved here): from then on it is this node's;
 //! - bad input is refused with a reason, counted, logged (rate-limited), and the next message
 //!   still applies.
 //!
@@ -20,11 +22,24 @@ use super::seq::SeqTracker;
 
 /// PJSIP's contacts, as the book changes them. The module's implementation calls the location
 /// API of res_pjsip.
+///
+/// `applied` is what the book last wrote to the contact. Where the stored contact is no longer
+/// that (see [`same_registration`]), or carries an endpoint, this node's registrar made or
+/// refreshed it for a phone: nothing is written and the answer is [`Refusal::RegisteredHere`].
 pub trait Location {
-    /// Creates the contact in the AOR, or refreshes it (expiry, user agent, via, call id).
-    fn upsert(&mut self, aor: &str, contact: &Contact) -> Result<(), Refusal>;
-    /// Deletes the contact with this URI from the AOR; an absent contact is not an error.
-    fn remove(&mut self, aor: &str, uri: &str) -> Result<(), Refusal>;
+    /// Creates the contact in the AOR, or refreshes it (expiry, path, user agent, via, call id).
+    fn upsert(&mut self, aor: &str, contact: &Contact, applied: Option<&Contact>) -> Result<(), Refusal>;
+    /// Deletes the contact from the AOR; an absent contact is not an error.
+    fn remove(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal>;
+    /// Whether the contact is still the one the book applied (Ok also when it is gone).
+    fn check(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal>;
+}
+
+/// Whether a stored contact is still the registration the book wrote. A registrar refresh
+/// always sets a new expiry (now + Expires) and the phone's user agent; it never touches the
+/// via or call id, so those tell nothing.
+pub fn same_registration(stored: &Contact, applied: &Contact) -> bool {
+    stored.expires == applied.expires && stored.user_agent == applied.user_agent
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +48,8 @@ pub enum Refusal {
     UnknownAor,
     /// Asterisk refused the contact (res_pjsip logged why, e.g. an unusable URI).
     Refused,
+    /// A phone registered the contact on this node (the registrar made or refreshed it).
+    RegisteredHere,
 }
 
 /// The reasons a message (or one contact of a batch) is rejected, each with its counter.
@@ -57,6 +74,9 @@ pub struct Counters {
     pub sync_requests_answered: AtomicU64,
     /// Contacts withdrawn because the node that announced them left the pool.
     pub node_loss_removed: AtomicU64,
+    /// Applied contacts that this node's registrar refreshed for a phone (same AOR and URI):
+    /// they became this node's.
+    pub taken_over: AtomicU64,
 }
 
 impl Counters {
@@ -242,21 +262,46 @@ impl Book {
             }
             return;
         }
-        match loc.upsert(&update.aor, &update.contact) {
+        match loc.upsert(&update.aor, &update.contact, self.remote.get(&key).map(|e| &e.contact)) {
             Ok(()) => {
                 Counters::count(&counters.applied);
                 self.remote.insert(key, Entry { origin: update.origin, seq: update.seq, contact: update.contact });
             }
+            Err(Refusal::RegisteredHere) => self.taken_over(&key, counters),
             Err(Refusal::UnknownAor) => self.refuse(counters, "unknown_aor", &update, "no such AOR on this node"),
             Err(Refusal::Refused) => self.refuse(counters, "refused", &update, "res_pjsip refused the contact"),
         }
     }
 
     fn remove(&mut self, key: &Key, loc: &mut impl Location, counters: &Counters) {
+        if let Some(entry) = self.remote.remove(key) {
+            match loc.remove(&key.0, &entry.contact) {
+                Err(Refusal::RegisteredHere) => Counters::count(&counters.taken_over),
+                // Any other failure means the contact is already gone (expired, deleted by hand).
+                _ => Counters::count(&counters.removed),
+            }
+        }
+    }
+
+    /// The registrar refreshed an applied contact for a phone: it is no longer ours to change.
+    fn taken_over(&mut self, key: &Key, counters: &Counters) {
         if self.remote.remove(key).is_some() {
-            // A failure here means the contact is already gone (expired, or deleted by hand).
-            let _ = loc.remove(&key.0, &key.1);
-            Counters::count(&counters.removed);
+            Counters::count(&counters.taken_over);
+        }
+    }
+
+    /// A contact without endpoint changed in PJSIP (`seen`, as the observer reported it): if it
+    /// is one the book applied and no longer what the book wrote, the stored contact is checked
+    /// and, when the registrar refreshed it, given up to this node.
+    pub fn refreshed(&mut self, key: &Key, seen: &Contact, loc: &mut impl Location, counters: &Counters) {
+        let Some(entry) = self.remote.get(key) else { return };
+        // Our own write, or one so alike that a refresh could not be told from it.
+        if same_registration(seen, &entry.contact) {
+            return;
+        }
+        // `seen` may be an older write of ours reported late: only the stored contact counts.
+        if loc.check(&key.0, &entry.contact) == Err(Refusal::RegisteredHere) {
+            self.taken_over(key, counters);
         }
     }
 
@@ -280,8 +325,8 @@ impl Book {
     /// Removes every contact this book applied (at unload: nothing would keep them right).
     pub fn clear(&mut self, loc: &mut impl Location) -> usize {
         let count = self.remote.len();
-        for (aor, uri) in std::mem::take(&mut self.remote).into_keys() {
-            let _ = loc.remove(&aor, &uri);
+        for ((aor, _), entry) in std::mem::take(&mut self.remote) {
+            let _ = loc.remove(&aor, &entry.contact);
         }
         count
     }
@@ -371,17 +416,38 @@ mod tests {
         contacts: BTreeMap<Key, Contact>,
     }
 
+    impl FakeLocation {
+        /// Err(RegisteredHere) when the stored contact is not what the book applied.
+        fn owned(&self, aor: &str, uri: &str, applied: Option<&Contact>) -> Result<(), Refusal> {
+            match (self.contacts.get(&(aor.to_string(), uri.to_string())), applied) {
+                (Some(stored), Some(applied)) if !same_registration(stored, applied) => Err(Refusal::RegisteredHere),
+                _ => Ok(()),
+            }
+        }
+
+        /// This node's registrar refreshes the contact for a REGISTER.
+        fn register(&mut self, aor: &str, uri: &str, expires: u64) {
+            let contact = Contact { uri: uri.into(), expires: Some(expires), user_agent: "phone".into(), ..Default::default() };
+            self.contacts.insert((aor.into(), uri.into()), contact);
+        }
+    }
+
     impl Location for FakeLocation {
-        fn upsert(&mut self, aor: &str, contact: &Contact) -> Result<(), Refusal> {
+        fn upsert(&mut self, aor: &str, contact: &Contact, applied: Option<&Contact>) -> Result<(), Refusal> {
             if !self.aors.contains(&aor) {
                 return Err(Refusal::UnknownAor);
             }
+            self.owned(aor, &contact.uri, applied)?;
             self.contacts.insert((aor.into(), contact.uri.clone()), contact.clone());
             Ok(())
         }
-        fn remove(&mut self, aor: &str, uri: &str) -> Result<(), Refusal> {
-            self.contacts.remove(&(aor.to_string(), uri.to_string()));
+        fn remove(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal> {
+            self.owned(aor, &applied.uri, Some(applied))?;
+            self.contacts.remove(&(aor.to_string(), applied.uri.clone()));
             Ok(())
+        }
+        fn check(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal> {
+            self.owned(aor, &applied.uri, Some(applied))
         }
     }
 
@@ -455,6 +521,34 @@ mod tests {
         let local = |k: &Key| k.1 == "sip:a@h1";
         book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &local, &c, NOW);
         assert!(loc.contacts.is_empty());
+    }
+
+    #[test]
+    fn a_contact_the_registrar_refreshed_is_never_changed_or_removed_by_its_origin() {
+        let (mut book, mut loc, c) = setup();
+        let key: Key = ("alice".into(), "sip:a@h1".into());
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h2", "n1", 2), &mut loc, &no_local, &c, NOW);
+        // The phone registers here with the URI n1 announced.
+        loc.register("alice", "sip:a@h1", NOW + 3600);
+        let seen = loc.contacts[&key].clone();
+        book.refreshed(&key, &seen, &mut loc, &c);
+        assert!(!book.entries().contains_key(&key), "the book still claims the contact");
+        // The module records it in the LocalBook meanwhile.
+        let here = |k: &Key| *k == key;
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 3), &mut loc, &here, &c, NOW);
+        book.handle(&announce("WITHDRAW", "alice", "sip:a@h1", "n1", 4), &mut loc, &here, &c, NOW);
+        assert_eq!(loc.contacts[&key], seen, "n1 changed or removed the phone's registration");
+        // Found only when n1 acts (no observer report): a withdrawal leaves it too.
+        loc.register("alice", "sip:a@h2", NOW + 3600);
+        book.handle(&announce("WITHDRAW", "alice", "sip:a@h2", "n1", 5), &mut loc, &here, &c, NOW);
+        assert!(loc.contacts.contains_key(&("alice".into(), "sip:a@h2".into())));
+        assert_eq!(Counters::get(&c.taken_over), 2);
+        // An older write of ours reported late is not a refresh.
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h3", "n1", 6), &mut loc, &no_local, &c, NOW);
+        let stale = Contact { uri: "sip:a@h3".into(), expires: Some(NOW + 1), ..Default::default() };
+        book.refreshed(&("alice".into(), "sip:a@h3".into()), &stale, &mut loc, &c);
+        assert_eq!(book.entries().len(), 1);
     }
 
     #[test]

@@ -22,6 +22,12 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");
 
+    // Never unmapped: Asterisk may still call into the library after unload (a Stasis callback
+    // copied before the app was deactivated, a CLI entry it keeps listed, threads given up on
+    // at shutdown, thread-key destructors of the TLS library), and a module load after an
+    // unload finds the same code and statics.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+
     let include = find_headers(&manifest);
     println!("cargo:warning=building against Asterisk headers in {}", include.display());
 

@@ -10,6 +10,7 @@
 #include "asterisk/module.h"
 #include "asterisk/logger.h"
 #include "asterisk/config.h"
+#include "asterisk/utils.h"
 
 #include "shim.h"
 
@@ -35,6 +36,11 @@ static int reload_module(void)
 struct ast_module *res_scale_self(void)
 {
 	return AST_MODULE_SELF;
+}
+
+char *res_scale_strdup(const char *s)
+{
+	return ast_strdup(s);
 }
 
 int res_scale_debug_enabled(void)

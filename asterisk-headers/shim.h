@@ -11,6 +11,9 @@ struct ast_config;
 /* The module handle the loader gave us (AST_MODULE_SELF). NULL before registration. */
 struct ast_module *res_scale_self(void);
 
+/* ast_strdup (a macro): for strings Asterisk frees with ast_free, such as CLI completions. */
+char *res_scale_strdup(const char *s);
+
 /* Non-zero when `core set debug` (globally or for res_scale) asks for debug output. */
 int res_scale_debug_enabled(void);
 

@@ -14,7 +14,7 @@ use crate::lifecycle::{self, Running};
 pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN];
 
 #[cfg(feature = "test-hooks")]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN, TEST_PANIC, TEST_EVENTS];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN, TEST_PANIC, TEST_EVENTS, TEST_HOLD];
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
@@ -215,6 +215,28 @@ const TEST_PANIC: Command = Command {
     summary: c"Panic on purpose (test builds only)",
     usage: c"Usage: scale test panic\n       Panics inside the command handler; the panic guard must turn it into a\n       failed command. Present only in builds with the test-hooks feature.\n",
     run: |_| panic!("deliberate panic from 'scale test panic'"),
+    complete: no_completion,
+};
+
+/// Keeps a CLI command running (without the module's state) so that tests can unload the
+/// module meanwhile.
+#[cfg(feature = "test-hooks")]
+const TEST_HOLD: Command = Command {
+    words: c"scale test hold",
+    summary: c"Keep this command running a while (test builds only)",
+    usage: c"Usage: scale test hold <seconds>\n       Logs that it holds the CLI, waits <seconds> (at most 60), then returns.\n       Present only in builds with the test-hooks feature.\n",
+    run: |args| {
+        let seconds = match args {
+            [s] => match s.parse::<u64>() {
+                Ok(s) if s <= 60 => s,
+                _ => return Outcome::ShowUsage,
+            },
+            _ => return Outcome::ShowUsage,
+        };
+        tracing::info!("scale test hold: holding the CLI for {seconds} s");
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        Outcome::Output(format!("held {seconds} s\n"))
+    },
     complete: no_completion,
 };
 

@@ -252,21 +252,27 @@ const BENCH_EVENT_REST: &str = concat!(
     r#""creationtime":"2026-11-22T20:00:00.000+0000","language":"en","caller_rdnis":"","tenantid":""}"#
 );
 
+/// The most events one `scale test events` sends.
+#[cfg(feature = "test-hooks")]
+const MAX_TEST_EVENTS: u64 = 10_000_000;
+
 /// Drives the real event path for benchmarks: builds events and hands them to the
 /// application through res_stasis, which calls our callback on this thread.
 #[cfg(feature = "test-hooks")]
 const TEST_EVENTS: Command = Command {
     words: c"scale test events",
     summary: c"Inject events into a Stasis application (test builds only)",
-    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch, and a channel snapshot like a StasisStart's) to <app>\n       through stasis_app_send, paced at <per-second> if given, and reports the\n       time each send took, and how many sends were preempted, took a page fault\n       or slept. Present only in builds with the test-hooks feature.\n",
+    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> (at most 10000000) events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch, and a channel snapshot like a StasisStart's) to <app>\n       through stasis_app_send, paced at <per-second> if given, and reports the\n       time each send took, and how many sends were preempted, took a page fault\n       or slept. Present only in builds with the test-hooks feature.\n",
     run: |args| {
         let (app, count, rate) = match args {
             [app, count] => (app, count.parse::<u64>(), None),
             [app, count, rate] => (app, count.parse::<u64>(), rate.parse::<u64>().ok().filter(|r| *r > 0)),
             _ => return Outcome::ShowUsage,
         };
+        // Each send's times are kept: a count far beyond any benchmark would not fit in memory
+        // (and a failed allocation aborts Asterisk).
         let count = match count {
-            Ok(count) if count > 0 => count,
+            Ok(count) if count > 0 && count <= MAX_TEST_EVENTS => count,
             _ => return Outcome::ShowUsage,
         };
         let mut injector = match crate::ast::stasis::Injector::new(app, &format!(r#"{{"type":"BenchEvent","seq":0,"sent_ns":0,{BENCH_EVENT_REST}}}"#)) {

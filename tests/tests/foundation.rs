@@ -220,3 +220,12 @@ fn a_forced_unload_during_a_command_does_not_block_later_loads() {
     assert!(node.cli("scale show status").contains("res_scale 0.1.0"));
     assert!(node.cli("scale test hold 0").contains("held 0 s"));
 }
+
+#[test]
+fn an_absurd_event_count_is_refused_not_fatal() {
+    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    let node = pool.node(0);
+    let out = node.cli("scale test events conf 10000000000");
+    assert!(out.contains("Usage: scale test events"), "{out}");
+    assert!(node.cli("core show version").contains("Asterisk 22."), "Asterisk went down");
+}

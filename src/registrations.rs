@@ -9,10 +9,14 @@
 //!   the [`LocalBook`] and queues their ANNOUNCE/WITHDRAW without waiting. Changes of contacts
 //!   without endpoint it leaves for the applier, which tells whether the registrar refreshed
 //!   one it applied (a phone registered the same URI here: the contact becomes this node's).
-
+//!
+//! Stopping (unload, or a reload that restarts registrations) runs while Asterisk holds its
+//! module list lock, so every step of it is bounded: messages still queued are dropped (they
+//! were acked, and what they would create is removed at once), and removing the contacts
+//! learned from others stops after [`CLEAR_TIME`] (the rest expire by themselves).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +45,8 @@ const TICK: Duration = Duration::from_secs(2);
 /// Consul restart or a blip in the watch does not empty every AOR.
 const NODE_LOSS_GRACE: Duration = Duration::from_secs(6);
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long stopping spends removing the contacts learned from others.
+const CLEAR_TIME: Duration = Duration::from_secs(5);
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -72,8 +78,16 @@ pub struct Registrations {
     pub local: Arc<Mutex<LocalBook>>,
     pub exchange: String,
     inbox: mpsc::Sender<Input>,
-    applier: Option<std::thread::JoinHandle<()>>,
+    /// Set when stopping begins: the applier drops what is still queued.
+    stopping: Arc<AtomicBool>,
+    applier: Option<Applying>,
     tasks: Tasks,
+}
+
+/// The applier thread, and the channel that disconnects when it ends.
+struct Applying {
+    thread: std::thread::JoinHandle<()>,
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 /// Contacts without endpoint whose change the observer reported, latest report per contact:
@@ -136,6 +150,7 @@ impl Registrations {
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
         let refreshed = Refreshed::default();
+        let stopping = Arc::new(AtomicBool::new(false));
 
         contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), refreshed: refreshed.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
         contacts::observe(true)?;
@@ -146,6 +161,7 @@ impl Registrations {
             book: book.clone(),
             local: local.clone(),
             refreshed,
+            stopping: stopping.clone(),
             counters: counters.clone(),
             outbox,
             sync_on_connect: settings.sync_on_start,
@@ -156,9 +172,13 @@ impl Registrations {
             withdrawn: BTreeSet::new(),
             queue: None,
         };
-        let applier = std::thread::Builder::new()
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
             .name("res_scale-reg".into())
-            .spawn(move || applier.run(inbox_rx))
+            .spawn(move || {
+                let _ended = ended_tx;
+                applier.run(inbox_rx);
+            })
             .map_err(|e| format!("cannot start the registrations thread: {e}"))?;
 
         let tasks = Tasks::new();
@@ -175,7 +195,7 @@ impl Registrations {
         };
         tasks.spawn(runtime, bus.run(inbox.clone(), outbox_rx, tasks.shutdown()));
         tasks.spawn(runtime, tick(inbox.clone(), pool, node.eid.clone(), tasks.shutdown()));
-        Ok(Registrations { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), inbox, applier: Some(applier), tasks })
+        Ok(Registrations { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), inbox, stopping, applier: Some(Applying { thread, ended }), tasks })
     }
 
     /// Stops observing and consuming, then removes the contacts applied from others: without
@@ -187,10 +207,19 @@ impl Registrations {
         }
         contacts::set_sink(None);
         self.tasks.stop(runtime, STOP_TIMEOUT, "registrations");
-        // The applier may be waiting for room in a full inbox no more: the bus has stopped.
-        let _ = self.inbox.blocking_send(Input::Stop);
-        if let Some(thread) = self.applier.take() {
-            let _ = thread.join();
+        self.stopping.store(true, Ordering::Relaxed);
+        // Wakes an idle applier; a busy one (inbox full) sees `stopping` after the message at
+        // hand.
+        let _ = self.inbox.try_send(Input::Stop);
+        let Some(applier) = self.applier.take() else { return };
+        let limit = STOP_TIMEOUT + CLEAR_TIME;
+        match applier.ended.recv_timeout(limit) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!("registrations: the registrations thread was still busy after {limit:?}; left to finish on its own");
+            }
+            _ => {
+                let _ = applier.thread.join();
+            }
         }
     }
 }
@@ -225,6 +254,7 @@ struct Applier {
     book: Arc<Mutex<Book>>,
     local: Arc<Mutex<LocalBook>>,
     refreshed: Refreshed,
+    stopping: Arc<AtomicBool>,
     counters: Arc<Counters>,
     outbox: mpsc::Sender<Outgoing>,
     sync_on_connect: bool,
@@ -243,6 +273,9 @@ impl Applier {
     fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         let mut location = AsteriskLocation;
         while let Some(input) = inbox.blocking_recv() {
+            if self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
             self.check_refreshed(&mut location);
             match input {
                 Input::Bus(Inbound::Delivery { body, reply_to }) => {
@@ -267,9 +300,12 @@ impl Applier {
                 Input::Stop => break,
             }
         }
-        let removed = lock(&self.book).clear(&mut location);
+        let (removed, left) = lock(&self.book).clear(&mut location, Instant::now() + CLEAR_TIME);
         if removed > 0 {
             tracing::info!("registrations: removed the {removed} contact(s) learned from other nodes");
+        }
+        if left > 0 {
+            tracing::warn!("registrations: {left} contact(s) learned from other nodes left in place after {CLEAR_TIME:?} of removing; they go when they expire");
         }
     }
 

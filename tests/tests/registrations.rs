@@ -296,3 +296,49 @@ fn a_phone_that_registers_where_its_contact_was_learned_stays_callable_when_the_
     }
     uas.wait(Duration::from_secs(10)).expect("the phone answered both calls");
 }
+
+/// A batch as a SYNC reply carries it: `per` contacts of AOR alice, each from its own origin
+/// (so that every one applies), all with sequence number `seq`.
+fn batch(per: usize, seq: u64, expires: u64) -> Vec<u8> {
+    let items: Vec<String> = (0..per)
+        .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"sip:alice@127.0.0.1:{}","expires":{expires},"user_agent":"backlog-{seq}"}},"origin":"backlog-{i}","seq":{seq}}}"#, 10_000 + i))
+        .collect();
+    format!(r#"{{"type":"ANNOUNCE","origin":"backlog","contacts":[{}]}}"#, items.join(",")).into_bytes()
+}
+
+#[test]
+fn unload_with_thousands_of_messages_queued_returns_within_its_bound() {
+    // The module's own limits for stopping registrations: 3 s for the bus, 3 s for the contact
+    // observer, 3 s for the message at hand and 5 s of removing contacts; then 5 s for the
+    // worker threads. Applying the whole backlog here takes minutes on these machines.
+    const BOUND: Duration = Duration::from_secs(20);
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let (messages, per) = (3000, 300);
+    let expires = now() + 600;
+    let bodies: Vec<Vec<u8>> = (1..=messages).map(|seq| batch(per, seq, expires)).collect();
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
+    // The applier is at work: the rest of the burst waits in its inbox and in the queue.
+    wait::until("the first batch applied", Duration::from_secs(30), Duration::from_millis(20), || {
+        counter_line(node, "Applied:").split_whitespace().nth(1).and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= per).map(|_| ())
+    });
+
+    let started = std::time::Instant::now();
+    let show = std::thread::scope(|s| {
+        let unload = s.spawn(|| node.cli("module unload res_scale.so"));
+        std::thread::sleep(Duration::from_millis(200));
+        let shown = node.cli("module show like res_scale");
+        let show_took = started.elapsed();
+        let out = unload.join().unwrap();
+        let unload_took = started.elapsed();
+        eprintln!("module unload returned after {unload_took:?}: {out:?}; module show after {show_took:?}");
+        assert!(unload_took < BOUND, "module unload took {unload_took:?} with {messages} messages queued (bound {BOUND:?})");
+        assert!(show_took < BOUND, "module show waited {show_took:?}");
+        shown
+    });
+    assert!(show.contains("res_scale.so"), "{show}");
+    assert!(node.cli("scale show status").contains("No such command"), "res_scale still running");
+    assert!(node.cli("core show version").contains("Asterisk 22"));
+}

@@ -322,13 +322,21 @@ impl Book {
         self.remote.retain(|_, e| e.expires() > now);
     }
 
-    /// Removes every contact this book applied (at unload: nothing would keep them right).
-    pub fn clear(&mut self, loc: &mut impl Location) -> usize {
-        let count = self.remote.len();
-        for ((aor, _), entry) in std::mem::take(&mut self.remote) {
+    /// Removes every contact this book applied (at unload: nothing would keep them right),
+    /// until `deadline`; the book forgets the rest (they expire in PJSIP by themselves).
+    /// Returns how many were removed and how many left.
+    pub fn clear(&mut self, loc: &mut impl Location, deadline: Instant) -> (usize, usize) {
+        let all = std::mem::take(&mut self.remote);
+        let count = all.len();
+        let mut removed = 0;
+        for ((aor, _), entry) in all {
+            if Instant::now() >= deadline {
+                break;
+            }
             let _ = loc.remove(&aor, &entry.contact);
+            removed += 1;
         }
-        count
+        (removed, count - removed)
     }
 
     /// Everything still valid, as announcements keeping their origin and seq (a SYNC reply).
@@ -575,7 +583,7 @@ mod tests {
         assert_eq!(loc.contacts.len(), 1);
         book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
         assert_eq!(loc.contacts.len(), 2, "a node that comes back starts a new count");
-        assert_eq!(book.clear(&mut loc), 2);
+        assert_eq!(book.clear(&mut loc, Instant::now() + Duration::from_secs(60)), (2, 0));
         assert!(loc.contacts.is_empty());
     }
 

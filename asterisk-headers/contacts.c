@@ -246,12 +246,20 @@ static const struct ast_sorcery_observer contact_observer = {
 	.deleted = contact_deleted,
 };
 
+/* Whether the observer is added: sorcery would add it twice, and removal unlinks only one. */
+static int observing;
+
 int res_scale_contact_observe(int on)
 {
-	if (on) {
-		return ast_sorcery_observer_add(ast_sip_get_sorcery(), "contact", &contact_observer);
+	if (on && !observing) {
+		if (ast_sorcery_observer_add(ast_sip_get_sorcery(), "contact", &contact_observer)) {
+			return -1;
+		}
+		observing = 1;
+	} else if (!on && observing) {
+		ast_sorcery_observer_remove(ast_sip_get_sorcery(), "contact", &contact_observer);
+		observing = 0;
 	}
-	ast_sorcery_observer_remove(ast_sip_get_sorcery(), "contact", &contact_observer);
 	return 0;
 }
 

@@ -78,7 +78,9 @@ enum res_scale_contact_result res_scale_contact_remove(const char *aor, const ch
 enum res_scale_contact_result res_scale_contact_check(const char *aor, const char *uri,
 	res_scale_contact_ours ours, void *ours_data);
 
-/* Adds (on != 0) or removes the sorcery observer that calls rs_scale_contact_changed(). */
+/* Adds (on != 0) or removes the sorcery observer that calls rs_scale_contact_changed(); adding
+ * it again, or removing it when it is not there, does nothing. Not thread-safe: lifecycle
+ * calls it from one thread at a time. */
 int res_scale_contact_observe(int on);
 
 /* Calls rs_scale_contact_changed(RES_SCALE_CONTACT_EXISTS, ..) for every contact there is. */

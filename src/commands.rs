@@ -14,7 +14,7 @@ use crate::lifecycle::{self, Running};
 pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN];
 
 #[cfg(feature = "test-hooks")]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN, TEST_PANIC, TEST_EVENTS, TEST_HOLD];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN, TEST_PANIC, TEST_EVENTS, TEST_HOLD, TEST_FAIL];
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
@@ -236,6 +236,22 @@ const TEST_HOLD: Command = Command {
         tracing::info!("scale test hold: holding the CLI for {seconds} s");
         std::thread::sleep(std::time::Duration::from_secs(seconds));
         Outcome::Output(format!("held {seconds} s\n"))
+    },
+    complete: no_completion,
+};
+
+/// Makes the next start of registrations fail, as if its thread could not be spawned.
+#[cfg(feature = "test-hooks")]
+const TEST_FAIL: Command = Command {
+    words: c"scale test fail registrations",
+    summary: c"Make the next registrations start fail (test builds only)",
+    usage: c"Usage: scale test fail registrations\n       The next start of the registrations subsystem (load, or a reload that\n       restarts it) fails where it spawns its thread. Present only in builds with\n       the test-hooks feature.\n",
+    run: |args| {
+        if !args.is_empty() {
+            return Outcome::ShowUsage;
+        }
+        crate::registrations::FAIL_NEXT_SPAWN.store(true, std::sync::atomic::Ordering::Relaxed);
+        Outcome::Output("the next registrations start fails\n".into())
     },
     complete: no_completion,
 };

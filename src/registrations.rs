@@ -153,7 +153,9 @@ impl Registrations {
         let stopping = Arc::new(AtomicBool::new(false));
 
         contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), refreshed: refreshed.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
-        contacts::observe(true)?;
+        // From here on, a failed start must take the observer back: the load or reload that
+        // fails never calls stop, and the next start would add a second one.
+        contacts::observe(true).inspect_err(|_| stop_observing())?;
         // Phones that registered before we were loaded.
         contacts::report_all();
 
@@ -173,13 +175,14 @@ impl Registrations {
             queue: None,
         };
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("res_scale-reg".into())
-            .spawn(move || {
-                let _ended = ended_tx;
-                applier.run(inbox_rx);
-            })
-            .map_err(|e| format!("cannot start the registrations thread: {e}"))?;
+        let thread = spawn_applier(move || {
+            let _ended = ended_tx;
+            applier.run(inbox_rx);
+        })
+        .map_err(|e| {
+            stop_observing();
+            format!("cannot start the registrations thread: {e}")
+        })?;
 
         let tasks = Tasks::new();
         let bus = Bus {
@@ -201,11 +204,7 @@ impl Registrations {
     /// Stops observing and consuming, then removes the contacts applied from others: without
     /// the module nothing would refresh or withdraw them.
     pub fn stop(mut self, runtime: &tokio::runtime::Runtime) {
-        let _ = contacts::observe(false);
-        if !contacts::wait_idle(STOP_TIMEOUT) {
-            tracing::warn!("registrations: a contact observer call was still running after {STOP_TIMEOUT:?}");
-        }
-        contacts::set_sink(None);
+        stop_observing();
         self.tasks.stop(runtime, STOP_TIMEOUT, "registrations");
         self.stopping.store(true, Ordering::Relaxed);
         // Wakes an idle applier; a busy one (inbox full) sees `stopping` after the message at
@@ -222,6 +221,28 @@ impl Registrations {
             }
         }
     }
+}
+
+/// Removes the contact observer and, once no call of it runs any more, its sink.
+fn stop_observing() {
+    let _ = contacts::observe(false);
+    if !contacts::wait_idle(STOP_TIMEOUT) {
+        tracing::warn!("registrations: a contact observer call was still running after {STOP_TIMEOUT:?}");
+    }
+    contacts::set_sink(None);
+}
+
+/// Test builds: the next start fails where it spawns the applier (`scale test fail
+/// registrations`), to prove that a failed start leaves nothing behind.
+#[cfg(feature = "test-hooks")]
+pub static FAIL_NEXT_SPAWN: AtomicBool = AtomicBool::new(false);
+
+fn spawn_applier(run: impl FnOnce() + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
+    #[cfg(feature = "test-hooks")]
+    if FAIL_NEXT_SPAWN.swap(false, Ordering::Relaxed) {
+        return Err(std::io::Error::other("failure injected by 'scale test fail registrations'"));
+    }
+    std::thread::Builder::new().name("res_scale-reg".into()).spawn(run)
 }
 
 /// Sends the pool's membership to the applier every TICK.

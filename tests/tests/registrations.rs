@@ -342,3 +342,36 @@ fn unload_with_thousands_of_messages_queued_returns_within_its_bound() {
     assert!(node.cli("scale show status").contains("No such command"), "res_scale still running");
     assert!(node.cli("core show version").contains("Asterisk 22"));
 }
+
+#[test]
+fn a_failed_start_leaves_no_contact_observer_behind() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let conf = std::fs::read_to_string(node.dir.join("etc/res_scale.conf")).unwrap();
+    // A reload that restarts registrations, and fails to spawn its thread.
+    node.cli("scale test fail registrations");
+    node.write_config("res_scale.conf", &conf.replace("[registrations]\n", "[registrations]\nwithdraw_on_node_loss = no\n"));
+    node.cli("module reload res_scale.so");
+    node.wait_logged("cannot start the registrations thread: failure injected");
+    // The next restart works.
+    node.write_config("res_scale.conf", &conf);
+    node.cli("module reload res_scale.so");
+    wait_bus(node);
+
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue("test-observer", EXCHANGE, "registration.dave");
+    let dir = scratch(&pool, "sipp");
+    let phone = Register { user: "dave".into(), call_id: "dave-observer".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: free_port() };
+    phone.send(&dir, node.sip_port).expect("dave registers");
+    Register { cseq: 2, expires: 0, ..phone }.send(&dir, node.sip_port).expect("dave unregisters");
+    // The WITHDRAW comes after every ANNOUNCE of the registration (one queue, in order).
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &res_scale_tests::amqp::Received| m.json["type"] == "WITHDRAW") {
+        let more = probe.drain("test-observer", 1, Duration::from_secs(5));
+        assert!(!more.is_empty(), "no WITHDRAW for dave; got {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+        got.extend(more);
+    }
+    let announces = got.iter().filter(|m| m.json["type"] == "ANNOUNCE").count();
+    assert_eq!(announces, 1, "each change announced once: {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+}

@@ -11,6 +11,7 @@
 #include "asterisk/logger.h"
 #include "asterisk/config.h"
 #include "asterisk/utils.h"
+#include "asterisk/astobj2.h"
 
 #include "shim.h"
 
@@ -41,6 +42,11 @@ struct ast_module *res_scale_self(void)
 char *res_scale_strdup(const char *s)
 {
 	return ast_strdup(s);
+}
+
+void *res_scale_app_token(void)
+{
+	return ao2_alloc_options(1, NULL, AO2_ALLOC_OPT_LOCK_NOLOCK);
 }
 
 int res_scale_debug_enabled(void)

@@ -14,6 +14,10 @@ struct ast_module *res_scale_self(void);
 /* ast_strdup (a macro): for strings Asterisk frees with ast_free, such as CLI completions. */
 char *res_scale_strdup(const char *s);
 
+/* A new ao2 object without destructor (or NULL), for the data of our Stasis registrations:
+ * res_stasis tells a handler that another one replaced it only when it registered with data. */
+void *res_scale_app_token(void);
+
 /* Non-zero when `core set debug` (globally or for res_scale) asks for debug output. */
 int res_scale_debug_enabled(void);
 

@@ -157,7 +157,9 @@ impl Registrations {
         // fails never calls stop, and the next start would add a second one.
         contacts::observe(true).inspect_err(|_| stop_observing())?;
         // Phones that registered before we were loaded.
+        lock(&local).snapshot_begins();
         contacts::report_all();
+        lock(&local).snapshot_ends();
 
         let applier = Applier {
             book: book.clone(),

@@ -49,7 +49,7 @@ pub fn observe(on: bool) -> Result<(), String> {
     }
 }
 
-/// Reports every contact that exists now to the sink, as `Registered`.
+/// Reports every contact that exists now to the sink, as `Found`.
 pub fn report_all() {
     // SAFETY: reads the contacts through sorcery; calls our callback synchronously.
     unsafe { sys::res_scale_contact_report_all() }
@@ -97,7 +97,11 @@ extern "C" fn rs_scale_contact_changed(change: sys::res_scale_contact_change, fi
         let Some(f) = (unsafe { fields.as_ref() }) else { return };
         let Some(sink) = sink() else { return };
         let Some((aor, contact, registered_here)) = contact_of(f) else { return };
-        let change = if change == sys::RES_SCALE_CONTACT_DELETE { LocalChange::Unregistered } else { LocalChange::Registered };
+        let change = match change {
+            sys::RES_SCALE_CONTACT_DELETE => LocalChange::Unregistered,
+            sys::RES_SCALE_CONTACT_EXISTS => LocalChange::Found,
+            _ => LocalChange::Registered,
+        };
         sink.changed(change, &aor, contact, registered_here);
     });
 }

@@ -13,7 +13,7 @@
 //! [`Book`] holds the contacts applied from others; [`LocalBook`] the ones phones registered
 //! here, with the seq under which each was published.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -356,9 +356,11 @@ fn kind_name(kind: Kind) -> &'static str {
 /// A change of a contact that a phone registered on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalChange {
-    /// Created, refreshed, or found at start.
+    /// Created or refreshed.
     Registered,
     Unregistered,
+    /// Listed by the snapshot taken at start (see [`LocalBook::snapshot_begins`]).
+    Found,
 }
 
 /// The contacts phones registered on this node, and the seq each was last published with.
@@ -367,13 +369,27 @@ pub struct LocalBook {
     origin: String,
     next_seq: u64,
     entries: BTreeMap<Key, Entry>,
+    /// While the start snapshot runs: the contacts the observer reported meanwhile.
+    touched: Option<BTreeSet<Key>>,
 }
 
 impl LocalBook {
     /// `first_seq` must exceed every seq this node used before (the module starts from the
     /// clock in microseconds, so a restarted node is not mistaken for a replay).
     pub fn new(origin: &str, first_seq: u64) -> LocalBook {
-        LocalBook { origin: origin.to_string(), next_seq: first_seq, entries: BTreeMap::new() }
+        LocalBook { origin: origin.to_string(), next_seq: first_seq, entries: BTreeMap::new(), touched: None }
+    }
+
+    /// The start snapshot (every contact there is, reported as `Found`) runs while the
+    /// observer already reports changes, in either order: what the observer reported since
+    /// this call is newer than the snapshot, whose report of the same contact is then dropped.
+    /// Otherwise a phone that unregistered meanwhile would come back as a ghost.
+    pub fn snapshot_begins(&mut self) {
+        self.touched = Some(BTreeSet::new());
+    }
+
+    pub fn snapshot_ends(&mut self) {
+        self.touched = None;
     }
 
     pub fn contains(&self, key: &Key) -> bool {
@@ -387,8 +403,16 @@ impl LocalBook {
     /// Records the change and returns the message that tells the pool, if any.
     pub fn changed(&mut self, change: LocalChange, aor: &str, contact: Contact) -> Option<Update> {
         let key = (aor.to_string(), contact.uri.clone());
+        match (change, &mut self.touched) {
+            (LocalChange::Found, Some(touched)) if touched.contains(&key) => return None,
+            (LocalChange::Found, _) => {}
+            (_, Some(touched)) => {
+                touched.insert(key.clone());
+            }
+            (_, None) => {}
+        }
         let kind = match change {
-            LocalChange::Registered => Kind::Announce,
+            LocalChange::Registered | LocalChange::Found => Kind::Announce,
             LocalChange::Unregistered => {
                 self.entries.remove(&key)?;
                 Kind::Withdraw
@@ -585,6 +609,21 @@ mod tests {
         assert_eq!(loc.contacts.len(), 2, "a node that comes back starts a new count");
         assert_eq!(book.clear(&mut loc, Instant::now() + Duration::from_secs(60)), (2, 0));
         assert!(loc.contacts.is_empty());
+    }
+
+    #[test]
+    fn the_start_snapshot_never_revives_a_contact_the_observer_reported_meanwhile() {
+        let mut local = LocalBook::new("me", 1);
+        let gone = Contact { uri: "sip:a@h1".into(), expires: Some(NOW + 60), ..Default::default() };
+        let kept = Contact { uri: "sip:a@h2".into(), expires: Some(NOW + 60), ..Default::default() };
+        local.snapshot_begins();
+        // The phone unregisters after the snapshot read it; its deletion is reported first.
+        assert_eq!(local.changed(LocalChange::Unregistered, "alice", gone.clone()), None);
+        assert_eq!(local.changed(LocalChange::Found, "alice", gone.clone()), None, "the snapshot revived a deleted contact");
+        assert!(!local.contains(&("alice".into(), gone.uri.clone())));
+        assert_eq!(local.changed(LocalChange::Found, "alice", kept).map(|u| u.kind), Some(Kind::Announce));
+        local.snapshot_ends();
+        assert_eq!(local.changed(LocalChange::Found, "alice", gone).map(|u| u.kind), Some(Kind::Announce));
     }
 
     #[test]

@@ -303,7 +303,7 @@ impl Applier {
             match input {
                 Input::Bus(Inbound::Delivery { body, reply_to }) => {
                     let registered_here = |key: &Key| lock(&self.local).contains(key);
-                    let handled = lock(&self.book).handle(&body, &mut location, &registered_here, &self.counters, unix_now());
+                    let handled = Book::handle_shared(&self.book, &body, &mut location, &registered_here, &self.counters, unix_now());
                     if let (Handled::SyncRequest { origin }, Some(queue)) = (handled, reply_to) {
                         self.answer_sync(&origin, queue);
                     }

@@ -297,11 +297,12 @@ fn a_phone_that_registers_where_its_contact_was_learned_stays_callable_when_the_
     uas.wait(Duration::from_secs(10)).expect("the phone answered both calls");
 }
 
-/// A batch as a SYNC reply carries it: `per` contacts of AOR alice, each from its own origin
-/// (so that every one applies), all with sequence number `seq`.
-fn batch(per: usize, seq: u64, expires: u64) -> Vec<u8> {
+/// A batch as a SYNC reply carries it: `per` contacts of AOR alice, contact `i` with URI
+/// `uri(i)` from origin `backlog-<i>` (so that every one applies), all with sequence number
+/// `seq`.
+fn batch(per: usize, seq: u64, expires: u64, uri: impl Fn(usize) -> String) -> Vec<u8> {
     let items: Vec<String> = (0..per)
-        .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"sip:alice@127.0.0.1:{}","expires":{expires},"user_agent":"backlog-{seq}"}},"origin":"backlog-{i}","seq":{seq}}}"#, 10_000 + i))
+        .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"{}","expires":{expires},"user_agent":"backlog-{seq}"}},"origin":"backlog-{i}","seq":{seq}}}"#, uri(i)))
         .collect();
     format!(r#"{{"type":"ANNOUNCE","origin":"backlog","contacts":[{}]}}"#, items.join(",")).into_bytes()
 }
@@ -318,7 +319,7 @@ fn unload_with_thousands_of_messages_queued_returns_within_its_bound() {
     let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
     let (messages, per) = (3000, 300);
     let expires = now() + 600;
-    let bodies: Vec<Vec<u8>> = (1..=messages).map(|seq| batch(per, seq, expires)).collect();
+    let bodies: Vec<Vec<u8>> = (1..=messages).map(|seq| batch(per, seq, expires, |i| format!("sip:alice@127.0.0.1:{}", 10_000 + i))).collect();
     probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
     // The applier is at work: the rest of the burst waits in its inbox and in the queue.
     wait::until("the first batch applied", Duration::from_secs(30), Duration::from_millis(20), || {
@@ -374,4 +375,30 @@ fn a_failed_start_leaves_no_contact_observer_behind() {
     }
     let announces = got.iter().filter(|m| m.json["type"] == "ANNOUNCE").count();
     assert_eq!(announces, 1, "each change announced once: {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_cli_reads_the_registrations_between_the_updates_of_a_batch() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let (messages, per) = (40, 1000);
+    let expires = now() + 600;
+    let bodies: Vec<Vec<u8>> = (1..=messages).map(|seq| batch(per, seq, expires, |i| format!("sip:alice-{seq}-{i}@127.0.0.1:5060"))).collect();
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
+    // While the batches apply, `scale show status` counts the contacts learned so far. Holding
+    // the book for a whole batch, the module could only ever show whole batches.
+    let remote = |status: &str| -> usize {
+        let line = status.lines().find(|l| l.trim_start().starts_with("registrations")).unwrap_or_else(|| panic!("{status}"));
+        line.split_whitespace().find_map(|w| w.strip_prefix("remote=")).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let mut seen = Vec::new();
+    wait::until("every batch applied", Duration::from_secs(120), Duration::from_millis(1), || {
+        let n = remote(&node.cli("scale show status"));
+        seen.push(n);
+        (n == messages as usize * per).then_some(())
+    });
+    eprintln!("{} reads, {} of them between the updates of a batch", seen.len(), seen.iter().filter(|n| *n % per != 0).count());
+    assert!(seen.iter().any(|n| n % per != 0), "only whole batches seen: {seen:?}");
 }

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::message::{self, Contact, Kind, Message, Rejection, Update};
@@ -191,24 +192,13 @@ impl Book {
     /// Decodes and applies one message body. `local` tells whether a phone registered the
     /// contact on this node.
     pub fn handle(&mut self, body: &[u8], loc: &mut impl Location, local: &dyn Fn(&Key) -> bool, counters: &Counters, now: u64) -> Handled {
-        let message = match message::decode(body) {
-            Ok(message) => message,
-            Err(rejection) => {
-                self.reject(counters, &rejection, "");
-                return Handled::Done;
-            }
-        };
-        match message {
-            Message::Single(update) => self.apply(update, loc, local, counters, now),
-            Message::Batch { updates, .. } => {
-                for update in updates {
-                    self.apply(update, loc, local, counters, now);
-                }
-            }
-            Message::SyncRequest { origin } if origin == self.origin => Counters::count(&counters.ignored_own),
-            Message::SyncRequest { origin } => return Handled::SyncRequest { origin },
-        }
-        Handled::Done
+        handle_in(self, body, loc, local, counters, now)
+    }
+
+    /// As [`Book::handle`], for a book behind a lock that is taken for each update of a batch,
+    /// not for the whole message: readers (the CLI) never wait behind a batch of Asterisk calls.
+    pub fn handle_shared(book: &Mutex<Book>, body: &[u8], loc: &mut impl Location, local: &dyn Fn(&Key) -> bool, counters: &Counters, now: u64) -> Handled {
+        handle_in(book, body, loc, local, counters, now)
     }
 
     fn reject(&mut self, counters: &Counters, rejection: &Rejection, context: &str) {
@@ -343,6 +333,44 @@ impl Book {
     pub fn known(&self, now: u64) -> Vec<Update> {
         self.remote.iter().filter(|(_, e)| e.expires() > now).map(|((aor, _), e)| e.update(aor)).collect()
     }
+}
+
+/// A book reached directly, or through its lock (taken for each call).
+trait Access {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Book) -> R) -> R;
+}
+
+impl Access for &mut Book {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Book) -> R) -> R {
+        f(self)
+    }
+}
+
+impl Access for &Mutex<Book> {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Book) -> R) -> R {
+        f(&mut self.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+fn handle_in(mut book: impl Access, body: &[u8], loc: &mut impl Location, local: &dyn Fn(&Key) -> bool, counters: &Counters, now: u64) -> Handled {
+    let message = match message::decode(body) {
+        Ok(message) => message,
+        Err(rejection) => {
+            book.with(|b| b.reject(counters, &rejection, ""));
+            return Handled::Done;
+        }
+    };
+    match message {
+        Message::Single(update) => book.with(|b| b.apply(update, loc, local, counters, now)),
+        Message::Batch { updates, .. } => {
+            for update in updates {
+                book.with(|b| b.apply(update, loc, local, counters, now));
+            }
+        }
+        Message::SyncRequest { origin } if book.with(|b| b.origin == origin) => Counters::count(&counters.ignored_own),
+        Message::SyncRequest { origin } => return Handled::SyncRequest { origin },
+    }
+    Handled::Done
 }
 
 fn kind_name(kind: Kind) -> &'static str {

@@ -402,3 +402,25 @@ fn the_cli_reads_the_registrations_between_the_updates_of_a_batch() {
     eprintln!("{} reads, {} of them between the updates of a batch", seen.len(), seen.iter().filter(|n| *n % per != 0).count());
     assert!(seen.iter().any(|n| n % per != 0), "only whole batches seen: {seen:?}");
 }
+
+#[test]
+fn a_refresh_moves_a_contact_to_its_new_path() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    // An AOR whose phones register through edge proxies (Path, RFC 3327).
+    let pjsip = std::fs::read_to_string(node.dir.join("etc/pjsip.conf")).unwrap();
+    node.write_config("pjsip.conf", &format!("{pjsip}[edge]\ntype = aor\nsupport_path = yes\nmax_contacts = 5\n"));
+    node.cli("module reload res_pjsip.so");
+    wait::until("AOR edge", Duration::from_secs(10), Duration::from_millis(100), || node.cli("pjsip show aor edge").contains("support_path").then_some(()));
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let uri = "sip:edge@127.0.0.1:5995";
+    let via = |proxy: &str, seq: u64| String::from_utf8(announce("edge", uri, now() + 120, "registrar-1", seq)).unwrap().replace(r#""path":"""#, &format!(r#""path":"<sip:{proxy}@127.0.0.1:5070;lr>""#));
+    let path_shown = |proxy: &str| node.cli(&format!("pjsip show contact edge/{uri}")).lines().any(|l| l.contains("path") && l.contains(&format!("<sip:{proxy}@")));
+
+    probe.publish(EXCHANGE, "registration.edge", via("p1", 1).as_bytes());
+    wait::until("the contact through p1", Duration::from_secs(5), Duration::from_millis(50), || path_shown("p1").then_some(()));
+    // The phone re-registered through another edge proxy.
+    probe.publish(EXCHANGE, "registration.edge", via("p2", 2).as_bytes());
+    wait::until("the contact through p2", Duration::from_secs(5), Duration::from_millis(50), || path_shown("p2").then_some(()));
+}

@@ -305,3 +305,40 @@ fn amqps_verifies_the_broker_against_the_configured_ca() {
     });
     eprintln!("{amqp}");
 }
+
+/// An ARI client on the node's events WebSocket, subscribed to (and so registering) `app`.
+fn ari_client(node: &Node, app: &str) -> tungstenite::WebSocket<std::net::TcpStream> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", node.http_port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let url = format!("ws://127.0.0.1:{}/ari/events?app={app}&api_key={}:{}", node.http_port, res_scale_tests::node::ARI_USER, res_scale_tests::node::ARI_PASSWORD);
+    tungstenite::client(url, stream).unwrap_or_else(|e| panic!("ARI WebSocket: {e}")).0
+}
+
+#[test]
+fn an_ari_client_that_takes_an_applications_name_keeps_it() {
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
+    let node = pool.node(0);
+    create_app(&pool, "conf");
+    // The client registers after res_scale: res_stasis gives it the application.
+    let mut client = ari_client(node, "conf");
+    // The key goes: res_scale must not take the application from the client.
+    pool.consul.as_ref().unwrap().delete_kv("res_scale/apps/conf");
+    wait::until("res_scale to drop conf", Duration::from_secs(5), Duration::from_millis(50), || (!node.cli("scale show apps").contains("conf")).then_some(()));
+
+    let channel = call_into(node, "conf");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut started = false;
+    while !started && Instant::now() < deadline {
+        match client.read() {
+            Ok(tungstenite::Message::Text(text)) => started = text.contains("\"StasisStart\"") && text.contains(&channel),
+            Ok(_) => {}
+            // The read timeout: nothing came.
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("the client's WebSocket: {e}"),
+        }
+    }
+    hang_up(node, &channel);
+    assert!(started, "the client never got its call's StasisStart");
+    let log = node.wait_logged("Stasis app 'conf' was taken over by another client");
+    assert!(!log.contains("Deactivating Stasis app 'conf'"), "res_scale deactivated the client's application");
+}

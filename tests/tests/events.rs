@@ -127,7 +127,8 @@ fn call_events_reach_a_consumer_in_order_with_application_and_node_eid() {
     let mut messages = Vec::new();
     let channels: Vec<String> = calls.iter().map(|(_, c)| c.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !ended(&messages, &channels) && Instant::now() < deadline {
+    let destroyed = |messages: &[Received]| channels.iter().all(|c| types_of(messages, c).iter().any(|t| t == "ChannelDestroyed"));
+    while !(ended(&messages, &channels) && destroyed(&messages)) && Instant::now() < deadline {
         messages.extend(probe.drain("test-conf", 1, Duration::from_millis(500)));
     }
     assert!(ended(&messages, &channels), "StasisEnd missing: {:?}", messages.iter().map(|m| &m.json["type"]).collect::<Vec<_>>());

@@ -403,6 +403,7 @@ impl Applier {
         for eid in gone {
             self.node_seen.remove(&eid);
             if !self.withdraw_on_node_loss {
+                tracing::info!("registrations: node {eid} left the pool; keeping the contacts it announced (withdraw_on_node_loss = no)");
                 continue;
             }
             let removed = lock(&self.book).withdraw_origin(&eid, location, &self.counters);

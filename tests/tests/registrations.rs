@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use res_scale_tests::amqp::AmqpProbe;
+use res_scale_tests::amqp::{AmqpProbe, Received};
 use res_scale_tests::kamailio::{Kamailio, KamailioSpec, Register, Sipp};
 use res_scale_tests::ports::free_port;
 use res_scale_tests::{wait, Node, Pool};
@@ -79,6 +79,16 @@ fn call(node: &Node, aor: &str) -> bool {
     up
 }
 
+/// The types of the messages `node` published on the exchange about contacts (its SYNC
+/// requests left out), in order.
+fn published_by(messages: &[Received], node: &Node) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.json["origin"] == node.eid.as_str() && m.json["type"] != "SYNC_REQUEST")
+        .map(|m| m.json["type"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
 fn counter_line(node: &Node, label: &str) -> String {
     let text = node.cli("scale show registrations");
     text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}")).to_string()
@@ -89,6 +99,7 @@ fn an_announced_phone_is_callable_from_every_node_until_withdrawn_or_expired() {
     let pool = Pool::builder().nodes(2).with_rabbitmq().start();
     pool.nodes.iter().for_each(wait_bus);
     let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue_to_existing("watch", EXCHANGE, "registration.#");
     let port = free_port();
     let uri = format!("sip:alice@127.0.0.1:{port}");
     let dir = scratch(&pool, "sipp");
@@ -108,12 +119,27 @@ fn an_announced_phone_is_callable_from_every_node_until_withdrawn_or_expired() {
         wait_contact(node, "alice", &uri, false, Duration::from_secs(5));
     }
 
-    // An announcement that expires in 3 s disappears by itself.
+    // An older message (seq 1 again, as a duplicate or a late one would be) changes nothing.
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", &uri, now() + 120, "registrar-1", 1));
+    wait::until("the old ANNOUNCE ignored", Duration::from_secs(5), Duration::from_millis(50), || {
+        counter_line(pool.node(1), "Ignored:").contains("1 duplicate/old/not owner").then_some(())
+    });
+    assert!(!has_contact(pool.node(1), "alice", &uri), "an old ANNOUNCE brought back a withdrawn contact");
+
+    // An announcement that expires in 6 s shows its time left, then disappears by itself.
     let short = format!("sip:alice@127.0.0.1:{}", free_port());
-    probe.publish(EXCHANGE, "registration.alice", &announce("alice", &short, now() + 3, "registrar-1", 3));
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", &short, now() + 6, "registrar-1", 3));
     wait_contact(pool.node(1), "alice", &short, true, Duration::from_secs(5));
-    wait_contact(pool.node(1), "alice", &short, false, Duration::from_secs(8));
+    let shown = pool.node(1).cli("scale show registrations alice");
+    let row = shown.lines().find(|l| l.contains(&short)).unwrap_or_else(|| panic!("{shown}"));
+    let left: u64 = row.split("registrar-1").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no time left in: {row}"));
+    assert!((1..=6).contains(&left) && row.contains(&format!("{left} s  test-phone")), "{row}");
+    wait_contact(pool.node(1), "alice", &short, false, Duration::from_secs(12));
     assert!(counter_line(pool.node(1), "Applied:").contains("2 created or refreshed, 1 removed"), "{}", counter_line(pool.node(1), "Applied:"));
+    // The nodes only applied what a registrar announced: they never publish it themselves.
+    for node in &pool.nodes {
+        assert_eq!(published_by(&probe.drain("watch", 0, Duration::from_millis(500)), node), Vec::<String>::new(), "{} published", node.name);
+    }
 }
 
 #[test]
@@ -121,6 +147,8 @@ fn a_phone_registered_on_one_node_is_callable_from_the_other_until_it_unregister
     let pool = Pool::builder().nodes(2).with_rabbitmq().start();
     pool.nodes.iter().for_each(wait_bus);
     let (a, b) = (pool.node(0), pool.node(1));
+    let watch = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    watch.bind_queue_to_existing("watch", EXCHANGE, "registration.#");
     let dir = scratch(&pool, "sipp");
     let port = free_port();
     let phone = Register { user: "dave".into(), call_id: "dave-reg-1".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: port };
@@ -139,7 +167,14 @@ fn a_phone_registered_on_one_node_is_callable_from_the_other_until_it_unregister
     let bye = Register { cseq: 2, expires: 0, ..phone };
     bye.send(&dir, a.sip_port).expect("dave unregisters");
     wait_contact(b, "dave", &uri, false, Duration::from_secs(5));
+    // The phone is still there to answer: only the missing contact may keep the call from it.
+    let uas = answering_phone(&dir, port);
     assert!(!call(b, "dave"), "node2 still reached the phone after it unregistered");
+    drop(uas);
+    // node2 learned dave from node1 and never publishes it itself.
+    let seen = watch.drain("watch", 2, Duration::from_secs(5));
+    assert_eq!(published_by(&seen, a), ["ANNOUNCE", "WITHDRAW"], "node1 announced the registration and the unregistration");
+    assert_eq!(published_by(&seen, b), Vec::<String>::new(), "node2 published what it learned from node1");
 }
 
 #[test]
@@ -169,9 +204,10 @@ fn malformed_messages_are_counted_and_the_next_valid_one_applies() {
         rejected.contains("7 (too_large=1 bad_json=1 unknown_type=1 missing_field=1 bad_field=1 unknown_aor=1 expired=1)"),
         "{rejected}"
     );
-    let log = node.log();
-    assert!(log.contains("registrations: message refused (too_large)"), "no log line for the 1 MiB body");
-    assert!(log.contains("(unknown_aor)"), "no log line for the unknown AOR");
+    node.wait_logged("registrations: message refused (too_large)");
+    for reason in ["bad_json", "unknown_type", "missing_field", "bad_field", "unknown_aor", "expired"] {
+        node.wait_logged(&format!("({reason})"));
+    }
     assert!(node.cli("core show version").contains("Asterisk 22"));
 }
 
@@ -198,11 +234,26 @@ fn a_node_that_loads_late_or_restarts_gets_the_registrations_by_sync() {
     assert!(call(pool.node(1), "dave"), "node2 could not reach the phone it learned by SYNC");
     uas.wait(Duration::from_secs(10)).expect("the phone answered one call");
 
-    // A restart forgets what was learned (prune on boot), then SYNC brings it back.
+    // A restart forgets what was learned (prune on boot), then SYNC brings it back. In memory
+    // any restart forgets, so node2 keeps its contacts in astdb, where only prune_on_boot
+    // removes them, and is killed (an unload would remove them too).
     let node2 = pool.node_mut(1);
-    node2.stop();
+    node2.write_config("sorcery.conf", "[res_pjsip]\ncontact = astdb,registrar\n");
+    node2.kill();
+    node2.start();
+    node2.cli("module load res_scale.so");
+    for (aor, uri) in [("dave", phone.contact_uri()), ("alice", remote.to_string())] {
+        wait_contact(node2, aor, &uri, true, Duration::from_secs(5));
+        let db = node2.dir.join("lib/astdb.sqlite3");
+        wait::until(&format!("{uri} written to {}", db.display()), Duration::from_secs(10), Duration::from_millis(100), || {
+            let bytes = std::fs::read(&db).unwrap_or_default();
+            bytes.windows(uri.len()).any(|w| w == uri.as_bytes()).then_some(())
+        });
+    }
+    node2.kill();
     node2.start();
     let node2 = pool.node(1);
+    node2.wait_logged(&format!("Removed contact '{remote}' from AOR 'alice' due to system boot"));
     assert!(!has_contact(node2, "alice", remote) && !has_contact(node2, "dave", &phone.contact_uri()), "a restarted node kept learned contacts");
     node2.cli("module load res_scale.so");
     wait_contact(node2, "dave", &phone.contact_uri(), true, Duration::from_secs(5));
@@ -423,4 +474,24 @@ fn a_refresh_moves_a_contact_to_its_new_path() {
     // The phone re-registered through another edge proxy.
     probe.publish(EXCHANGE, "registration.edge", via("p2", 2).as_bytes());
     wait::until("the contact through p2", Duration::from_secs(5), Duration::from_millis(50), || path_shown("p2").then_some(()));
+
+#[test]
+fn with_withdraw_on_node_loss_off_the_contacts_of_a_lost_node_stay() {
+    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\n[registrations]\nenabled = yes\nwithdraw_on_node_loss = no\n";
+    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().res_scale_conf(conf).start();
+    pool.nodes.iter().for_each(wait_bus);
+    let dir = scratch(&pool, "sipp");
+    let phone = Register { user: "dave".into(), call_id: "dave-kept".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: free_port() };
+    phone.send(&dir, pool.node(0).sip_port).expect("dave registers with node1");
+    wait_contact(pool.node(1), "dave", &phone.contact_uri(), true, Duration::from_secs(5));
+    wait::until("both nodes in Consul", Duration::from_secs(10), Duration::from_millis(100), || pool.node(1).cli("scale show nodes").contains(&pool.node(0).eid).then_some(()));
+
+    let lost = pool.node(0).eid.clone();
+    pool.node_mut(0).kill();
+    let node2 = pool.node(1);
+    wait::until("node2 to judge node1 lost", Duration::from_secs(30), Duration::from_millis(100), || {
+        node2.log().contains(&format!("node {lost} left the pool; keeping the contacts it announced")).then_some(())
+    });
+    assert!(has_contact(node2, "dave", &phone.contact_uri()), "the contact was withdrawn although withdraw_on_node_loss = no");
+    assert!(counter_line(node2, "Sync/loss:").contains("0 contact(s) withdrawn for lost nodes"), "{}", counter_line(node2, "Sync/loss:"));
 }

@@ -325,3 +325,190 @@ async fn broadcast(r: &Incoming<'_>, merge: Option<Merge>) -> Routed {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The routing of whole requests, against fake nodes that answer like ARI for the few
+    //! calls used here and record what reached them.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use axum::extract::{Path, State as AxState};
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use axum::Router;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::owners::Owners;
+    use crate::pool::Pool;
+
+    #[derive(Default)]
+    struct FakeNode {
+        name: String,
+        channels: Mutex<Vec<String>>,
+        /// `METHOD path` of every request that reached this node.
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl FakeNode {
+        fn saw(&self, what: &str) {
+            self.seen.lock().unwrap().push(what.to_string());
+        }
+        fn has(&self, id: &str) -> bool {
+            self.channels.lock().unwrap().iter().any(|c| c == id)
+        }
+    }
+
+    type Fake = Arc<FakeNode>;
+
+    async fn list(AxState(n): AxState<Fake>) -> Response {
+        n.saw("GET channels");
+        let list: Vec<Value> = n.channels.lock().unwrap().iter().map(|id| json!({"id": id})).collect();
+        Answer::from_json(StatusCode::OK, &Value::Array(list)).into_response()
+    }
+
+    async fn originate(AxState(n): AxState<Fake>) -> Response {
+        n.saw("POST channels");
+        let id = format!("{}-{}", n.name, n.channels.lock().unwrap().len());
+        n.channels.lock().unwrap().push(id.clone());
+        Answer::from_json(StatusCode::OK, &json!({"id": id})).into_response()
+    }
+
+    async fn channel(AxState(n): AxState<Fake>, Path(id): Path<String>) -> Response {
+        n.saw(&format!("GET channels/{id}"));
+        if n.has(&id) {
+            Answer::from_json(StatusCode::OK, &json!({"id": id})).into_response()
+        } else {
+            ari_error(StatusCode::NOT_FOUND, "Channel not found")
+        }
+    }
+
+    async fn answer(AxState(n): AxState<Fake>, Path(id): Path<String>) -> Response {
+        n.saw(&format!("POST channels/{id}/answer"));
+        if n.has(&id) {
+            StatusCode::NO_CONTENT.into_response()
+        } else {
+            ari_error(StatusCode::NOT_FOUND, "Channel not found")
+        }
+    }
+
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    async fn fake_node(name: &str) -> (Fake, Node) {
+        let fake = Arc::new(FakeNode { name: name.into(), ..Default::default() });
+        let router = Router::new()
+            .route("/ari/channels", get(list).post(originate))
+            .route("/ari/channels/{id}", get(channel))
+            .route("/ari/channels/{id}/answer", post(answer))
+            .with_state(fake.clone());
+        let url = serve(router).await;
+        (fake, Node { eid: format!("eid-{name}").into(), id: name.into(), ari_url: format!("{url}/ari"), health: "passing" })
+    }
+
+    fn config() -> Config {
+        let env: BTreeMap<String, String> = [("SCALE_GATEWAY_NODES_ARI_USER", "ari"), ("SCALE_GATEWAY_CLIENTS", "app:pw"), ("SCALE_GATEWAY_NODES_PROBE_TIMEOUT", "500ms")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        crate::config::load(None, &env).unwrap()
+    }
+
+    /// A gateway in front of `nodes`, with an empty ownership map (a fresh replica).
+    async fn gateway(nodes: &[Node]) -> String {
+        let config = config();
+        let pool = Arc::new(Pool::new(&config).unwrap());
+        pool.set_nodes(nodes.to_vec());
+        let gw = Arc::new(Gateway {
+            owners: Arc::new(Owners::new(config.ownership.ttl)),
+            metrics: Arc::new(Metrics::new()),
+            pool,
+            consul: Arc::new(res_scale_core::consul::http::HttpConsul::new(&config.consul.url, "").unwrap()),
+            amqp_error: Default::default(),
+            shutdown: Default::default(),
+            tasks: Default::default(),
+            docs: Default::default(),
+            rotation: Default::default(),
+            config,
+        });
+        format!("{}/ari", serve(crate::server::router(gw)).await)
+    }
+
+    async fn call(method: reqwest::Method, url: &str) -> (StatusCode, Value) {
+        let r = reqwest::Client::new().request(method, url).basic_auth("app", Some("pw")).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn calls_reach_the_owner_even_through_a_gateway_that_never_saw_the_channel() {
+        let (a, node_a) = fake_node("a").await;
+        let (b, node_b) = fake_node("b").await;
+        let nodes = [node_a, node_b];
+        let first = gateway(&nodes).await;
+        // Two originates: the second goes to the node with fewer channels.
+        let (_, one) = call(reqwest::Method::POST, &format!("{first}/channels?endpoint=Local/1@x&app=x")).await;
+        let (_, two) = call(reqwest::Method::POST, &format!("{first}/channels?endpoint=Local/1@x&app=x")).await;
+        assert_eq!((one["id"].as_str(), two["id"].as_str()), (Some("a-0"), Some("b-0")));
+
+        let second = gateway(&nodes).await;
+        let (status, _) = call(reqwest::Method::POST, &format!("{second}/channels/b-0/answer")).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(b.seen.lock().unwrap().contains(&"POST channels/b-0/answer".to_string()));
+        assert!(!a.seen.lock().unwrap().iter().any(|s| s.ends_with("/answer")), "only the owner is asked to act: {:?}", a.seen.lock().unwrap());
+
+        let (status, body) = call(reqwest::Method::GET, &format!("{second}/channels/nobody")).await;
+        assert_eq!((status, body), (StatusCode::NOT_FOUND, json!({"message": "Channel not found"})));
+
+        let (status, list) = call(reqwest::Method::GET, &format!("{second}/channels")).await;
+        assert_eq!((status, list), (StatusCode::OK, json!([{"id": "a-0"}, {"id": "b-0"}])));
+    }
+
+    #[tokio::test]
+    async fn resources_of_healthy_nodes_stay_reachable_while_another_node_is_dead() {
+        let (_a, node_a) = fake_node("a").await;
+        // A node Consul still lists as passing, but nothing listens on its port.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let dead = Node { eid: "eid-dead".into(), id: "dead".into(), ari_url: format!("http://{closed}/ari"), health: "passing" };
+        let gw = gateway(&[node_a, dead]).await;
+        for _ in 0..2 {
+            let (status, channel) = call(reqwest::Method::POST, &format!("{gw}/channels?endpoint=Local/1@x&app=x")).await;
+            assert_eq!((status, channel["id"].as_str().map(|s| s.starts_with("a-"))), (StatusCode::OK, Some(true)));
+        }
+        let (status, list) = call(reqwest::Method::GET, &format!("{gw}/channels")).await;
+        assert_eq!((status, list), (StatusCode::OK, json!([{"id": "a-0"}, {"id": "a-1"}])));
+        let (status, _) = call(reqwest::Method::POST, &format!("{gw}/channels/a-1/answer")).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+
+    /// A GET sent as written: HTTP client libraries resolve dot segments before sending.
+    async fn raw_get(base: &str, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (host, prefix) = base.trim_start_matches("http://").split_once('/').unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+        let request = format!("GET /{prefix}/{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic YXBwOnB3\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        let status = answer[9..12].parse().unwrap();
+        (status, answer.split_once("\r\n\r\n").unwrap().1.to_string())
+    }
+
+    #[tokio::test]
+    async fn path_escapes_and_trailing_slashes_never_reach_a_node() {
+        let (a, node_a) = fake_node("a").await;
+        let gw = gateway(&[node_a]).await;
+        for path in ["channels/../../x", "channels/%2e%2e/%2e%2e/x", "channels/a%2Fb/answer", "channels/..%5c..%5cx", "channels/a\\..\\..\\x"] {
+            let (status, body) = raw_get(&gw, path).await;
+            assert_eq!((status, body.as_str()), (404, r#"{"message":"Resource not found"}"#), "{path}");
+        }
+        let (status, body) = call(reqwest::Method::GET, &format!("{gw}/channels/")).await;
+        assert_eq!((status, body), (StatusCode::NOT_FOUND, json!({"message": "ARI URLs do not end with a slash. Try /ari/channels"})));
+        assert!(a.seen.lock().unwrap().is_empty(), "{:?}", a.seen.lock().unwrap());
+    }
+}

@@ -73,7 +73,7 @@ pub struct Nodes {
 
 impl std::fmt::Debug for Nodes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Nodes {{ ari_user: {:?}, ari_password: <hidden>, request_timeout: {:?}, ca_file: {:?} }}", self.ari_user, self.request_timeout, self.ca_file)
+        write!(f, "Nodes {{ ari_user: {:?}, ari_password: <hidden>, request_timeout: {:?}, probe_timeout: {:?}, ca_file: {:?} }}", self.ari_user, self.request_timeout, self.probe_timeout, self.ca_file)
     }
 }
 

@@ -11,8 +11,8 @@ use super::merge::Merge;
 use super::owner::locate;
 use super::params::encode_value;
 use super::routes::Route;
-use super::upstream::Outgoing;
-use super::{ask_all, merged_answer, own, successes, Incoming, Routed, POOL};
+use super::upstream::{send, Outgoing};
+use super::{merged_answer, own, successes, Incoming, Routed, POOL};
 use crate::ari::errors::ari_error;
 use crate::owners::{Eid, Kind};
 use crate::pool::Node;
@@ -55,8 +55,7 @@ pub async fn route(r: &Incoming<'_>, route: &Route) -> Routed {
         })
         .collect();
     let nodes: Vec<Node> = requests.iter().map(|(n, _)| n.clone()).collect();
-    let answers = futures_util::future::join_all(requests.iter().map(|(node, out)| ask_all(r, std::slice::from_ref(node), out, None))).await;
-    let answers: Vec<_> = answers.into_iter().map(|mut a| a.pop().flatten()).collect();
+    let answers = futures_util::future::join_all(requests.iter().map(|(node, out)| async move { send(r.gw, node, out, None).await.ok() })).await;
     if let Some(refusal) = answers.iter().position(|a| a.as_ref().is_some_and(|a| !a.status.is_success())) {
         let answer = answers.into_iter().nth(refusal).flatten().expect("the refusal is an answer");
         return (answer.into_response(), POOL.into());

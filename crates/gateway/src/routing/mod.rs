@@ -334,7 +334,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    use axum::extract::{Path, State as AxState};
+    use axum::extract::{Path, RawQuery, State as AxState};
     use axum::response::IntoResponse;
     use axum::routing::{get, post};
     use axum::Router;
@@ -371,8 +371,8 @@ mod tests {
         Answer::from_json(StatusCode::OK, &Value::Array(list)).into_response()
     }
 
-    async fn originate(AxState(n): AxState<Fake>) -> Response {
-        n.saw("POST channels");
+    async fn originate(AxState(n): AxState<Fake>, RawQuery(query): RawQuery) -> Response {
+        n.saw(&format!("POST channels?{}", query.unwrap_or_default()));
         let id = format!("{}-{}", n.name, n.channels.lock().unwrap().len());
         n.channels.lock().unwrap().push(id.clone());
         Answer::from_json(StatusCode::OK, &json!({"id": id})).into_response()
@@ -396,6 +396,11 @@ mod tests {
         }
     }
 
+    async fn docs(AxState(n): AxState<Fake>, Path(file): Path<String>) -> Response {
+        n.saw(&format!("GET api-docs/{file}"));
+        Answer::from_json(StatusCode::OK, &json!({"basePath": "http://node:8088/ari", "apis": [], "models": {"Event": {"subTypes": ["StasisStart"]}}})).into_response()
+    }
+
     async fn serve(router: Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -409,6 +414,7 @@ mod tests {
             .route("/ari/channels", get(list).post(originate))
             .route("/ari/channels/{id}", get(channel))
             .route("/ari/channels/{id}/answer", post(answer))
+            .route("/ari/api-docs/{file}", get(docs))
             .with_state(fake.clone());
         let url = serve(router).await;
         (fake, Node { eid: format!("eid-{name}").into(), id: name.into(), ari_url: format!("{url}/ari"), health: "passing" })
@@ -440,7 +446,11 @@ mod tests {
     }
 
     async fn call(method: reqwest::Method, url: &str) -> (StatusCode, Value) {
-        let r = reqwest::Client::new().request(method, url).basic_auth("app", Some("pw")).send().await.unwrap();
+        call_with(reqwest::Client::new().request(method, url)).await
+    }
+
+    async fn call_with(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let r = request.basic_auth("app", Some("pw")).send().await.unwrap();
         let status = r.status();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -510,5 +520,45 @@ mod tests {
         let (status, body) = call(reqwest::Method::GET, &format!("{gw}/channels/")).await;
         assert_eq!((status, body), (StatusCode::NOT_FOUND, json!({"message": "ARI URLs do not end with a slash. Try /ari/channels"})));
         assert!(a.seen.lock().unwrap().is_empty(), "{:?}", a.seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_placement_hint_picks_the_node_and_stays_in_the_gateway() {
+        let (a, node_a) = fake_node("a").await;
+        let (b, node_b) = fake_node("b").await;
+        let gw = gateway(&[node_a, node_b]).await;
+        let (_, channel) = call(reqwest::Method::POST, &format!("{gw}/channels?endpoint=Local/1@x&ast_id=EID-B&api_key=app:pw")).await;
+        assert_eq!(channel["id"], "b-0");
+        let (_, channel) = call_with(reqwest::Client::new().post(format!("{gw}/channels?endpoint=Local/1@x")).header("X-Asterisk-ID", "eid-b")).await;
+        assert_eq!(channel["id"], "b-1");
+        assert_eq!(*b.seen.lock().unwrap(), ["POST channels?endpoint=Local/1@x", "POST channels?endpoint=Local/1@x"]);
+        let (status, body) = call(reqwest::Method::POST, &format!("{gw}/channels?endpoint=Local/1@x&ast_id=eid-gone")).await;
+        assert_eq!((status, body["message"].as_str()), (StatusCode::BAD_REQUEST, Some("No serving Asterisk node has the ID 'eid-gone'")));
+        assert!(a.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn api_docs_point_at_the_gateway_and_are_fetched_once() {
+        let (a, node_a) = fake_node("a").await;
+        let gw = gateway(&[node_a]).await;
+        for _ in 0..2 {
+            let (status, doc) = call_with(reqwest::Client::new().get(format!("{gw}/api-docs/events.json")).header("Host", "pbx.example:8090")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(doc["basePath"], "http://pbx.example:8090/ari");
+            assert_eq!(doc["models"]["Event"]["subTypes"], json!(["StasisStart", "EventsLost"]));
+        }
+        assert_eq!(*a.seen.lock().unwrap(), ["GET api-docs/events.json"]);
+        let (status, body) = call(reqwest::Method::POST, &format!("{gw}/api-docs/events.json")).await;
+        assert_eq!((status, body), (StatusCode::METHOD_NOT_ALLOWED, json!({"message": "Unsupported method"})));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_with_413() {
+        let (a, node_a) = fake_node("a").await;
+        let gw = gateway(&[node_a]).await;
+        let big = vec![b'x'; 2 << 20];
+        let (status, body) = call_with(reqwest::Client::new().post(format!("{gw}/channels")).header("Content-Type", "application/json").body(big)).await;
+        assert_eq!((status, body["message"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("Request body too large: at most 1048576 bytes")));
+        assert!(a.seen.lock().unwrap().is_empty());
     }
 }

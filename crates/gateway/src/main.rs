@@ -11,6 +11,7 @@ mod metrics;
 mod owners;
 mod pool;
 mod registration;
+mod routing;
 mod server;
 mod state;
 
@@ -117,6 +118,8 @@ async fn run(config: Config) -> Result<(), String> {
         amqp_error: RwLock::new(Some("not connected yet".into())),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        docs: Default::default(),
+        rotation: Default::default(),
         config,
     });
     tracing::info!(listen = %gw.config.listen, instance_id = %gw.config.instance_id, tls = tls.is_some(), "scale-gateway {} listening", env!("CARGO_PKG_VERSION"));

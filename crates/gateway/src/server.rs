@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ari::errors::http_not_found;
 use crate::config::Tls;
+use crate::events;
 use crate::health;
 use crate::state::Gateway;
 
@@ -29,6 +30,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics))
+        .route("/ari/events", get(events::events))
         .fallback(outside)
         .with_state(gw)
 }

@@ -171,9 +171,17 @@ fn tell_replaced(old: &Socket, app: &str) {
     });
 }
 
-/// ARI's `ApplicationReplaced`, as res/stasis/app.c sends it.
+/// ARI's `ApplicationReplaced`, as res/stasis/app.c sends it (members in its order).
 pub fn application_replaced(app: &str) -> Utf8Bytes {
-    serde_json::json!({ "type": "ApplicationReplaced", "timestamp": ari_timestamp(std::time::SystemTime::now()), "application": app }).to_string().into()
+    #[derive(serde::Serialize)]
+    struct Replaced<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        timestamp: String,
+        application: &'a str,
+    }
+    let event = Replaced { kind: "ApplicationReplaced", timestamp: ari_timestamp(std::time::SystemTime::now()), application: app };
+    serde_json::to_string(&event).unwrap_or_default().into()
 }
 
 /// ARI's timestamp format, e.g. `2026-12-01T10:20:14.123+0000`.
@@ -194,9 +202,100 @@ async fn expire_after_linger(gw: Arc<Gateway>, name: String, linger: Cancellatio
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+
+    /// A gateway whose Consul and RabbitMQ do not answer (port 1): relays wait for a broker,
+    /// key writes fail and are logged. What the hub decides is all there is to see.
+    fn gateway(linger: &str) -> Arc<Gateway> {
+        let env: BTreeMap<String, String> = [
+            ("SCALE_GATEWAY_CLIENTS", "app:secret"),
+            ("SCALE_GATEWAY_NODES_ARI_USER", "ari"),
+            ("SCALE_GATEWAY_NODES_ARI_PASSWORD", "x"),
+            ("SCALE_GATEWAY_CONSUL_URL", "http://127.0.0.1:1"),
+            ("SCALE_GATEWAY_AMQP_URL", "amqp://127.0.0.1:1/%2f"),
+            ("SCALE_GATEWAY_APPS_LINGER", linger),
+            ("SCALE_GATEWAY_INSTANCE_ID", "test"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = crate::config::load(None, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        Arc::new(Gateway {
+            pool: Arc::new(crate::pool::Pool::new(&config).unwrap()),
+            owners: Arc::new(crate::owners::Owners::new(config.ownership.ttl)),
+            metrics: Arc::default(),
+            consul: Arc::new(res_scale_core::consul::http::HttpConsul::new(&config.consul.url, "").unwrap()),
+            events: Hub::default(),
+            amqp_error: Default::default(),
+            shutdown: Default::default(),
+            tasks: Default::default(),
+            config,
+        })
+    }
+
+    fn socket(id: &str) -> (Socket, mpsc::Receiver<Outgoing>) {
+        let (out, rx) = mpsc::channel(8);
+        (Socket { id: id.into(), out, report_gaps: false }, rx)
+    }
+
+    async fn next_text(rx: &mut mpsc::Receiver<Outgoing>) -> serde_json::Value {
+        let frame = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a frame").expect("open");
+        serde_json::from_str(frame.text.as_str()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_newest_socket_wins_and_the_older_is_told_once() {
+        let gw = gateway("30s");
+        let (first, mut first_rx) = socket("s1");
+        let (second, mut second_rx) = socket("s2");
+        gw.events.attach(&gw, &first, &["conf".into(), "other".into()]);
+        gw.events.attach(&gw, &second, &["conf".into()]);
+        let told = next_text(&mut first_rx).await;
+        assert_eq!((told["type"].as_str(), told["application"].as_str()), (Some("ApplicationReplaced"), Some("conf")));
+        assert!(second_rx.try_recv().is_err(), "the new socket is told nothing");
+
+        // The old socket closing leaves the new holder alone; its other app lingers.
+        gw.events.detach(&gw, &first, &["conf".into(), "other".into()]);
+        assert!(matches!(gw.events.check_key("conf", Some("s2"), 5), KeyCheck::Confirmed));
+        assert!(gw.events.apps().get("conf").unwrap().holder.as_ref().is_some_and(|h| &*h.id == "s2"));
+        assert!(gw.events.apps().get("other").unwrap().holder.is_none());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(first_rx.try_recv().is_err(), "nothing more for the replaced socket");
+    }
+
+    #[tokio::test]
+    async fn a_key_written_by_another_replica_after_ours_replaces_our_socket() {
+        let gw = gateway("30s");
+        let (ours, mut rx) = socket("s1");
+        gw.events.attach(&gw, &ours, &["conf".into()]);
+        assert!(matches!(gw.events.check_key("conf", Some("theirs"), 3), KeyCheck::Ignore), "an answer from before our write is no takeover");
+        assert!(matches!(gw.events.check_key("conf", Some("s1"), 4), KeyCheck::Confirmed));
+        assert!(matches!(gw.events.check_key("conf", None, 0), KeyCheck::Rewrite(s) if &*s == "s1"), "a lost key is written again");
+        assert!(matches!(gw.events.check_key("conf", Some("theirs"), 9), KeyCheck::Replaced));
+        assert!(gw.events.replaced_elsewhere("conf"));
+        assert_eq!(next_text(&mut rx).await["type"], "ApplicationReplaced");
+        assert!(gw.events.names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_socket_within_the_linger_keeps_the_app_and_after_it_the_app_is_forgotten() {
+        let gw = gateway("1s");
+        let (first, _rx1) = socket("s1");
+        gw.events.attach(&gw, &first, &["conf".into()]);
+        gw.events.detach(&gw, &first, &["conf".into()]);
+        let (second, _rx2) = socket("s2");
+        gw.events.attach(&gw, &second, &["conf".into()]);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(gw.events.names(), ["conf"], "the new socket holds it: no expiry");
+        gw.events.detach(&gw, &second, &["conf".into()]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(gw.events.names(), ["conf"], "lingering");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(gw.events.names().is_empty(), "forgotten after the linger");
+    }
 
     #[test]
     fn timestamps_are_written_as_ari_writes_them() {
@@ -205,7 +304,9 @@ mod tests {
 
     #[test]
     fn application_replaced_has_ari_shape() {
-        let v: serde_json::Value = serde_json::from_str(application_replaced("conf").as_str()).unwrap();
+        let text = application_replaced("conf");
+        assert!(text.as_str().starts_with(r#"{"type":"ApplicationReplaced","timestamp":"#), "{}", text.as_str());
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
         assert_eq!((v["type"].as_str(), v["application"].as_str()), (Some("ApplicationReplaced"), Some("conf")));
         assert!(v["timestamp"].as_str().unwrap().ends_with("+0000"));
     }

@@ -243,7 +243,15 @@ fn amqp_text(value: &AMQPValue) -> Option<String> {
 
 /// The documented event for a counted gap.
 pub fn events_lost(app: &str, node: &str, count: u64) -> Utf8Bytes {
-    serde_json::json!({ "type": "EventsLost", "application": app, "asterisk_id": node, "count": count }).to_string().into()
+    #[derive(serde::Serialize)]
+    struct Lost<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        application: &'a str,
+        asterisk_id: &'a str,
+        count: u64,
+    }
+    serde_json::to_string(&Lost { kind: "EventsLost", application: app, asterisk_id: node, count }).unwrap_or_default().into()
 }
 
 /// Deletes this gateway's queue of `app` (another replica holds the app now: what piles up

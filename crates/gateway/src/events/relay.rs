@@ -141,8 +141,8 @@ struct Relay<'a> {
     target: &'a Target,
     stop: &'a CancellationToken,
     tracker: Tracker,
-    /// Each node's EID, shared by its events.
-    nodes: HashMap<String, Eid>,
+    /// Each node's EID and relayed-events counter, shared by its events.
+    nodes: HashMap<String, (Eid, Counter)>,
 }
 
 impl Relay<'_> {
@@ -154,13 +154,14 @@ impl Relay<'_> {
         AppNodeLabels { app: self.target.app.to_string(), node: node.to_string() }
     }
 
-    fn node(&mut self, eid: &str) -> Eid {
-        if let Some(node) = self.nodes.get(eid) {
-            return node.clone();
+    fn node(&mut self, eid: &str) -> (Eid, Counter) {
+        if let Some(known) = self.nodes.get(eid) {
+            return known.clone();
         }
         let node: Eid = eid.into();
-        self.nodes.insert(eid.to_string(), node.clone());
-        node
+        let relayed = self.gw.metrics.events_relayed.get_or_create(&self.labels(&node)).clone();
+        self.nodes.insert(eid.to_string(), (node.clone(), relayed.clone()));
+        (node, relayed)
     }
 
     /// Judges one delivery and hands it on; false when the socket is gone or the app was
@@ -189,7 +190,7 @@ impl Relay<'_> {
             let _ = delivery.acker.ack(Default::default()).await;
             return true;
         };
-        let node = self.node(&eid);
+        let (node, relayed) = self.node(&eid);
         match position {
             Some(at) => match self.tracker.check(&node, at) {
                 Verdict::Duplicate => {
@@ -210,7 +211,6 @@ impl Relay<'_> {
             None => self.reject("no_seq"),
         }
         ids.apply(&self.gw.owners, &node);
-        let relayed = self.gw.metrics.events_relayed.get_or_create(&self.labels(&node)).clone();
         let delivered = Delivered { acker: delivery.acker, committed: self.target.committed.clone(), node, at: position, relayed, relay: self.stop.clone() };
         self.send(Outgoing { text, delivery: Some(delivered) }).await
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 #[cfg(feature = "test-hooks")]
 use std::time::Instant;
 
-use res_scale_core::amqp::event::Event;
+use res_scale_core::amqp::event::{Event, Seq};
 use res_scale_core::consul::apps::StasisApps;
 
 use crate::ast::event_json;
@@ -39,10 +39,10 @@ pub struct Message<'a> {
 impl Message<'_> {
     /// The event as a message body for `app` (None when it is not a JSON object or nests
     /// absurdly deep).
-    pub fn to_event(&self, app: Arc<str>) -> Option<Event> {
+    pub fn to_event(&self, app: Arc<str>, seq: Seq) -> Option<Event> {
         // SAFETY: json is the event Asterisk lent to the callback; it stays live and nobody
         // modifies it until the callback returns, which outlasts `self`.
-        unsafe { event_json::to_event(self.json, app) }
+        unsafe { event_json::to_event(self.json, app, seq) }
     }
 }
 

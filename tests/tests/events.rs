@@ -152,6 +152,19 @@ fn call_events_reach_a_consumer_in_order_with_application_and_node_eid() {
         assert!(start.json["channel"]["dialplan"]["priority"].is_i64(), "{}", start.body);
         assert!(start.json["channel"]["caller"].is_object() && start.json["timestamp"].is_string(), "{}", start.body);
     }
+    // Every event of an app carries its node's seq, one more than the event before, and the
+    // sequence's start (a consumer drops duplicates and counts gaps by them).
+    for node in &pool.nodes {
+        let of_node: Vec<&Received> = messages.iter().filter(|m| m.headers["asterisk_id"] == node.eid).collect();
+        let seq = |m: &Received| m.headers["seq"].parse::<u64>().unwrap_or_else(|_| panic!("seq header: {:?}", m.headers));
+        let start: u64 = of_node[0].headers["seq_start"].parse().expect("seq_start header");
+        assert!(of_node.iter().all(|m| m.headers["seq_start"] == start.to_string()), "{}: one sequence", node.name);
+        assert!(seq(of_node[0]) >= start, "{}: seq counts from its start", node.name);
+        let seqs: Vec<u64> = of_node.iter().map(|m| seq(m)).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{}: seq rises by one per event: {seqs:?}", node.name);
+    }
+    let amqp = pool.node(0).cli("scale show amqp");
+    assert!(amqp.contains("Dropped:       0"), "{amqp}");
     // Many events in a row leave each node in the order they were made.
     for node in &pool.nodes {
         inject(node, "conf", 200, 0);

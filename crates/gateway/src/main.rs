@@ -6,6 +6,7 @@
 
 mod ari;
 mod config;
+mod events;
 mod health;
 mod metrics;
 mod owners;
@@ -115,6 +116,7 @@ async fn run(config: Config) -> Result<(), String> {
         metrics: Arc::new(Metrics::new()),
         pool,
         consul,
+        events: events::Hub::default(),
         amqp_error: RwLock::new(Some("not connected yet".into())),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -127,6 +129,7 @@ async fn run(config: Config) -> Result<(), String> {
     gw.tasks.spawn(pool::watch(gw.pool.clone(), gw.consul.clone(), gw.config.consul.node_service.clone(), gw.owners.clone(), gw.metrics.clone(), gw.shutdown.clone()));
     gw.tasks.spawn(registration::run(gw.clone()));
     gw.tasks.spawn(housekeeping(gw.clone()));
+    events::start(&gw);
     gw.tasks.spawn(stop_on_signal(gw.shutdown.clone()));
 
     server::serve(gw.clone(), listener, tls, drain).await;

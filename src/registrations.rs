@@ -206,9 +206,10 @@ impl Registrations {
     /// Stops observing and consuming, then removes the contacts applied from others: without
     /// the module nothing would refresh or withdraw them.
     pub fn stop(mut self, runtime: &tokio::runtime::Runtime) {
+        // First, so that the applier gives up the backlog while the rest stops.
+        self.stopping.store(true, Ordering::Relaxed);
         stop_observing();
         self.tasks.stop(runtime, STOP_TIMEOUT, "registrations");
-        self.stopping.store(true, Ordering::Relaxed);
         // Wakes an idle applier; a busy one (inbox full) sees `stopping` after the message at
         // hand.
         let _ = self.inbox.try_send(Input::Stop);

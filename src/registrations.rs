@@ -406,7 +406,7 @@ impl Applier {
             if !self.withdraw_on_node_loss {
                 continue;
             }
-            let removed = lock(&self.book).withdraw_origin(&eid, location, &self.counters);
+            let removed = Book::withdraw_origin_shared(&self.book, &eid, location, &self.counters);
             tracing::info!("registrations: node {eid} left the pool; withdrew the {removed} contact(s) it had announced");
             self.withdrawn.insert(eid);
         }

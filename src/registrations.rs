@@ -206,9 +206,10 @@ impl Registrations {
     /// Stops observing and consuming, then removes the contacts applied from others: without
     /// the module nothing would refresh or withdraw them.
     pub fn stop(mut self, runtime: &tokio::runtime::Runtime) {
+        // First, so that the applier gives up the backlog while the rest stops.
+        self.stopping.store(true, Ordering::Relaxed);
         stop_observing();
         self.tasks.stop(runtime, STOP_TIMEOUT, "registrations");
-        self.stopping.store(true, Ordering::Relaxed);
         // Wakes an idle applier; a busy one (inbox full) sees `stopping` after the message at
         // hand.
         let _ = self.inbox.try_send(Input::Stop);
@@ -406,7 +407,7 @@ impl Applier {
                 tracing::info!("registrations: node {eid} left the pool; keeping the contacts it announced (withdraw_on_node_loss = no)");
                 continue;
             }
-            let removed = lock(&self.book).withdraw_origin(&eid, location, &self.counters);
+            let removed = Book::withdraw_origin_shared(&self.book, &eid, location, &self.counters);
             tracing::info!("registrations: node {eid} left the pool; withdrew the {removed} contact(s) it had announced");
             self.withdrawn.insert(eid);
         }

@@ -495,3 +495,42 @@ fn with_withdraw_on_node_loss_off_the_contacts_of_a_lost_node_stay() {
     assert!(has_contact(node2, "dave", &phone.contact_uri()), "the contact was withdrawn although withdraw_on_node_loss = no");
     assert!(counter_line(node2, "Sync/loss:").contains("0 contact(s) withdrawn for lost nodes"), "{}", counter_line(node2, "Sync/loss:"));
 }
+
+#[test]
+fn the_cli_reads_the_registrations_while_a_lost_nodes_contacts_go() {
+    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    wait::until("both nodes in Consul", Duration::from_secs(10), Duration::from_millis(100), || pool.node(1).cli("scale show nodes").contains(&pool.node(0).eid).then_some(()));
+    // node1 "announced" many contacts (node1 itself ignores them: its own origin).
+    let eid = pool.node(0).eid.clone();
+    let (messages, per) = (30, 1000);
+    let total = messages * per;
+    let expires = now() + 600;
+    let bodies: Vec<Vec<u8>> = (0..messages)
+        .map(|m| {
+            let items: Vec<String> = (0..per)
+                .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"sip:alice-{m}-{i}@127.0.0.1:5060","expires":{expires}}},"origin":"{eid}","seq":{}}}"#, m * per + i + 1))
+                .collect();
+            format!(r#"{{"type":"ANNOUNCE","origin":"{eid}","contacts":[{}]}}"#, items.join(",")).into_bytes()
+        })
+        .collect();
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
+    let node2_remote = |pool: &Pool| -> usize {
+        let status = pool.node(1).cli("scale show status");
+        let line = status.lines().find(|l| l.trim_start().starts_with("registrations")).unwrap_or_else(|| panic!("{status}"));
+        line.split_whitespace().find_map(|w| w.strip_prefix("remote=")).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    wait::until("node2 to learn every contact", Duration::from_secs(120), Duration::from_millis(100), || (node2_remote(&pool) == total).then_some(()));
+
+    pool.node_mut(0).kill();
+    // While node2 withdraws them, one by one, the CLI sees the count go down.
+    let mut seen = Vec::new();
+    wait::until("node2 to withdraw them", Duration::from_secs(120), Duration::from_millis(1), || {
+        let n = node2_remote(&pool);
+        seen.push(n);
+        (n == 0).then_some(())
+    });
+    eprintln!("{} reads, {} of them during the withdrawal", seen.len(), seen.iter().filter(|n| **n != 0 && **n != total).count());
+    assert!(seen.iter().any(|n| *n != 0 && *n != total), "only all or nothing seen: {seen:?}");
+}

@@ -298,13 +298,13 @@ impl Book {
     /// Removes every contact announced by `origin` (a node that left the pool) and forgets its
     /// sequence numbers; returns how many contacts went.
     pub fn withdraw_origin(&mut self, origin: &str, loc: &mut impl Location, counters: &Counters) -> usize {
-        let owned: Vec<Key> = self.remote.iter().filter(|(_, e)| e.origin == origin).map(|(k, _)| k.clone()).collect();
-        for key in &owned {
-            self.remove(key, loc, counters);
-            Counters::count(&counters.node_loss_removed);
-        }
-        self.seq.forget_origin(origin);
-        owned.len()
+        withdraw_origin_in(self, origin, loc, counters)
+    }
+
+    /// As [`Book::withdraw_origin`], for a book behind a lock that is taken for each contact
+    /// (a lost node may have announced thousands).
+    pub fn withdraw_origin_shared(book: &Mutex<Book>, origin: &str, loc: &mut impl Location, counters: &Counters) -> usize {
+        withdraw_origin_in(book, origin, loc, counters)
     }
 
     /// Forgets contacts whose expiry has passed (PJSIP deletes them itself).
@@ -371,6 +371,16 @@ fn handle_in(mut book: impl Access, body: &[u8], loc: &mut impl Location, local:
         Message::SyncRequest { origin } => return Handled::SyncRequest { origin },
     }
     Handled::Done
+}
+
+fn withdraw_origin_in(mut book: impl Access, origin: &str, loc: &mut impl Location, counters: &Counters) -> usize {
+    let owned: Vec<Key> = book.with(|b| b.remote.iter().filter(|(_, e)| e.origin == origin).map(|(k, _)| k.clone()).collect());
+    for key in &owned {
+        book.with(|b| b.remove(key, loc, counters));
+        Counters::count(&counters.node_loss_removed);
+    }
+    book.with(|b| b.seq.forget_origin(origin));
+    owned.len()
 }
 
 fn kind_name(kind: Kind) -> &'static str {

@@ -59,7 +59,7 @@ impl AriApp {
 
     /// Everything printed so far.
     pub fn lines(&self) -> Vec<Value> {
-        self.lines.lock().unwrap().clone()
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Every received event (lines with a `type`).
@@ -70,8 +70,12 @@ impl AriApp {
     /// Waits for a line that satisfies `matches` and returns it.
     pub fn expect(&self, what: &str, within: Duration, matches: impl Fn(&Value) -> bool) -> Value {
         wait::try_until(within, Duration::from_millis(50), || self.lines().into_iter().find(|l| matches(l))).unwrap_or_else(|| {
-            panic!("{}: no line with {what} within {within:?}; got:\n{}\nstderr:\n{}", self.name, self.render(), self.stderr.lock().unwrap())
+            panic!("{}: no line with {what} within {within:?}; got:\n{}\nstderr:\n{}", self.name, self.render(), self.stderr())
         })
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn render(&self) -> String {
@@ -89,7 +93,7 @@ impl Drop for AriApp {
     fn drop(&mut self) {
         self.stop();
         if std::thread::panicking() {
-            print_log_tail(&self.name, &self.stderr.lock().unwrap(), 40);
+            print_log_tail(&self.name, &self.stderr(), 40);
         }
     }
 }

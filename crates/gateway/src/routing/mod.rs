@@ -128,7 +128,9 @@ async fn dispatch(r: &Incoming<'_>, route: &Route) -> Routed {
         Action::Owner(kind, index) => match owner::locate(r.gw, *kind, r.id(*index)).await {
             Some(node) => {
                 let routed = to_node(r, &node, route, &r.out).await;
-                if routed.0.status() == StatusCode::NOT_FOUND {
+                // The owner no longer has it, or it was just hung up / destroyed / stopped.
+                let deleted = r.method == "DELETE" && r.segments.len() == index + 1 && routed.0.status().is_success();
+                if routed.0.status() == StatusCode::NOT_FOUND || deleted {
                     r.gw.owners.forget(*kind, r.id(*index));
                 }
                 routed

@@ -566,6 +566,17 @@ mod tests {
         assert_eq!(errors.len(), 7, "{all}");
     }
 
+    /// The documented sample holds every key with its default: it parses, names no unknown
+    /// key, and gives the same values as an empty file.
+    #[test]
+    fn the_sample_documents_the_defaults() {
+        let sample = include_str!("../../../configs/scale-gateway.toml.sample");
+        let env = [("SCALE_GATEWAY_NODES_ARI_USER", "gw")];
+        let from_sample = parse(sample, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let defaults = parse("[[clients]]\nuser = \"app\"\npassword = \"change-me\"\n", &env).unwrap();
+        assert_eq!(format!("{from_sample:?}"), format!("{defaults:?}"));
+    }
+
     #[test]
     fn environment_overrides_the_file() {
         let env = [("SCALE_GATEWAY_LISTEN", "127.0.0.1:9999"), ("SCALE_GATEWAY_CONSUL_URL", "http://a:8500,http://b:8500"), ("SCALE_GATEWAY_APPS_LINGER", "5s"), ("SCALE_GATEWAY_AMQP_QUEUE_MAX_LENGTH", "50"), ("SCALE_GATEWAY_CLIENTS", "x:y,z:w")];

@@ -6,6 +6,7 @@
 
 mod ari;
 mod config;
+mod events;
 mod health;
 mod metrics;
 mod owners;
@@ -95,7 +96,9 @@ fn print_summary(c: &Config) {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    // Colours only on a terminal: logs written to files or journald stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -113,6 +116,7 @@ async fn run(config: Config) -> Result<(), String> {
         metrics: Arc::new(Metrics::new()),
         pool,
         consul,
+        events: events::Hub::default(),
         amqp_error: RwLock::new(Some("not connected yet".into())),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -125,6 +129,7 @@ async fn run(config: Config) -> Result<(), String> {
     gw.tasks.spawn(pool::watch(gw.pool.clone(), gw.consul.clone(), gw.config.consul.node_service.clone(), gw.owners.clone(), gw.metrics.clone(), gw.shutdown.clone()));
     gw.tasks.spawn(registration::run(gw.clone()));
     gw.tasks.spawn(housekeeping(gw.clone()));
+    events::start(&gw);
     gw.tasks.spawn(stop_on_signal(gw.shutdown.clone()));
 
     server::serve(gw.clone(), listener, tls, drain).await;

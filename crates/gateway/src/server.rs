@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::ari;
 use crate::ari::errors::http_not_found;
 use crate::config::Tls;
+use crate::events;
 use crate::health;
 use crate::routing;
 use crate::state::Gateway;
@@ -31,6 +32,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics))
+        .route("/ari/events", get(events::events))
         .route("/ari/api-docs/{*file}", any(ari::docs::api_docs))
         .route("/ari", any(routing::ari))
         .route("/ari/", any(routing::ari))

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ari::docs::Docs;
 use crate::config::Config;
+use crate::events::Hub;
 use crate::metrics::Metrics;
 use crate::owners::Owners;
 use crate::pool::Pool;
@@ -19,6 +20,8 @@ pub struct Gateway {
     pub owners: Arc<Owners>,
     pub metrics: Arc<Metrics>,
     pub consul: Arc<HttpConsul>,
+    /// Which socket holds each application, and the AMQP link their events come over.
+    pub events: Hub,
     /// `None` while the events link to RabbitMQ is up, else why it is not.
     pub amqp_error: RwLock<Option<String>>,
     /// Cancelled on SIGTERM/SIGINT: sockets close with a normal close frame, tasks end.

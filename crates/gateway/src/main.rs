@@ -18,19 +18,16 @@ mod state;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use res_scale_core::consul::http::HttpConsul;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{mask_url, Config, LogFormat};
-use crate::metrics::{KindLabels, Metrics};
-use crate::owners::{Kind, Owners};
-use crate::pool::Pool;
+use crate::metrics::KindLabels;
+use crate::owners::Kind;
 use crate::state::Gateway;
 
 #[derive(Parser)]
@@ -107,23 +104,9 @@ fn init_logging(format: LogFormat) {
 
 async fn run(config: Config) -> Result<(), String> {
     let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
-    let consul = Arc::new(HttpConsul::new(&config.consul.url, &config.consul.token)?);
-    let pool = Arc::new(Pool::new(&config)?);
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let drain = config.drain_timeout;
-    let gw = Arc::new(Gateway {
-        owners: Arc::new(Owners::new(config.ownership.ttl)),
-        metrics: Arc::new(Metrics::new()),
-        pool,
-        consul,
-        events: events::Hub::default(),
-        amqp_error: RwLock::new(Some("not connected yet".into())),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        docs: Default::default(),
-        rotation: Default::default(),
-        config,
-    });
+    let gw = Arc::new(Gateway::new(config)?);
+    let listener = tokio::net::TcpListener::bind(gw.config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", gw.config.listen))?;
+    let drain = gw.config.drain_timeout;
     tracing::info!(listen = %gw.config.listen, instance_id = %gw.config.instance_id, tls = tls.is_some(), "scale-gateway {} listening", env!("CARGO_PKG_VERSION"));
 
     gw.tasks.spawn(pool::watch(gw.pool.clone(), gw.consul.clone(), gw.config.consul.node_service.clone(), gw.owners.clone(), gw.metrics.clone(), gw.shutdown.clone()));

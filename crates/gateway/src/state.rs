@@ -34,6 +34,23 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Everything built from the configuration, before any port is bound or task started.
+    pub fn new(config: Config) -> Result<Gateway, String> {
+        Ok(Gateway {
+            consul: Arc::new(HttpConsul::new(&config.consul.url, &config.consul.token)?),
+            pool: Arc::new(Pool::new(&config)?),
+            owners: Arc::new(Owners::new(config.ownership.ttl)),
+            metrics: Arc::new(Metrics::new()),
+            events: Hub::default(),
+            amqp_error: RwLock::new(Some("not connected yet".into())),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            docs: Docs::default(),
+            rotation: AtomicUsize::new(0),
+            config,
+        })
+    }
+
     pub fn amqp_error(&self) -> Option<String> {
         self.amqp_error.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -344,9 +344,6 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::metrics::Metrics;
-    use crate::owners::Owners;
-    use crate::pool::Pool;
 
     #[derive(Default)]
     struct FakeNode {
@@ -440,21 +437,9 @@ mod tests {
 
     /// A gateway in front of `nodes`, with an empty ownership map (a fresh replica).
     async fn gateway(nodes: &[Node]) -> String {
-        let config = config();
-        let pool = Arc::new(Pool::new(&config).unwrap());
-        pool.set_nodes(nodes.to_vec());
-        let gw = Arc::new(Gateway {
-            owners: Arc::new(Owners::new(config.ownership.ttl)),
-            metrics: Arc::new(Metrics::new()),
-            pool,
-            consul: Arc::new(res_scale_core::consul::http::HttpConsul::new(&config.consul.url, "").unwrap()),
-            amqp_error: Default::default(),
-            shutdown: Default::default(),
-            tasks: Default::default(),
-            docs: Default::default(),
-            rotation: Default::default(),
-            config,
-        });
+        let gw = Gateway::new(config()).unwrap();
+        gw.pool.set_nodes(nodes.to_vec());
+        let gw = Arc::new(gw);
         format!("{}/ari", serve(crate::server::router(gw)).await)
     }
 

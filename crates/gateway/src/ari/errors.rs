@@ -5,8 +5,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-/// Asterisk's realm for ARI basic auth (ari.conf `auth_realm` default).
-pub const REALM: &str = "Asterisk REST Interface";
+/// Asterisk's challenge for ARI basic auth (realm: the ari.conf `auth_realm` default).
+const CHALLENGE: &str = "Basic realm=\"Asterisk REST Interface\"";
 
 pub fn ari_error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "message": message }).to_string();
@@ -24,7 +24,7 @@ pub fn ari_error_with_reason(status: StatusCode, reason: &'static str, message: 
 
 pub fn unauthorized() -> Response {
     let mut response = ari_error(StatusCode::UNAUTHORIZED, "Authentication required");
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(concat!("Basic realm=\"", "Asterisk REST Interface", "\"")));
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
     response
 }
 
@@ -46,7 +46,7 @@ mod tests {
     fn unauthorized_is_what_asterisk_sends() {
         let r = unauthorized();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], format!("Basic realm=\"{REALM}\"").as_str());
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"Asterisk REST Interface\"");
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
     }
 }

@@ -128,7 +128,9 @@ async fn dispatch(r: &Incoming<'_>, route: &Route) -> Routed {
         Action::Owner(kind, index) => match owner::locate(r.gw, *kind, r.id(*index)).await {
             Some(node) => {
                 let routed = to_node(r, &node, route, &r.out).await;
-                if routed.0.status() == StatusCode::NOT_FOUND {
+                // The owner no longer has it, or it was just hung up / destroyed / stopped.
+                let deleted = r.method == "DELETE" && r.segments.len() == index + 1 && routed.0.status().is_success();
+                if routed.0.status() == StatusCode::NOT_FOUND || deleted {
                     r.gw.owners.forget(*kind, r.id(*index));
                 }
                 routed
@@ -398,6 +400,16 @@ mod tests {
         Answer::from_json(StatusCode::OK, &json!({"basePath": "http://node:8088/ari", "apis": [], "models": {"Event": {"subTypes": ["StasisStart"]}}})).into_response()
     }
 
+    /// Answers with the application as this node has it: its own channels and the sources.
+    async fn subscribe(AxState(n): AxState<Fake>, Path(app): Path<String>, RawQuery(query): RawQuery) -> Response {
+        let query = query.unwrap_or_default();
+        n.saw(&format!("POST subscription?{query}"));
+        let sources = crate::ari::auth::query_param(&query, "eventSource").unwrap_or_default();
+        let endpoints: Vec<&str> = sources.split(',').filter_map(|s| s.strip_prefix("endpoint:")).collect();
+        let channels = n.channels.lock().unwrap().clone();
+        Answer::from_json(StatusCode::OK, &json!({"name": app, "channel_ids": channels, "bridge_ids": [], "endpoint_ids": endpoints, "device_names": []})).into_response()
+    }
+
     async fn serve(router: Router) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -412,6 +424,7 @@ mod tests {
             .route("/ari/channels/{id}", get(channel))
             .route("/ari/channels/{id}/answer", post(answer))
             .route("/ari/api-docs/{file}", get(docs))
+            .route("/ari/applications/{app}/subscription", post(subscribe))
             .with_state(fake.clone());
         let url = serve(router).await;
         (fake, Node { eid: format!("eid-{name}").into(), id: name.into(), ari_url: format!("{url}/ari"), health: "passing" })
@@ -545,5 +558,19 @@ mod tests {
         let (status, body) = call_with(reqwest::Client::new().post(format!("{gw}/channels")).header("Content-Type", "application/json").body(big)).await;
         assert_eq!((status, body["message"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("Request body too large: at most 1048576 bytes")));
         assert!(a.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_channel_source_is_subscribed_on_its_owner_and_an_endpoint_source_everywhere() {
+        let (a, node_a) = fake_node("a").await;
+        let (b, node_b) = fake_node("b").await;
+        b.channels.lock().unwrap().push("c-b".into());
+        let gw = gateway(&[node_a, node_b]).await;
+        let (status, app) = call(reqwest::Method::POST, &format!("{gw}/applications/app/subscription?eventSource=channel:c-b,endpoint:PJSIP/alice")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((&app["channel_ids"], &app["endpoint_ids"]), (&json!(["c-b"]), &json!(["PJSIP/alice"])));
+        let subscribed = |n: &FakeNode| n.seen.lock().unwrap().iter().filter(|s| s.starts_with("POST subscription")).cloned().collect::<Vec<_>>();
+        assert_eq!(subscribed(&a), ["POST subscription?eventSource=endpoint%3APJSIP%2Falice"]);
+        assert_eq!(subscribed(&b), ["POST subscription?eventSource=channel%3Ac-b%2Cendpoint%3APJSIP%2Falice"]);
     }
 }

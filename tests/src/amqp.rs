@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -62,12 +62,34 @@ impl AmqpProbe {
     /// non-exclusive, non-auto-delete queue `queue`, and binds them with `binding_key`
     /// (e.g. `stasis.app.conf.#`). Idempotent.
     pub fn bind_queue(&self, queue: &str, exchange: &str, binding_key: &str) {
+        self.bind(queue, exchange, binding_key, true);
+    }
+
+    /// Like `bind_queue`, but the exchange must already exist (the module must have declared
+    /// it): the bind fails with NOT_FOUND otherwise.
+    pub fn bind_queue_to_existing(&self, queue: &str, exchange: &str, binding_key: &str) {
+        self.bind(queue, exchange, binding_key, false);
+    }
+
+    /// Deletes `exchange` (and with it every binding to it).
+    pub fn delete_exchange(&self, exchange: &str) {
+        let what = format!("delete exchange {exchange:?}");
+        self.run(&what, CALL_TIMEOUT, |ch| async move {
+            ch.exchange_delete(short(exchange), ExchangeDeleteOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("AMQP exchange.delete {exchange:?}: {e}"));
+        });
+    }
+
+    fn bind(&self, queue: &str, exchange: &str, binding_key: &str, declare_exchange: bool) {
         let what = format!("bind queue {queue:?} to exchange {exchange:?} with {binding_key:?}");
         self.run(&what, CALL_TIMEOUT, |ch| async move {
-            let exchange_options = ExchangeDeclareOptions { durable: true, auto_delete: false, ..Default::default() };
-            ch.exchange_declare(short(exchange), ExchangeKind::Topic, exchange_options, FieldTable::default())
-                .await
-                .unwrap_or_else(|e| panic!("AMQP exchange.declare {exchange:?} (durable topic): {e}"));
+            if declare_exchange {
+                let exchange_options = ExchangeDeclareOptions { durable: true, auto_delete: false, ..Default::default() };
+                ch.exchange_declare(short(exchange), ExchangeKind::Topic, exchange_options, FieldTable::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("AMQP exchange.declare {exchange:?} (durable topic): {e}"));
+            }
             let queue_options = QueueDeclareOptions { durable: true, exclusive: false, auto_delete: false, ..Default::default() };
             ch.queue_declare(short(queue), queue_options, FieldTable::default())
                 .await

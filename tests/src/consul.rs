@@ -80,7 +80,8 @@ impl Consul {
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let request = ureq::request(method, &format!("{}{path}", self.url()));
+        // A bound on every call: a wedged agent fails the test instead of hanging it.
+        let request = ureq::request(method, &format!("{}{path}", self.url())).timeout(Duration::from_secs(10));
         match &self.token {
             Some(token) => request.set("X-Consul-Token", token),
             None => request,

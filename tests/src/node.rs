@@ -14,6 +14,8 @@ use crate::wait;
 
 pub const ARI_USER: &str = "ari";
 pub const ARI_PASSWORD: &str = "ari-secret";
+/// How long a CLI command may take before the test fails (a wedged node must not hang CI).
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where Debian's asterisk-modules put the modules inside the rootfs.
 const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
 
@@ -181,6 +183,7 @@ impl Node {
         self.write_config(
             "extensions.conf",
             "[from-sip]\nexten => 100,1,Answer()\n same => n,Wait(5)\n same => n,Hangup()\n\
+             exten => 101,1,Answer()\n same => n,Wait(300)\n same => n,Hangup()\n\
              exten => _X.,1,Stasis(conf)\n same => n,Hangup()\n\
              exten => _[a-z].,1,Dial(PJSIP/${EXTEN},10)\n same => n,Hangup()\n",
         );
@@ -255,7 +258,8 @@ impl Node {
         }
     }
 
-    /// Runs a CLI command (`asterisk -rx`); `None` if the node could not be reached.
+    /// Runs a CLI command (`asterisk -rx`); `None` if the node could not be reached. Panics if
+    /// it does not answer within a minute.
     pub fn try_cli(&self, command: &str) -> Option<String> {
         let conf = self.asterisk_conf();
         let mut cmd = match &self.process {
@@ -270,9 +274,22 @@ impl Node {
                 c
             }
         };
-        let out = cmd.args(["-C", &conf, "-rx", command]).stdin(Stdio::null()).output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() || text.contains("Unable to connect to remote asterisk") {
+        let mut child = cmd.args(["-C", &conf, "-rx", command]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+        // Read on another thread: a long answer must not fill the pipe while we wait for the exit.
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut stdout, &mut text);
+            text
+        });
+        // A command that hangs fails the test instead of hanging the whole run.
+        let status = wait::try_until(CLI_TIMEOUT, Duration::from_millis(5), || child.try_wait().ok().flatten()).unwrap_or_else(|| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}: '{command}' did not answer within {CLI_TIMEOUT:?}", self.name)
+        });
+        let text = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
+        if !status.success() || text.contains("Unable to connect to remote asterisk") {
             return None;
         }
         Some(text)

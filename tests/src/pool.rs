@@ -123,7 +123,9 @@ impl PoolBuilder {
                 res_scale_conf: Some(conf.clone()),
                 extra_aors: self.extra_aors,
             };
-            let ports = NodePorts { sip: free_port(), http: free_port(), rtp_base: 20_000 + (free_port() % 200) * 200 };
+            // RTP ranges sit below Linux's ephemeral range (32768-60999), where free_port and
+            // every outgoing connection take their ports.
+            let ports = NodePorts { sip: free_port(), http: free_port(), rtp_base: 10_000 + (free_port() % 113) * 200 };
             nodes.push(Node::create(&testbed, &place, &spec, ports));
         }
         let mut pool = Pool { nodes, consul, rabbitmq, dir };

@@ -31,6 +31,11 @@ fn wait_registered(pool: &Pool, within: Duration) {
     });
 }
 
+/// Whether `scale show apps` lists `app` (a line of its table starts with the name).
+fn lists_app(apps: &str, app: &str) -> bool {
+    apps.lines().any(|l| l.trim_start().starts_with(&format!("{app} ")))
+}
+
 fn ari_apps(node: &Node) -> Vec<String> {
     let reply = node.ari().get("/applications");
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -99,15 +104,13 @@ fn apps_in_consul_appear_and_disappear_on_every_node() {
     consul.put_kv("res_scale/apps/conf", "{\"name\":\"conf\"}");
     consul.put_kv("res_scale/apps/bad name", "{}");
     let put = Instant::now();
-    for node in &pool.nodes {
-        wait::until("conf on every node within 1 s", Duration::from_secs(1), Duration::from_millis(10), || {
-            ari_apps(node).contains(&"conf".to_string()).then_some(())
-        });
-    }
+    // One window for the whole pool, counted from the write.
+    wait::until("conf on every node (ARI and scale show apps) within 1 s", Duration::from_secs(1), Duration::from_millis(10), || {
+        pool.nodes.iter().all(|node| ari_apps(node).contains(&"conf".to_string()) && lists_app(&node.cli("scale show apps"), "conf")).then_some(())
+    });
     eprintln!("conf registered on both nodes {:?} after the KV write", put.elapsed());
     for node in &pool.nodes {
         let apps = node.cli("scale show apps");
-        assert!(apps.lines().any(|l| l.trim_start().starts_with("conf ")), "{apps}");
         assert!(apps.contains("Skipped invalid names: bad name"), "{apps}");
         assert!(!ari_apps(node).contains(&"bad name".to_string()));
         node.wait_logged("skipping key 'res_scale/apps/bad name'");
@@ -118,11 +121,13 @@ fn apps_in_consul_appear_and_disappear_on_every_node() {
     });
 
     consul.delete_kv("res_scale/apps/conf");
+    wait::until("conf gone on every node (ARI and scale show apps) within 1 s", Duration::from_secs(1), Duration::from_millis(10), || {
+        pool.nodes.iter().all(|node| !ari_apps(node).contains(&"conf".to_string()) && !lists_app(&node.cli("scale show apps"), "conf")).then_some(())
+    });
     for node in &pool.nodes {
-        wait::until("conf gone on every node within 1 s", Duration::from_secs(1), Duration::from_millis(10), || {
-            (!ari_apps(node).contains(&"conf".to_string())).then_some(())
-        });
-        assert!(!node.cli("scale show apps").contains("conf "));
+        // Still the table (it lists the skipped name), only without conf.
+        let apps = node.cli("scale show apps");
+        assert!(apps.contains("Skipped invalid names: bad name") && !lists_app(&apps, "conf"), "{apps}");
     }
 }
 
@@ -146,6 +151,11 @@ fn consul_down_for_ten_seconds_leaves_asterisk_answering_and_apps_registered() {
             worst = worst.max(reply.elapsed);
             assert!(node.cli("core show version").contains("Asterisk 22."));
             assert!(ari_apps(node).contains(&"conf".to_string()), "apps stay registered while Consul is down");
+            // The module's own commands answer from what it knows (the CLI helper fails a
+            // command that does not answer).
+            assert!(lists_app(&node.cli("scale show apps"), "conf"), "{}", node.cli("scale show apps"));
+            assert!(node.cli("scale show status").contains("res_scale 0.1.0"));
+            assert!(node.cli("scale show nodes").contains("node(s)"), "{}", node.cli("scale show nodes"));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -157,9 +167,17 @@ fn consul_down_for_ten_seconds_leaves_asterisk_answering_and_apps_registered() {
     assert_eq!(log.matches("consul: Consul unreachable").count(), 1, "{log}");
     assert_eq!(log.matches("consul apps: cannot watch applications").count(), 1, "{log}");
 
+    // The fresh agent has no KV: conf was, as far as the pool can tell, deleted while Consul
+    // was away, and the watch must reconcile rather than only follow changes.
     pool.consul.as_mut().unwrap().restart();
-    pool.consul.as_ref().unwrap().put_kv("res_scale/apps/conf", "{}");
     wait_registered(&pool, Duration::from_secs(5));
+    for node in &pool.nodes {
+        wait::until("conf removed after the reconnect", Duration::from_secs(5), Duration::from_millis(50), || (!ari_apps(node).contains(&"conf".to_string())).then_some(()));
+    }
+    pool.consul.as_ref().unwrap().put_kv("res_scale/apps/conf", "{}");
+    for node in &pool.nodes {
+        wait::until("conf back", Duration::from_secs(5), Duration::from_millis(50), || ari_apps(node).contains(&"conf".to_string()).then_some(()));
+    }
     // Asterisk's logger writes on its own thread, so the line can reach the file a little after
     // Consul shows the node passing again.
     wait::until("node1 to log that Consul is back", Duration::from_secs(5), Duration::from_millis(50), || {
@@ -204,7 +222,13 @@ fn a_second_node_with_the_same_eid_is_refused() {
         log.contains("not registering: another live node uses EID").then_some(log)
     });
     assert!(log.contains(&format!("uses EID {}", node2.eid)) && log.contains("give every node its own entityid"), "{log}");
-    std::thread::sleep(Duration::from_secs(1));
+    // For one TTL (3 s), by when node2 would have registered and passed its check, the
+    // service has only node1.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        assert_eq!(instances(&pool).len(), 1, "{:?}", instances(&pool));
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let all = instances(&pool);
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["Service"]["Meta"]["system_name"], "node1", "node1's registration stays");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use res_scale_tests::amqp::AmqpProbe;
+use res_scale_tests::amqp::{AmqpProbe, Received};
 use res_scale_tests::kamailio::{Kamailio, KamailioSpec, Register, Sipp};
 use res_scale_tests::ports::free_port;
 use res_scale_tests::{wait, Node, Pool};
@@ -79,6 +79,16 @@ fn call(node: &Node, aor: &str) -> bool {
     up
 }
 
+/// The types of the messages `node` published on the exchange about contacts (its SYNC
+/// requests left out), in order.
+fn published_by(messages: &[Received], node: &Node) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m.json["origin"] == node.eid.as_str() && m.json["type"] != "SYNC_REQUEST")
+        .map(|m| m.json["type"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
 fn counter_line(node: &Node, label: &str) -> String {
     let text = node.cli("scale show registrations");
     text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}")).to_string()
@@ -89,6 +99,7 @@ fn an_announced_phone_is_callable_from_every_node_until_withdrawn_or_expired() {
     let pool = Pool::builder().nodes(2).with_rabbitmq().start();
     pool.nodes.iter().for_each(wait_bus);
     let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue_to_existing("watch", EXCHANGE, "registration.#");
     let port = free_port();
     let uri = format!("sip:alice@127.0.0.1:{port}");
     let dir = scratch(&pool, "sipp");
@@ -108,12 +119,27 @@ fn an_announced_phone_is_callable_from_every_node_until_withdrawn_or_expired() {
         wait_contact(node, "alice", &uri, false, Duration::from_secs(5));
     }
 
-    // An announcement that expires in 3 s disappears by itself.
+    // An older message (seq 1 again, as a duplicate or a late one would be) changes nothing.
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", &uri, now() + 120, "registrar-1", 1));
+    wait::until("the old ANNOUNCE ignored", Duration::from_secs(5), Duration::from_millis(50), || {
+        counter_line(pool.node(1), "Ignored:").contains("1 duplicate/old/not owner").then_some(())
+    });
+    assert!(!has_contact(pool.node(1), "alice", &uri), "an old ANNOUNCE brought back a withdrawn contact");
+
+    // An announcement that expires in 6 s shows its time left, then disappears by itself.
     let short = format!("sip:alice@127.0.0.1:{}", free_port());
-    probe.publish(EXCHANGE, "registration.alice", &announce("alice", &short, now() + 3, "registrar-1", 3));
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", &short, now() + 6, "registrar-1", 3));
     wait_contact(pool.node(1), "alice", &short, true, Duration::from_secs(5));
-    wait_contact(pool.node(1), "alice", &short, false, Duration::from_secs(8));
+    let shown = pool.node(1).cli("scale show registrations alice");
+    let row = shown.lines().find(|l| l.contains(&short)).unwrap_or_else(|| panic!("{shown}"));
+    let left: u64 = row.split("registrar-1").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no time left in: {row}"));
+    assert!((1..=6).contains(&left) && row.contains(&format!("{left} s  test-phone")), "{row}");
+    wait_contact(pool.node(1), "alice", &short, false, Duration::from_secs(12));
     assert!(counter_line(pool.node(1), "Applied:").contains("2 created or refreshed, 1 removed"), "{}", counter_line(pool.node(1), "Applied:"));
+    // The nodes only applied what a registrar announced: they never publish it themselves.
+    for node in &pool.nodes {
+        assert_eq!(published_by(&probe.drain("watch", 0, Duration::from_millis(500)), node), Vec::<String>::new(), "{} published", node.name);
+    }
 }
 
 #[test]
@@ -121,6 +147,8 @@ fn a_phone_registered_on_one_node_is_callable_from_the_other_until_it_unregister
     let pool = Pool::builder().nodes(2).with_rabbitmq().start();
     pool.nodes.iter().for_each(wait_bus);
     let (a, b) = (pool.node(0), pool.node(1));
+    let watch = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    watch.bind_queue_to_existing("watch", EXCHANGE, "registration.#");
     let dir = scratch(&pool, "sipp");
     let port = free_port();
     let phone = Register { user: "dave".into(), call_id: "dave-reg-1".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: port };
@@ -139,7 +167,14 @@ fn a_phone_registered_on_one_node_is_callable_from_the_other_until_it_unregister
     let bye = Register { cseq: 2, expires: 0, ..phone };
     bye.send(&dir, a.sip_port).expect("dave unregisters");
     wait_contact(b, "dave", &uri, false, Duration::from_secs(5));
+    // The phone is still there to answer: only the missing contact may keep the call from it.
+    let uas = answering_phone(&dir, port);
     assert!(!call(b, "dave"), "node2 still reached the phone after it unregistered");
+    drop(uas);
+    // node2 learned dave from node1 and never publishes it itself.
+    let seen = watch.drain("watch", 2, Duration::from_secs(5));
+    assert_eq!(published_by(&seen, a), ["ANNOUNCE", "WITHDRAW"], "node1 announced the registration and the unregistration");
+    assert_eq!(published_by(&seen, b), Vec::<String>::new(), "node2 published what it learned from node1");
 }
 
 #[test]
@@ -169,9 +204,10 @@ fn malformed_messages_are_counted_and_the_next_valid_one_applies() {
         rejected.contains("7 (too_large=1 bad_json=1 unknown_type=1 missing_field=1 bad_field=1 unknown_aor=1 expired=1)"),
         "{rejected}"
     );
-    let log = node.log();
-    assert!(log.contains("registrations: message refused (too_large)"), "no log line for the 1 MiB body");
-    assert!(log.contains("(unknown_aor)"), "no log line for the unknown AOR");
+    node.wait_logged("registrations: message refused (too_large)");
+    for reason in ["bad_json", "unknown_type", "missing_field", "bad_field", "unknown_aor", "expired"] {
+        node.wait_logged(&format!("({reason})"));
+    }
     assert!(node.cli("core show version").contains("Asterisk 22"));
 }
 
@@ -198,11 +234,26 @@ fn a_node_that_loads_late_or_restarts_gets_the_registrations_by_sync() {
     assert!(call(pool.node(1), "dave"), "node2 could not reach the phone it learned by SYNC");
     uas.wait(Duration::from_secs(10)).expect("the phone answered one call");
 
-    // A restart forgets what was learned (prune on boot), then SYNC brings it back.
+    // A restart forgets what was learned (prune on boot), then SYNC brings it back. In memory
+    // any restart forgets, so node2 keeps its contacts in astdb, where only prune_on_boot
+    // removes them, and is killed (an unload would remove them too).
     let node2 = pool.node_mut(1);
-    node2.stop();
+    node2.write_config("sorcery.conf", "[res_pjsip]\ncontact = astdb,registrar\n");
+    node2.kill();
+    node2.start();
+    node2.cli("module load res_scale.so");
+    for (aor, uri) in [("dave", phone.contact_uri()), ("alice", remote.to_string())] {
+        wait_contact(node2, aor, &uri, true, Duration::from_secs(5));
+        let db = node2.dir.join("lib/astdb.sqlite3");
+        wait::until(&format!("{uri} written to {}", db.display()), Duration::from_secs(10), Duration::from_millis(100), || {
+            let bytes = std::fs::read(&db).unwrap_or_default();
+            bytes.windows(uri.len()).any(|w| w == uri.as_bytes()).then_some(())
+        });
+    }
+    node2.kill();
     node2.start();
     let node2 = pool.node(1);
+    node2.wait_logged(&format!("Removed contact '{remote}' from AOR 'alice' due to system boot"));
     assert!(!has_contact(node2, "alice", remote) && !has_contact(node2, "dave", &phone.contact_uri()), "a restarted node kept learned contacts");
     node2.cli("module load res_scale.so");
     wait_contact(node2, "dave", &phone.contact_uri(), true, Duration::from_secs(5));
@@ -249,4 +300,198 @@ fn contacts_of_a_node_that_leaves_the_pool_are_withdrawn_on_the_others() {
     // seconds, its contacts go.
     wait_contact(pool.node(1), "dave", &phone.contact_uri(), false, Duration::from_secs(30));
     assert!(counter_line(pool.node(1), "Sync/loss:").contains("1 contact(s) withdrawn for lost nodes"));
+}
+
+/// The origin `scale show registrations` gives for a contact ("" when it lists none).
+fn origin(node: &Node, aor: &str, uri: &str) -> String {
+    let text = node.cli(&format!("scale show registrations {aor}"));
+    let row = text.lines().find(|l| l.split_whitespace().nth(1) == Some(uri)).unwrap_or("");
+    let rest = row.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
+    if rest.starts_with("this node") { "this node".into() } else { rest.split(' ').next().unwrap_or("").to_string() }
+}
+
+#[test]
+fn a_phone_that_registers_where_its_contact_was_learned_stays_callable_when_the_origin_withdraws() {
+    let pool = Pool::builder().nodes(2).with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let (a, b) = (pool.node(0), pool.node(1));
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let dir = scratch(&pool, "sipp");
+    let port = free_port();
+    let phone = Register { user: "dave".into(), call_id: "dave-moved".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: port };
+    let uri = phone.contact_uri();
+
+    // The phone was registered with another registrar, which announced it...
+    probe.publish(EXCHANGE, "registration.dave", &announce("dave", &uri, now() + 120, "registrar-1", 1));
+    for node in &pool.nodes {
+        wait_contact(node, "dave", &uri, true, Duration::from_secs(5));
+    }
+    // ...then it moves to node1 (a dispatcher fail-over): node1's registrar refreshes the
+    // contact it had applied.
+    phone.send(&dir, a.sip_port).expect("dave registers with node1");
+    wait::until("node1 to own dave's contact", Duration::from_secs(10), Duration::from_millis(100), || (origin(a, "dave", &uri) == "this node").then_some(()));
+    wait::until("node2 to learn dave's contact from node1", Duration::from_secs(10), Duration::from_millis(100), || (origin(b, "dave", &uri) == a.eid).then_some(()));
+
+    // The old registrar withdraws what it announced: nobody owns that any more.
+    probe.publish(EXCHANGE, "registration.dave", &withdraw("dave", &uri, "registrar-1", 2));
+    for node in &pool.nodes {
+        wait::until(&format!("{} to pass over the withdrawal", node.name), Duration::from_secs(10), Duration::from_millis(100), || {
+            counter_line(node, "Ignored:").contains(", 1 duplicate/old/not owner").then_some(())
+        });
+        assert!(has_contact(node, "dave", &uri), "{} lost dave's live registration:\n{}", node.name, node.cli("scale show registrations dave"));
+    }
+    assert!(counter_line(a, "Applied:").contains("1 taken over by this node's registrar"), "{}", counter_line(a, "Applied:"));
+    let uas = answering_phone_for(&dir, port, 2);
+    for node in &pool.nodes {
+        assert!(call(node, "dave"), "{} could not reach dave after the withdrawal", node.name);
+    }
+    uas.wait(Duration::from_secs(10)).expect("the phone answered both calls");
+}
+
+/// A batch as a SYNC reply carries it: `per` contacts of AOR alice, contact `i` with URI
+/// `uri(i)` from origin `backlog-<i>` (so that every one applies), all with sequence number
+/// `seq`.
+fn batch(per: usize, seq: u64, expires: u64, uri: impl Fn(usize) -> String) -> Vec<u8> {
+    let items: Vec<String> = (0..per)
+        .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"{}","expires":{expires},"user_agent":"backlog-{seq}"}},"origin":"backlog-{i}","seq":{seq}}}"#, uri(i)))
+        .collect();
+    format!(r#"{{"type":"ANNOUNCE","origin":"backlog","contacts":[{}]}}"#, items.join(",")).into_bytes()
+}
+
+#[test]
+fn unload_with_thousands_of_messages_queued_returns_within_its_bound() {
+    // The module's own limits for stopping registrations: 3 s for the bus, 3 s for the contact
+    // observer, 3 s for the message at hand and 5 s of removing contacts; then 5 s for the
+    // worker threads. Applying the whole backlog here takes minutes on these machines.
+    const BOUND: Duration = Duration::from_secs(20);
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let (messages, per) = (3000, 300);
+    let expires = now() + 600;
+    let bodies: Vec<Vec<u8>> = (1..=messages).map(|seq| batch(per, seq, expires, |i| format!("sip:alice@127.0.0.1:{}", 10_000 + i))).collect();
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
+    // The applier is at work: the rest of the burst waits in its inbox and in the queue.
+    wait::until("the first batch applied", Duration::from_secs(30), Duration::from_millis(20), || {
+        counter_line(node, "Applied:").split_whitespace().nth(1).and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= per).map(|_| ())
+    });
+
+    let started = std::time::Instant::now();
+    let show = std::thread::scope(|s| {
+        let unload = s.spawn(|| node.cli("module unload res_scale.so"));
+        std::thread::sleep(Duration::from_millis(200));
+        let shown = node.cli("module show like res_scale");
+        let show_took = started.elapsed();
+        let out = unload.join().unwrap();
+        let unload_took = started.elapsed();
+        eprintln!("module unload returned after {unload_took:?}: {out:?}; module show after {show_took:?}");
+        assert!(unload_took < BOUND, "module unload took {unload_took:?} with {messages} messages queued (bound {BOUND:?})");
+        assert!(show_took < BOUND, "module show waited {show_took:?}");
+        shown
+    });
+    assert!(show.contains("res_scale.so"), "{show}");
+    assert!(node.cli("scale show status").contains("No such command"), "res_scale still running");
+    assert!(node.cli("core show version").contains("Asterisk 22"));
+}
+
+#[test]
+fn a_failed_start_leaves_no_contact_observer_behind() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let conf = std::fs::read_to_string(node.dir.join("etc/res_scale.conf")).unwrap();
+    // A reload that restarts registrations, and fails to spawn its thread.
+    node.cli("scale test fail registrations");
+    node.write_config("res_scale.conf", &conf.replace("[registrations]\n", "[registrations]\nwithdraw_on_node_loss = no\n"));
+    node.cli("module reload res_scale.so");
+    node.wait_logged("cannot start the registrations thread: failure injected");
+    // The next restart works.
+    node.write_config("res_scale.conf", &conf);
+    node.cli("module reload res_scale.so");
+    wait_bus(node);
+
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue("test-observer", EXCHANGE, "registration.dave");
+    let dir = scratch(&pool, "sipp");
+    let phone = Register { user: "dave".into(), call_id: "dave-observer".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: free_port() };
+    phone.send(&dir, node.sip_port).expect("dave registers");
+    Register { cseq: 2, expires: 0, ..phone }.send(&dir, node.sip_port).expect("dave unregisters");
+    // The WITHDRAW comes after every ANNOUNCE of the registration (one queue, in order).
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &res_scale_tests::amqp::Received| m.json["type"] == "WITHDRAW") {
+        let more = probe.drain("test-observer", 1, Duration::from_secs(5));
+        assert!(!more.is_empty(), "no WITHDRAW for dave; got {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+        got.extend(more);
+    }
+    let announces = got.iter().filter(|m| m.json["type"] == "ANNOUNCE").count();
+    assert_eq!(announces, 1, "each change announced once: {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_cli_reads_the_registrations_between_the_updates_of_a_batch() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let (messages, per) = (40, 1000);
+    let expires = now() + 600;
+    let bodies: Vec<Vec<u8>> = (1..=messages).map(|seq| batch(per, seq, expires, |i| format!("sip:alice-{seq}-{i}@127.0.0.1:5060"))).collect();
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
+    // While the batches apply, `scale show status` counts the contacts learned so far. Holding
+    // the book for a whole batch, the module could only ever show whole batches.
+    let remote = |status: &str| -> usize {
+        let line = status.lines().find(|l| l.trim_start().starts_with("registrations")).unwrap_or_else(|| panic!("{status}"));
+        line.split_whitespace().find_map(|w| w.strip_prefix("remote=")).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let mut seen = Vec::new();
+    wait::until("every batch applied", Duration::from_secs(120), Duration::from_millis(1), || {
+        let n = remote(&node.cli("scale show status"));
+        seen.push(n);
+        (n == messages as usize * per).then_some(())
+    });
+    eprintln!("{} reads, {} of them between the updates of a batch", seen.len(), seen.iter().filter(|n| *n % per != 0).count());
+    assert!(seen.iter().any(|n| n % per != 0), "only whole batches seen: {seen:?}");
+}
+
+#[test]
+fn a_refresh_moves_a_contact_to_its_new_path() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    // An AOR whose phones register through edge proxies (Path, RFC 3327).
+    let pjsip = std::fs::read_to_string(node.dir.join("etc/pjsip.conf")).unwrap();
+    node.write_config("pjsip.conf", &format!("{pjsip}[edge]\ntype = aor\nsupport_path = yes\nmax_contacts = 5\n"));
+    node.cli("module reload res_pjsip.so");
+    wait::until("AOR edge", Duration::from_secs(10), Duration::from_millis(100), || node.cli("pjsip show aor edge").contains("support_path").then_some(()));
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let uri = "sip:edge@127.0.0.1:5995";
+    let via = |proxy: &str, seq: u64| String::from_utf8(announce("edge", uri, now() + 120, "registrar-1", seq)).unwrap().replace(r#""path":"""#, &format!(r#""path":"<sip:{proxy}@127.0.0.1:5070;lr>""#));
+    let path_shown = |proxy: &str| node.cli(&format!("pjsip show contact edge/{uri}")).lines().any(|l| l.contains("path") && l.contains(&format!("<sip:{proxy}@")));
+
+    probe.publish(EXCHANGE, "registration.edge", via("p1", 1).as_bytes());
+    wait::until("the contact through p1", Duration::from_secs(5), Duration::from_millis(50), || path_shown("p1").then_some(()));
+    // The phone re-registered through another edge proxy.
+    probe.publish(EXCHANGE, "registration.edge", via("p2", 2).as_bytes());
+    wait::until("the contact through p2", Duration::from_secs(5), Duration::from_millis(50), || path_shown("p2").then_some(()));
+
+#[test]
+fn with_withdraw_on_node_loss_off_the_contacts_of_a_lost_node_stay() {
+    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\n[registrations]\nenabled = yes\nwithdraw_on_node_loss = no\n";
+    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().res_scale_conf(conf).start();
+    pool.nodes.iter().for_each(wait_bus);
+    let dir = scratch(&pool, "sipp");
+    let phone = Register { user: "dave".into(), call_id: "dave-kept".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: free_port() };
+    phone.send(&dir, pool.node(0).sip_port).expect("dave registers with node1");
+    wait_contact(pool.node(1), "dave", &phone.contact_uri(), true, Duration::from_secs(5));
+    wait::until("both nodes in Consul", Duration::from_secs(10), Duration::from_millis(100), || pool.node(1).cli("scale show nodes").contains(&pool.node(0).eid).then_some(()));
+
+    let lost = pool.node(0).eid.clone();
+    pool.node_mut(0).kill();
+    let node2 = pool.node(1);
+    wait::until("node2 to judge node1 lost", Duration::from_secs(30), Duration::from_millis(100), || {
+        node2.log().contains(&format!("node {lost} left the pool; keeping the contacts it announced")).then_some(())
+    });
+    assert!(has_contact(node2, "dave", &phone.contact_uri()), "the contact was withdrawn although withdraw_on_node_loss = no");
+    assert!(counter_line(node2, "Sync/loss:").contains("0 contact(s) withdrawn for lost nodes"), "{}", counter_line(node2, "Sync/loss:"));
 }

@@ -46,4 +46,16 @@ mod tests {
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }
+
+    /// Nodes restarted together must not retry in lock-step: at the cap, the waits differ.
+    #[test]
+    fn waits_at_the_cap_are_spread_over_its_upper_half() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
+        let distinct: std::collections::BTreeSet<Duration> = delays.iter().copied().collect();
+        assert!(distinct.len() >= 10, "20 waits at the cap took only {} distinct values: {delays:?}", distinct.len());
+        let (low, high) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        assert!(*high - *low >= Duration::from_millis(100), "20 waits at the cap all within {:?}: {delays:?}", *high - *low);
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(500) && *d <= Duration::from_secs(1)), "{delays:?}");
+    }
 }

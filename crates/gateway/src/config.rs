@@ -65,12 +65,15 @@ pub struct Nodes {
     pub ari_user: String,
     pub ari_password: String,
     pub request_timeout: Duration,
+    /// How long each node has to answer an ownership question or its part of a pool-wide
+    /// read; a node slower than that is left out of the answer.
+    pub probe_timeout: Duration,
     pub ca_file: Option<String>,
 }
 
 impl std::fmt::Debug for Nodes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Nodes {{ ari_user: {:?}, ari_password: <hidden>, request_timeout: {:?}, ca_file: {:?} }}", self.ari_user, self.request_timeout, self.ca_file)
+        write!(f, "Nodes {{ ari_user: {:?}, ari_password: <hidden>, request_timeout: {:?}, probe_timeout: {:?}, ca_file: {:?} }}", self.ari_user, self.request_timeout, self.probe_timeout, self.ca_file)
     }
 }
 
@@ -434,6 +437,7 @@ fn from_table(root: &Table) -> Result<Config, Vec<String>> {
             ari_user: r.string("ari_user", ""),
             ari_password: r.string("ari_password", ""),
             request_timeout: r.duration("request_timeout", "10s", Duration::from_millis(100)),
+            probe_timeout: r.duration("probe_timeout", "2s", Duration::from_millis(50)),
             ca_file: r.optional("ca_file"),
         };
         r.finish();
@@ -560,6 +564,17 @@ mod tests {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(errors.len(), 7, "{all}");
+    }
+
+    /// The documented sample holds every key with its default: it parses, names no unknown
+    /// key, and gives the same values as an empty file.
+    #[test]
+    fn the_sample_documents_the_defaults() {
+        let sample = include_str!("../../../configs/scale-gateway.toml.sample");
+        let env = [("SCALE_GATEWAY_NODES_ARI_USER", "gw")];
+        let from_sample = parse(sample, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        let defaults = parse("[[clients]]\nuser = \"app\"\npassword = \"change-me\"\n", &env).unwrap();
+        assert_eq!(format!("{from_sample:?}"), format!("{defaults:?}"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod metrics;
 mod owners;
 mod pool;
 mod registration;
+mod routing;
 mod server;
 mod state;
 
@@ -95,7 +96,9 @@ fn print_summary(c: &Config) {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    // Colours only on a terminal: logs written to files or journald stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -117,6 +120,8 @@ async fn run(config: Config) -> Result<(), String> {
         amqp_error: RwLock::new(Some("not connected yet".into())),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        docs: Default::default(),
+        rotation: Default::default(),
         config,
     });
     tracing::info!(listen = %gw.config.listen, instance_id = %gw.config.instance_id, tls = tls.is_some(), "scale-gateway {} listening", env!("CARGO_PKG_VERSION"));

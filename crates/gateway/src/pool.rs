@@ -137,6 +137,12 @@ impl Pool {
         gone
     }
 
+    /// Sets the pool's nodes as Consul would (for tests of routing against fake nodes).
+    #[cfg(test)]
+    pub fn set_nodes(&self, nodes: Vec<Node>) {
+        self.replace(nodes);
+    }
+
     fn record_error(&self, error: String) {
         self.view.write().unwrap_or_else(|e| e.into_inner()).consul_error = Some(error);
     }

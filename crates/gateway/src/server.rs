@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,10 +19,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ari;
 use crate::ari::errors::http_not_found;
 use crate::config::Tls;
 use crate::events;
 use crate::health;
+use crate::routing;
 use crate::state::Gateway;
 
 /// Every route the gateway answers. Nothing outside `/ari/`, `/healthz` and `/metrics`.
@@ -31,6 +33,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics))
         .route("/ari/events", get(events::events))
+        .route("/ari/api-docs/{*file}", any(ari::docs::api_docs))
+        .route("/ari", any(routing::ari))
+        .route("/ari/", any(routing::ari))
+        .route("/ari/{*path}", any(routing::ari))
         .fallback(outside)
         .with_state(gw)
 }

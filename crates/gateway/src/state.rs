@@ -1,11 +1,13 @@
 //! What every request and task of the gateway shares.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, RwLock};
 
 use res_scale_core::consul::http::HttpConsul;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ari::docs::Docs;
 use crate::config::Config;
 use crate::events::Hub;
 use crate::metrics::Metrics;
@@ -25,6 +27,10 @@ pub struct Gateway {
     /// Cancelled on SIGTERM/SIGINT: sockets close with a normal close frame, tasks end.
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// The api-docs files, fetched once from a node.
+    pub docs: Docs,
+    /// Spreads node-local reads over the nodes.
+    pub rotation: AtomicUsize,
 }
 
 impl Gateway {

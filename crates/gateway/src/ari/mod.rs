@@ -2,4 +2,5 @@
 //! answers and its api-docs.
 
 pub mod auth;
+pub mod docs;
 pub mod errors;

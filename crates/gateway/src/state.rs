@@ -43,3 +43,23 @@ impl Gateway {
         *self.amqp_error.write().unwrap_or_else(|e| e.into_inner()) = error;
     }
 }
+
+#[cfg(test)]
+impl Gateway {
+    /// A gateway for unit tests: nothing connected, no task started.
+    pub fn for_tests(config: Config, pool: Arc<Pool>) -> Gateway {
+        Gateway {
+            owners: Arc::new(Owners::new(config.ownership.ttl)),
+            metrics: Arc::new(Metrics::new()),
+            pool,
+            consul: Arc::new(HttpConsul::new(&config.consul.url, "").expect("an HTTP client")),
+            events: Hub::default(),
+            amqp_error: Default::default(),
+            shutdown: Default::default(),
+            tasks: Default::default(),
+            docs: Default::default(),
+            rotation: Default::default(),
+            config,
+        }
+    }
+}

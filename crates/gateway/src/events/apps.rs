@@ -232,17 +232,8 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let config = crate::config::load(None, &env).unwrap_or_else(|e| panic!("{e:?}"));
-        Arc::new(Gateway {
-            pool: Arc::new(crate::pool::Pool::new(&config).unwrap()),
-            owners: Arc::new(crate::owners::Owners::new(config.ownership.ttl)),
-            metrics: Arc::default(),
-            consul: Arc::new(res_scale_core::consul::http::HttpConsul::new(&config.consul.url, "").unwrap()),
-            events: Hub::default(),
-            amqp_error: Default::default(),
-            shutdown: Default::default(),
-            tasks: Default::default(),
-            config,
-        })
+        let pool = Arc::new(crate::pool::Pool::new(&config).unwrap());
+        Arc::new(Gateway::for_tests(config, pool))
     }
 
     fn socket(id: &str) -> (Socket, mpsc::Receiver<Outgoing>) {

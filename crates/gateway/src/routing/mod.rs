@@ -342,8 +342,6 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::metrics::Metrics;
-    use crate::owners::Owners;
     use crate::pool::Pool;
 
     #[derive(Default)]
@@ -430,18 +428,7 @@ mod tests {
         let config = config();
         let pool = Arc::new(Pool::new(&config).unwrap());
         pool.set_nodes(nodes.to_vec());
-        let gw = Arc::new(Gateway {
-            owners: Arc::new(Owners::new(config.ownership.ttl)),
-            metrics: Arc::new(Metrics::new()),
-            pool,
-            consul: Arc::new(res_scale_core::consul::http::HttpConsul::new(&config.consul.url, "").unwrap()),
-            amqp_error: Default::default(),
-            shutdown: Default::default(),
-            tasks: Default::default(),
-            docs: Default::default(),
-            rotation: Default::default(),
-            config,
-        });
+        let gw = Arc::new(Gateway::for_tests(config, pool));
         format!("{}/ari", serve(crate::server::router(gw)).await)
     }
 

@@ -140,6 +140,15 @@ impl Hub {
         }
     }
 
+    /// Our write of `socket` into the key was read back with another socket in it: a takeover,
+    /// unless a newer socket of ours has taken the app meanwhile (its own write decides).
+    pub fn check_takeover(&self, name: &str, socket: &str) -> KeyCheck {
+        match self.apps().get(name) {
+            Some(app) if &*app.key_socket == socket => KeyCheck::Replaced,
+            _ => KeyCheck::Ignore,
+        }
+    }
+
     /// Another replica's socket took `name`: our socket is told so and the app is dropped here.
     pub fn replaced_elsewhere(&self, name: &str) -> bool {
         let mut map = self.apps();
@@ -268,6 +277,14 @@ mod tests {
         assert!(gw.events.replaced_elsewhere("conf"));
         assert_eq!(next_text(&mut rx).await["type"], "ApplicationReplaced");
         assert!(gw.events.names().is_empty());
+
+        // Our write read back with another socket in it: overwritten before the watch saw ours.
+        let (first, _rx1) = socket("s3");
+        gw.events.attach(&gw, &first, &["conf".into()]);
+        assert!(matches!(gw.events.check_takeover("conf", "s3"), KeyCheck::Replaced));
+        let (second, _rx2) = socket("s4");
+        gw.events.attach(&gw, &second, &["conf".into()]);
+        assert!(matches!(gw.events.check_takeover("conf", "s3"), KeyCheck::Ignore), "a newer socket of ours wrote since");
     }
 
     #[tokio::test]

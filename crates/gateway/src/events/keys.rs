@@ -10,6 +10,7 @@ use res_scale_core::backoff::Backoff;
 use res_scale_core::consul::api::ConsulApi;
 use serde::Deserialize;
 
+use super::apps::KeyCheck;
 use crate::state::Gateway;
 
 const WATCH_WAIT: Duration = Duration::from_secs(30);
@@ -33,11 +34,36 @@ fn socket_of(value: &[u8]) -> Option<String> {
     serde_json::from_slice::<Holder>(value).ok().and_then(|h| h.socket)
 }
 
+/// Writes the key, then reads it back: our version's modify index is what later changes are
+/// judged against, and another socket's value read after our write is a takeover.
 pub async fn write(gw: Arc<Gateway>, app: String, socket: Arc<str>) {
-    match gw.consul.kv_put(&key(&gw, &app), &value(&app, &gw.config.instance_id, &socket)).await {
-        Ok(()) => tracing::debug!(app = %app, "events: wrote the key of '{app}'"),
+    let key = key(&gw, &app);
+    if let Err(e) = gw.consul.kv_put(&key, &value(&app, &gw.config.instance_id, &socket)).await {
         // The watch writes it again once Consul answers.
-        Err(e) => tracing::warn!(app = %app, error = %e, "events: cannot write the key of '{app}'; retrying when Consul answers"),
+        tracing::warn!(app = %app, error = %e, "events: cannot write the key of '{app}'; retrying when Consul answers");
+        return;
+    }
+    let Ok(listing) = gw.consul.kv_list(&key, 0, Duration::ZERO).await else { return };
+    if let Some(entry) = listing.value.iter().find(|e| e.key == key) {
+        let holder = socket_of(&entry.value).unwrap_or_default();
+        let check = if holder == *socket { gw.events.check_key(&app, Some(&holder), entry.modify_index) } else { gw.events.check_takeover(&app, &socket) };
+        act(&gw, &app, check).await;
+    }
+}
+
+async fn act(gw: &Arc<Gateway>, app: &str, check: KeyCheck) {
+    match check {
+        KeyCheck::Rewrite(socket) => {
+            tracing::info!(app, "events: the key of '{app}' is gone from Consul; writing it again");
+            Box::pin(write(gw.clone(), app.to_string(), socket)).await;
+        }
+        KeyCheck::Replaced => {
+            if gw.events.replaced_elsewhere(app) {
+                tracing::info!(app, "events: another gateway's socket took application '{app}'");
+                super::relay::delete_queue(gw, &gw.events.link, app).await;
+            }
+        }
+        KeyCheck::Confirmed | KeyCheck::Ignore => {}
     }
 }
 
@@ -82,19 +108,8 @@ pub async fn watch(gw: Arc<Gateway>) {
                     let key = key(&gw, &app);
                     let entry = listing.value.iter().find(|e| e.key == key);
                     let socket = entry.map(|e| socket_of(&e.value).unwrap_or_default());
-                    match gw.events.check_key(&app, socket.as_deref(), entry.map_or(0, |e| e.modify_index)) {
-                        super::apps::KeyCheck::Rewrite(socket) => {
-                            tracing::info!(app = %app, "events: the key of '{app}' is gone from Consul; writing it again");
-                            write(gw.clone(), app, socket).await;
-                        }
-                        super::apps::KeyCheck::Replaced => {
-                            if gw.events.replaced_elsewhere(&app) {
-                                tracing::info!(app = %app, "events: another gateway's socket took application '{app}'");
-                                super::relay::delete_queue(&gw, &gw.events.link, &app).await;
-                            }
-                        }
-                        super::apps::KeyCheck::Confirmed | super::apps::KeyCheck::Ignore => {}
-                    }
+                    let check = gw.events.check_key(&app, socket.as_deref(), entry.map_or(0, |e| e.modify_index));
+                    act(&gw, &app, check).await;
                 }
             }
             Err(e) => {

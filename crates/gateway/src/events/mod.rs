@@ -46,7 +46,11 @@ pub async fn events(State(gw): State<Arc<Gateway>>, method: Method, headers: Hea
     let Some(apps) = query_param(&query, "app").filter(|a| !a.is_empty()) else {
         return bad_request("HTTP request is missing param: [app]");
     };
-    let apps: Vec<String> = apps.split(',').map(|a| a.trim().to_string()).collect();
+    let mut apps: Vec<String> = apps.split(',').map(|a| a.trim().to_string()).collect();
+    // `app=a,a` is one subscription, as in Asterisk (a second registration of the same name
+    // would replace the socket's own first one).
+    let mut seen = std::collections::HashSet::new();
+    apps.retain(|a| seen.insert(a.clone()));
     if let Some(bad) = apps.iter().find(|a| !valid_app_name(a)) {
         return bad_request(&format!("Invalid application name '{bad}': 1 to 128 letters, digits, '-', '_' or '.'"));
     }

@@ -133,17 +133,29 @@ struct RateLimitedLog {
 
 impl RateLimitedLog {
     fn warn(&mut self, reason: &'static str, text: impl FnOnce() -> String) {
-        let now = Instant::now();
+        match self.due(reason, Instant::now()) {
+            Some(None) => tracing::warn!("registrations: {}", text()),
+            Some(Some(more)) => tracing::warn!("registrations: {} ({more} more '{reason}' since the last such line)", text()),
+            None => {}
+        }
+    }
+
+    /// Whether a line for `reason` is due at `now`: `None` while the last one is less than
+    /// LOG_EVERY old (this one is counted instead), else `Some` of how many were not logged
+    /// since the last line (`None` for the first line of that reason).
+    fn due(&mut self, reason: &'static str, now: Instant) -> Option<Option<u64>> {
         match self.last.get_mut(reason) {
-            Some((at, suppressed)) if now.duration_since(*at) < LOG_EVERY => *suppressed += 1,
+            Some((at, suppressed)) if now.duration_since(*at) < LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
             Some((at, suppressed)) => {
-                let more = std::mem::take(suppressed);
                 *at = now;
-                tracing::warn!("registrations: {} ({more} more '{reason}' since the last such line)", text());
+                Some(Some(std::mem::take(suppressed)))
             }
             None => {
                 self.last.insert(reason, (now, 0));
-                tracing::warn!("registrations: {}", text());
+                Some(None)
             }
         }
     }
@@ -495,5 +507,30 @@ mod tests {
         let w = local.changed(LocalChange::Unregistered, "alice", contact.clone()).unwrap();
         assert_eq!((w.kind, w.seq), (Kind::Withdraw, 101));
         assert_eq!(local.changed(LocalChange::Unregistered, "alice", contact), None);
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_reason_every_ten_seconds() {
+        let mut log = RateLimitedLog::default();
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert_eq!(log.due("bad_json", t0), Some(None));
+        assert_eq!(log.due("bad_json", at(1)), None);
+        assert_eq!(log.due("expired", at(1)), Some(None), "each reason has its own limit");
+        assert_eq!(log.due("bad_json", at(9)), None);
+        assert_eq!(log.due("bad_json", at(10)), Some(Some(2)), "10 s after the last line, with the count of those not logged");
+        assert_eq!(log.due("bad_json", at(11)), None);
+        assert_eq!(log.due("bad_json", at(20)), Some(Some(1)));
+        assert_eq!(log.due("bad_json", at(30)), Some(Some(0)));
+    }
+
+    #[test]
+    fn rejections_are_counted_by_reason_and_in_total() {
+        let c = Counters::default();
+        for reason in ["bad_json", "bad_json", "expired", "not_a_reason"] {
+            c.reject(reason);
+        }
+        assert_eq!(c.rejected_total(), 3);
+        assert_eq!(c.rejected_by_reason(), "bad_json=2 expired=1");
     }
 }

@@ -533,4 +533,50 @@ mod tests {
         assert_eq!(c.rejected_total(), 3);
         assert_eq!(c.rejected_by_reason(), "bad_json=2 expired=1");
     }
+
+    #[test]
+    fn an_expired_announce_removes_only_its_owners_contact() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
+        // At NOW + 60 the announcement (expires NOW + 60) has expired.
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n2", 1), &mut loc, &no_local, &c, NOW + 60);
+        assert_eq!(loc.contacts.len(), 1, "another origin's expired ANNOUNCE leaves n1's contact");
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 2), &mut loc, &no_local, &c, NOW + 60);
+        assert!(loc.contacts.is_empty() && book.entries().is_empty(), "the owner's expired ANNOUNCE removes it");
+    }
+
+    #[test]
+    fn expired_contacts_are_swept_and_left_out_of_sync_replies() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 7), &mut loc, &no_local, &c, NOW);
+        let known = book.known(NOW + 59);
+        assert_eq!((known.len(), known[0].origin.as_str(), known[0].seq), (1, "n1", 7), "a SYNC reply keeps origin and seq");
+        assert!(book.known(NOW + 60).is_empty(), "expired at its expiry time");
+        book.sweep(NOW + 59);
+        assert_eq!(book.entries().len(), 1);
+        book.sweep(NOW + 60);
+        assert!(book.entries().is_empty());
+    }
+
+    #[test]
+    fn the_local_book_knows_its_phones_until_they_expire() {
+        let mut local = LocalBook::new("me", 100);
+        let contact = Contact { uri: "sip:a@h1".into(), expires: Some(NOW + 60), ..Default::default() };
+        local.changed(LocalChange::Registered, "alice", contact);
+        let key: Key = ("alice".into(), "sip:a@h1".into());
+        assert!(local.contains(&key) && !local.contains(&("alice".into(), "sip:other@h1".into())));
+        assert_eq!(local.entries().len(), 1);
+        let known = local.known(NOW + 59);
+        assert_eq!((known.len(), known[0].origin.as_str(), known[0].seq), (1, "me", 100));
+        assert!(local.known(NOW + 60).is_empty());
+        local.sweep(NOW + 59);
+        assert!(local.contains(&key));
+        local.sweep(NOW + 60);
+        assert!(!local.contains(&key));
+    }
+
+    #[test]
+    fn kinds_are_named_as_on_the_wire() {
+        assert_eq!([Kind::Announce, Kind::Withdraw, Kind::Replace].map(kind_name), ["ANNOUNCE", "WITHDRAW", "REPLACE"]);
+    }
 }

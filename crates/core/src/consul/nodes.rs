@@ -59,11 +59,16 @@ mod tests {
     use super::*;
     use crate::consul::fake::FakeConsul;
 
-    /// Waits until the fake has answered `n` health queries in all.
+    /// Waits until the fake has answered `n` health queries in all (panics if the watch stops
+    /// asking: with the clock paused a timer would never fire while this task spins).
     async fn asked(api: &FakeConsul, n: usize) {
-        while api.with(|s| s.health_requests.len()) < n {
+        for _ in 0..100_000 {
+            if api.with(|s| s.health_requests.len()) >= n {
+                return;
+            }
             tokio::task::yield_now().await;
         }
+        panic!("the watch asked Consul {} times, not {n}", api.with(|s| s.health_requests.len()));
     }
 
     #[tokio::test(start_paused = true)]

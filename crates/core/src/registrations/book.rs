@@ -579,4 +579,39 @@ mod tests {
     fn kinds_are_named_as_on_the_wire() {
         assert_eq!([Kind::Announce, Kind::Withdraw, Kind::Replace].map(kind_name), ["ANNOUNCE", "WITHDRAW", "REPLACE"]);
     }
+
+    /// Collects the message of every event logged while it is the subscriber.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Message<'a>(&'a mut String);
+            impl tracing::field::Visit for Message<'_> {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        *self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut text = String::new();
+            event.record(&mut Message(&mut text));
+            self.0.lock().unwrap().push(text);
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_logged_with_its_reason_and_repeats_are_held_back() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut book, mut loc, c) = setup();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(Capture(lines.clone())), || {
+            for _ in 0..3 {
+                book.handle(b"{not json", &mut loc, &no_local, &c, NOW);
+            }
+        });
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("registrations: message refused (bad_json)"), "{lines:?}");
+        assert_eq!(c.rejected_total(), 3);
+    }
 }

@@ -6,13 +6,17 @@ MODULE_DIR   ?= /usr/lib/x86_64-linux-gnu/asterisk/modules
 RELEASE      := target/release
 TEST_MODULE  := target/test-module/res_scale.so
 
-.PHONY: build install provision test unit-test integration-test run bench mutants clean
+.PHONY: build gateway install provision test unit-test integration-test run bench mutants clean
 
-## build: target/release/res_scale.so
-build:
+## build: target/release/res_scale.so and target/release/scale-gateway
+build: gateway
 	$(CARGO) build --release -p res_scale
 	cp $(RELEASE)/libres_scale.so $(RELEASE)/.res_scale.so.tmp
 	mv -f $(RELEASE)/.res_scale.so.tmp $(RELEASE)/res_scale.so
+
+## gateway: target/release/scale-gateway (needs no Asterisk headers)
+gateway:
+	$(CARGO) build --release -p scale-gateway
 
 ## install: copy the module into Asterisk's module folder (temp file + rename: overwriting a
 ## mapped .so in place crashes a running Asterisk)
@@ -38,20 +42,21 @@ FORCE:
 test: provision unit-test build integration-test
 
 unit-test:
-	$(CARGO) test --release -p res-scale-core
+	$(CARGO) test --release -p res-scale-core -p scale-gateway
 
-integration-test: $(TEST_MODULE)
+integration-test: $(TEST_MODULE) gateway
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) test --release -p res-scale-tests -- --test-threads=2
 
 ## run: a local pool (Consul, RabbitMQ, two Asterisk 22 nodes with res_scale loaded)
 run: provision build
 	RES_SCALE_MODULE=$(CURDIR)/$(RELEASE)/res_scale.so $(CARGO) run --release -p res-scale-tests --bin scale-pool
 
-## bench: measurements against a real pool (figures go to BENCHMARKS.md): apps, events and
-## registrations; `cargo run --release -p res-scale-tests --bin scale-bench -- <name>` runs one
+## bench: measurements against a real pool (figures go to BENCHMARKS.md): apps, events,
+## registrations, then the gateway against the node's own ARI (gateway-bench); `cargo run --release -p res-scale-tests --bin scale-bench -- <name>` runs one
 ## (uses the test-hooks build: `scale test events` injects events into the real callback path)
-bench: provision $(TEST_MODULE)
+bench: provision $(TEST_MODULE) gateway
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin scale-bench
+	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin gateway-bench
 
 ## mutants: mutation testing of crates/core with cargo-mutants (slow, hence not in `make test`:
 ## hours for the whole crate on 2 cores). MUTANTS_FILES scopes it to some files, MUTANTS_ARGS

@@ -22,6 +22,12 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");
 
+    // Never unmapped: Asterisk may still call into the library after unload (a Stasis callback
+    // copied before the app was deactivated, a CLI entry it keeps listed, threads given up on
+    // at shutdown, thread-key destructors of the TLS library), and a module load after an
+    // unload finds the same code and statics.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+
     let include = find_headers(&manifest);
     println!("cargo:warning=building against Asterisk headers in {}", include.display());
 
@@ -54,7 +60,7 @@ fn main() {
         .allowlist_function("ast_eid_to_str|ast_get_version|ast_debug_get_by_module")
         .allowlist_function("stasis_app_register|stasis_app_unregister")
         .allowlist_function("ast_json_typeof|ast_json_object_iter|ast_json_object_iter_next|ast_json_object_iter_key|ast_json_object_iter_value")
-        .allowlist_function("ast_json_string_get|ast_json_integer_get|ast_json_real_get|ast_json_array_size|ast_json_array_get")
+        .allowlist_function("ast_json_object_get|ast_json_string_get|ast_json_integer_get|ast_json_real_get|ast_json_array_size|ast_json_array_get")
         // Only the test-hooks build injects events (scale test events).
         .allowlist_function("stasis_app_send|ast_json_load_string|ast_json_unref|ast_json_deep_copy|ast_json_object_set|ast_json_integer_create")
         .allowlist_function("ast_shutting_down")

@@ -38,13 +38,15 @@ int ast_sip_location_delete_contact(struct ast_sip_contact *contact);
 void rs_scale_contact_changed(enum res_scale_contact_change change,
 	const struct res_scale_contact_fields *fields);
 
-/* The contact id location.c uses: "<aor>;@<md5 of the URI>". */
-static void contact_id(char *out, size_t size, const char *aor, const char *uri)
+/* The contact id location.c uses: "<aor>;@<md5 of the URI>", cut where location.c cuts it. */
+#define CONTACT_ID_SIZE (MAX_OBJECT_FIELD * 2 + 3)
+
+static void contact_id(char *out, const char *aor, const char *uri)
 {
 	char hash[33];
 
 	ast_md5_hash(hash, uri);
-	snprintf(out, size, "%s;@%s", aor, hash);
+	snprintf(out, CONTACT_ID_SIZE, "%s;@%s", aor, hash);
 }
 
 static int set_var(struct ast_variable **list, const char *name, const char *value)
@@ -57,6 +59,64 @@ static int set_var(struct ast_variable **list, const char *name, const char *val
 	var->next = *list;
 	*list = var;
 	return 0;
+}
+
+/* Reads a contact's fields by name into *f; the strings live in the returned list (free it
+ * with ast_variables_destroy). */
+static struct ast_variable *read_fields(const void *object, struct res_scale_contact_fields *f)
+{
+	struct ast_variable *vars = ast_sorcery_objectset_create2(ast_sip_get_sorcery(), object,
+		AST_HANDLER_ONLY_STRING);
+	struct ast_variable *v;
+
+	*f = (struct res_scale_contact_fields) {
+		.id = ast_sorcery_object_get_id(object),
+		.uri = "", .path = "", .user_agent = "", .via_addr = "", .call_id = "", .endpoint = "",
+	};
+	for (v = vars; v; v = v->next) {
+		if (!strcmp(v->name, "uri")) {
+			f->uri = v->value;
+		} else if (!strcmp(v->name, "path")) {
+			f->path = v->value;
+		} else if (!strcmp(v->name, "user_agent")) {
+			f->user_agent = v->value;
+		} else if (!strcmp(v->name, "via_addr")) {
+			f->via_addr = v->value;
+		} else if (!strcmp(v->name, "call_id")) {
+			f->call_id = v->value;
+		} else if (!strcmp(v->name, "endpoint")) {
+			f->endpoint = v->value;
+		} else if (!strcmp(v->name, "expiration_time")) {
+			f->expires = strtoll(v->value, NULL, 10);
+		} else if (!strcmp(v->name, "via_port")) {
+			f->via_port = atoi(v->value);
+		}
+	}
+	return vars;
+}
+
+/* With the AOR locked: the contact with this id (a reference) if there is one and `ours`
+ * agrees that res_scale may change it. */
+static enum res_scale_contact_result find_contact(const char *id, res_scale_contact_ours ours,
+	void *ours_data, struct ast_sip_contact **found)
+{
+	struct res_scale_contact_fields f;
+	struct ast_variable *vars;
+	int mine;
+
+	*found = ast_sip_location_retrieve_contact(id);
+	if (!*found) {
+		return RES_SCALE_CONTACT_ABSENT;
+	}
+	vars = read_fields(*found, &f);
+	mine = ours(ours_data, &f);
+	ast_variables_destroy(vars);
+	if (!mine) {
+		ao2_ref(*found, -1);
+		*found = NULL;
+		return RES_SCALE_CONTACT_REGISTERED_HERE;
+	}
+	return RES_SCALE_CONTACT_APPLIED;
 }
 
 /* A refresh: a copy of the contact with the new values, stored through sorcery. */
@@ -74,7 +134,9 @@ static int refresh_contact(struct ast_sorcery *sorcery, struct ast_sip_contact *
 	}
 	snprintf(expires, sizeof(expires), "%lld", f->expires);
 	snprintf(via_port, sizeof(via_port), "%d", f->via_port);
-	if (!set_var(&vars, "expiration_time", expires)
+	/* Like the registrar: a refresh without Path keeps the one the contact has. */
+	if ((ast_strlen_zero(f->path) || !set_var(&vars, "path", f->path))
+		&& !set_var(&vars, "expiration_time", expires)
 		&& !set_var(&vars, "user_agent", f->user_agent)
 		&& !set_var(&vars, "via_addr", f->via_addr)
 		&& !set_var(&vars, "via_port", via_port)
@@ -88,24 +150,24 @@ static int refresh_contact(struct ast_sorcery *sorcery, struct ast_sip_contact *
 }
 
 enum res_scale_contact_result res_scale_contact_upsert(const char *aor_name,
-	const struct res_scale_contact_fields *f)
+	const struct res_scale_contact_fields *f, res_scale_contact_ours ours, void *ours_data)
 {
 	struct ast_sorcery *sorcery = ast_sip_get_sorcery();
 	struct ast_sip_aor *aor = ast_sip_location_retrieve_aor(aor_name);
 	struct ast_sip_contact *contact;
 	enum res_scale_contact_result result;
-	char id[1400];
+	char id[CONTACT_ID_SIZE];
 
 	if (!aor) {
 		return RES_SCALE_CONTACT_NO_AOR;
 	}
-	contact_id(id, sizeof(id), aor_name, f->uri);
+	contact_id(id, aor_name, f->uri);
 	/* The registrar's lock: a REGISTER for this AOR on this node waits while we change it. */
 	ao2_lock(aor);
-	contact = ast_sip_location_retrieve_contact(id);
-	if (contact) {
+	result = find_contact(id, ours, ours_data, &contact);
+	if (result == RES_SCALE_CONTACT_APPLIED) {
 		result = refresh_contact(sorcery, contact, f) ? RES_SCALE_CONTACT_FAILED : RES_SCALE_CONTACT_UPDATED;
-	} else {
+	} else if (result == RES_SCALE_CONTACT_ABSENT) {
 		/* prune_on_boot = 1: a restarted node forgets what it learned from others. */
 		contact = ast_sip_location_create_contact(aor, f->uri, ast_tv(f->expires, 0), f->path,
 			f->user_agent, f->via_addr, f->via_port, f->call_id, 1, NULL);
@@ -117,20 +179,22 @@ enum res_scale_contact_result res_scale_contact_upsert(const char *aor_name,
 	return result;
 }
 
-enum res_scale_contact_result res_scale_contact_remove(const char *aor_name, const char *uri)
+/* Deletes (if `delete`) or only checks the contact with this URI, under the AOR's lock. */
+static enum res_scale_contact_result remove_or_check(const char *aor_name, const char *uri,
+	res_scale_contact_ours ours, void *ours_data, int delete)
 {
 	struct ast_sip_aor *aor = ast_sip_location_retrieve_aor(aor_name);
 	struct ast_sip_contact *contact;
-	enum res_scale_contact_result result = RES_SCALE_CONTACT_ABSENT;
-	char id[1400];
+	enum res_scale_contact_result result;
+	char id[CONTACT_ID_SIZE];
 
 	if (!aor) {
 		return RES_SCALE_CONTACT_NO_AOR;
 	}
-	contact_id(id, sizeof(id), aor_name, uri);
+	contact_id(id, aor_name, uri);
 	ao2_lock(aor);
-	contact = ast_sip_location_retrieve_contact(id);
-	if (contact) {
+	result = find_contact(id, ours, ours_data, &contact);
+	if (result == RES_SCALE_CONTACT_APPLIED && delete) {
 		result = ast_sip_location_delete_contact(contact) ? RES_SCALE_CONTACT_FAILED : RES_SCALE_CONTACT_REMOVED;
 	}
 	ao2_unlock(aor);
@@ -139,36 +203,24 @@ enum res_scale_contact_result res_scale_contact_remove(const char *aor_name, con
 	return result;
 }
 
-/* Reads a contact's fields by name and hands them to Rust. Runs on sorcery's serializer. */
+enum res_scale_contact_result res_scale_contact_remove(const char *aor_name, const char *uri,
+	res_scale_contact_ours ours, void *ours_data)
+{
+	return remove_or_check(aor_name, uri, ours, ours_data, 1);
+}
+
+enum res_scale_contact_result res_scale_contact_check(const char *aor_name, const char *uri,
+	res_scale_contact_ours ours, void *ours_data)
+{
+	return remove_or_check(aor_name, uri, ours, ours_data, 0);
+}
+
+/* Hands a contact's fields to Rust. Runs on sorcery's serializer. */
 static void report(enum res_scale_contact_change change, const void *object)
 {
-	struct ast_variable *vars = ast_sorcery_objectset_create2(ast_sip_get_sorcery(), object,
-		AST_HANDLER_ONLY_STRING);
-	struct ast_variable *v;
-	struct res_scale_contact_fields f = {
-		.id = ast_sorcery_object_get_id(object),
-		.uri = "", .path = "", .user_agent = "", .via_addr = "", .call_id = "", .endpoint = "",
-	};
+	struct res_scale_contact_fields f;
+	struct ast_variable *vars = read_fields(object, &f);
 
-	for (v = vars; v; v = v->next) {
-		if (!strcmp(v->name, "uri")) {
-			f.uri = v->value;
-		} else if (!strcmp(v->name, "path")) {
-			f.path = v->value;
-		} else if (!strcmp(v->name, "user_agent")) {
-			f.user_agent = v->value;
-		} else if (!strcmp(v->name, "via_addr")) {
-			f.via_addr = v->value;
-		} else if (!strcmp(v->name, "call_id")) {
-			f.call_id = v->value;
-		} else if (!strcmp(v->name, "endpoint")) {
-			f.endpoint = v->value;
-		} else if (!strcmp(v->name, "expiration_time")) {
-			f.expires = strtoll(v->value, NULL, 10);
-		} else if (!strcmp(v->name, "via_port")) {
-			f.via_port = atoi(v->value);
-		}
-	}
 	rs_scale_contact_changed(change, &f);
 	ast_variables_destroy(vars);
 }
@@ -194,12 +246,20 @@ static const struct ast_sorcery_observer contact_observer = {
 	.deleted = contact_deleted,
 };
 
+/* Whether the observer is added: sorcery would add it twice, and removal unlinks only one. */
+static int observing;
+
 int res_scale_contact_observe(int on)
 {
-	if (on) {
-		return ast_sorcery_observer_add(ast_sip_get_sorcery(), "contact", &contact_observer);
+	if (on && !observing) {
+		if (ast_sorcery_observer_add(ast_sip_get_sorcery(), "contact", &contact_observer)) {
+			return -1;
+		}
+		observing = 1;
+	} else if (!on && observing) {
+		ast_sorcery_observer_remove(ast_sip_get_sorcery(), "contact", &contact_observer);
+		observing = 0;
 	}
-	ast_sorcery_observer_remove(ast_sip_get_sorcery(), "contact", &contact_observer);
 	return 0;
 }
 

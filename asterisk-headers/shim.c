@@ -10,6 +10,8 @@
 #include "asterisk/module.h"
 #include "asterisk/logger.h"
 #include "asterisk/config.h"
+#include "asterisk/utils.h"
+#include "asterisk/astobj2.h"
 
 #include "shim.h"
 
@@ -35,6 +37,16 @@ static int reload_module(void)
 struct ast_module *res_scale_self(void)
 {
 	return AST_MODULE_SELF;
+}
+
+char *res_scale_strdup(const char *s)
+{
+	return ast_strdup(s);
+}
+
+void *res_scale_app_token(void)
+{
+	return ao2_alloc_options(1, NULL, AO2_ALLOC_OPT_LOCK_NOLOCK);
 }
 
 int res_scale_debug_enabled(void)

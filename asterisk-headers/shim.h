@@ -11,6 +11,13 @@ struct ast_config;
 /* The module handle the loader gave us (AST_MODULE_SELF). NULL before registration. */
 struct ast_module *res_scale_self(void);
 
+/* ast_strdup (a macro): for strings Asterisk frees with ast_free, such as CLI completions. */
+char *res_scale_strdup(const char *s);
+
+/* A new ao2 object without destructor (or NULL), for the data of our Stasis registrations:
+ * res_stasis tells a handler that another one replaced it only when it registered with data. */
+void *res_scale_app_token(void);
+
 /* Non-zero when `core set debug` (globally or for res_scale) asks for debug output. */
 int res_scale_debug_enabled(void);
 
@@ -46,7 +53,14 @@ enum res_scale_contact_result {
 	RES_SCALE_CONTACT_ABSENT = 3,   /* remove: there was no such contact */
 	RES_SCALE_CONTACT_NO_AOR = 4,   /* the AOR is not configured on this node */
 	RES_SCALE_CONTACT_FAILED = 5,   /* Asterisk refused (logged by res_pjsip) */
+	RES_SCALE_CONTACT_REGISTERED_HERE = 6, /* not changed: `ours` said a phone registered it here */
+	RES_SCALE_CONTACT_APPLIED = 7,  /* check: still the contact res_scale applied */
 };
+
+/* Called with the stored contact, under the AOR's lock, before res_scale changes it: non-zero
+ * when res_scale may (it is still what res_scale applied), zero when this node's registrar
+ * made or refreshed it for a phone. */
+typedef int (*res_scale_contact_ours)(void *data, const struct res_scale_contact_fields *stored);
 
 enum res_scale_contact_change {
 	RES_SCALE_CONTACT_CREATE = 0,
@@ -55,15 +69,22 @@ enum res_scale_contact_change {
 	RES_SCALE_CONTACT_EXISTS = 3,   /* from res_scale_contact_report_all() */
 };
 
-/* Creates the contact of an existing AOR, or refreshes it (expiry, user agent, via, call id),
- * under the AOR's lock, with prune_on_boot set and no endpoint. */
+/* Creates the contact of an existing AOR, or refreshes it (expiry, path if given, user agent,
+ * via, call id) if `ours` agrees, under the AOR's lock, with prune_on_boot set and no endpoint. */
 enum res_scale_contact_result res_scale_contact_upsert(const char *aor,
-	const struct res_scale_contact_fields *fields);
+	const struct res_scale_contact_fields *fields, res_scale_contact_ours ours, void *ours_data);
 
-/* Deletes the contact with this URI from the AOR, under the AOR's lock. */
-enum res_scale_contact_result res_scale_contact_remove(const char *aor, const char *uri);
+/* Deletes the contact with this URI from the AOR if `ours` agrees, under the AOR's lock. */
+enum res_scale_contact_result res_scale_contact_remove(const char *aor, const char *uri,
+	res_scale_contact_ours ours, void *ours_data);
 
-/* Adds (on != 0) or removes the sorcery observer that calls rs_scale_contact_changed(). */
+/* Asks `ours` about the contact with this URI, under the AOR's lock; changes nothing. */
+enum res_scale_contact_result res_scale_contact_check(const char *aor, const char *uri,
+	res_scale_contact_ours ours, void *ours_data);
+
+/* Adds (on != 0) or removes the sorcery observer that calls rs_scale_contact_changed(); adding
+ * it again, or removing it when it is not there, does nothing. Not thread-safe: lifecycle
+ * calls it from one thread at a time. */
 int res_scale_contact_observe(int on);
 
 /* Calls rs_scale_contact_changed(RES_SCALE_CONTACT_EXISTS, ..) for every contact there is. */

@@ -14,7 +14,7 @@ use crate::lifecycle::{self, Running};
 pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN];
 
 #[cfg(feature = "test-hooks")]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN, TEST_PANIC, TEST_EVENTS];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN, TEST_PANIC, TEST_EVENTS, TEST_HOLD, TEST_FAIL];
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
@@ -218,6 +218,44 @@ const TEST_PANIC: Command = Command {
     complete: no_completion,
 };
 
+/// Keeps a CLI command running (without the module's state) so that tests can unload the
+/// module meanwhile.
+#[cfg(feature = "test-hooks")]
+const TEST_HOLD: Command = Command {
+    words: c"scale test hold",
+    summary: c"Keep this command running a while (test builds only)",
+    usage: c"Usage: scale test hold <seconds>\n       Logs that it holds the CLI, waits <seconds> (at most 60), then returns.\n       Present only in builds with the test-hooks feature.\n",
+    run: |args| {
+        let seconds = match args {
+            [s] => match s.parse::<u64>() {
+                Ok(s) if s <= 60 => s,
+                _ => return Outcome::ShowUsage,
+            },
+            _ => return Outcome::ShowUsage,
+        };
+        tracing::info!("scale test hold: holding the CLI for {seconds} s");
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        Outcome::Output(format!("held {seconds} s\n"))
+    },
+    complete: no_completion,
+};
+
+/// Makes the next start of registrations fail, as if its thread could not be spawned.
+#[cfg(feature = "test-hooks")]
+const TEST_FAIL: Command = Command {
+    words: c"scale test fail registrations",
+    summary: c"Make the next registrations start fail (test builds only)",
+    usage: c"Usage: scale test fail registrations\n       The next start of the registrations subsystem (load, or a reload that\n       restarts it) fails where it spawns its thread. Present only in builds with\n       the test-hooks feature.\n",
+    run: |args| {
+        if !args.is_empty() {
+            return Outcome::ShowUsage;
+        }
+        crate::registrations::FAIL_NEXT_SPAWN.store(true, std::sync::atomic::Ordering::Relaxed);
+        Outcome::Output("the next registrations start fails\n".into())
+    },
+    complete: no_completion,
+};
+
 /// The members of a benchmark event after its type, seq and sent_ns: what a StasisStart
 /// carries, so that the callback walks a real event's shape and size (~600 bytes published).
 /// `scale-bench` cuts its plain publisher's bodies from an event the module published.
@@ -230,21 +268,27 @@ const BENCH_EVENT_REST: &str = concat!(
     r#""creationtime":"2026-11-22T20:00:00.000+0000","language":"en","caller_rdnis":"","tenantid":""}"#
 );
 
+/// The most events one `scale test events` sends.
+#[cfg(feature = "test-hooks")]
+const MAX_TEST_EVENTS: u64 = 10_000_000;
+
 /// Drives the real event path for benchmarks: builds events and hands them to the
 /// application through res_stasis, which calls our callback on this thread.
 #[cfg(feature = "test-hooks")]
 const TEST_EVENTS: Command = Command {
     words: c"scale test events",
     summary: c"Inject events into a Stasis application (test builds only)",
-    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch, and a channel snapshot like a StasisStart's) to <app>\n       through stasis_app_send, paced at <per-second> if given, and reports the\n       time each send took, and how many sends were preempted, took a page fault\n       or slept. Present only in builds with the test-hooks feature.\n",
+    usage: c"Usage: scale test events <app> <count> [<per-second>]\n       Sends <count> (at most 10000000) events of type BenchEvent (with seq and sent_ns, the send time\n       in ns since the epoch, and a channel snapshot like a StasisStart's) to <app>\n       through stasis_app_send, paced at <per-second> if given, and reports the\n       time each send took, and how many sends were preempted, took a page fault\n       or slept. Present only in builds with the test-hooks feature.\n",
     run: |args| {
         let (app, count, rate) = match args {
             [app, count] => (app, count.parse::<u64>(), None),
             [app, count, rate] => (app, count.parse::<u64>(), rate.parse::<u64>().ok().filter(|r| *r > 0)),
             _ => return Outcome::ShowUsage,
         };
+        // Each send's times are kept: a count far beyond any benchmark would not fit in memory
+        // (and a failed allocation aborts Asterisk).
         let count = match count {
-            Ok(count) if count > 0 => count,
+            Ok(count) if count > 0 && count <= MAX_TEST_EVENTS => count,
             _ => return Outcome::ShowUsage,
         };
         let mut injector = match crate::ast::stasis::Injector::new(app, &format!(r#"{{"type":"BenchEvent","seq":0,"sent_ns":0,{BENCH_EVENT_REST}}}"#)) {

@@ -19,10 +19,10 @@ pub struct Forwarder {
 impl EventSink for Forwarder {
     fn event(&self, app: &str, message: &Message<'_>) {
         // Events of an application we no longer run (a late callback) are not forwarded.
-        let Some(app) = self.apps.count(app) else { return };
+        let Some((app, seq)) = self.apps.count(app) else { return };
         let queue = self.queue.read().unwrap_or_else(|e| e.into_inner());
         let Some((queue, counters)) = queue.as_ref() else { return };
-        match message.to_event(app) {
+        match message.to_event(app, seq) {
             Some(event) => {
                 queue.push(event);
             }

@@ -6,10 +6,17 @@
 //!   requests, re-announces this node's phones and asks for a SYNC after every connect, and
 //!   withdraws the contacts of nodes that left the pool.
 //! - The contact observer (on sorcery's thread) records the contacts phones register here in
-//!   the [`LocalBook`] and queues their ANNOUNCE/WITHDRAW without waiting.
+//!   the [`LocalBook`] and queues their ANNOUNCE/WITHDRAW without waiting. Changes of contacts
+//!   without endpoint it leaves for the applier, which tells whether the registrar refreshed
+//!   one it applied (a phone registered the same URI here: the contact becomes this node's).
+//!
+//! Stopping (unload, or a reload that restarts registrations) runs while Asterisk holds its
+//! module list lock, so every step of it is bounded: messages still queued are dropped (they
+//! were acked, and what they would create is removed at once), and removing the contacts
+//! learned from others stops after [`CLEAR_TIME`] (the rest expire by themselves).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +45,8 @@ const TICK: Duration = Duration::from_secs(2);
 /// Consul restart or a blip in the watch does not empty every AOR.
 const NODE_LOSS_GRACE: Duration = Duration::from_secs(6);
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long stopping spends removing the contacts learned from others.
+const CLEAR_TIME: Duration = Duration::from_secs(5);
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -69,13 +78,26 @@ pub struct Registrations {
     pub local: Arc<Mutex<LocalBook>>,
     pub exchange: String,
     inbox: mpsc::Sender<Input>,
-    applier: Option<std::thread::JoinHandle<()>>,
+    /// Set when stopping begins: the applier drops what is still queued.
+    stopping: Arc<AtomicBool>,
+    applier: Option<Applying>,
     tasks: Tasks,
 }
+
+/// The applier thread, and the channel that disconnects when it ends.
+struct Applying {
+    thread: std::thread::JoinHandle<()>,
+    ended: std::sync::mpsc::Receiver<()>,
+}
+
+/// Contacts without endpoint whose change the observer reported, latest report per contact:
+/// the applier checks them against what it applied.
+type Refreshed = Arc<Mutex<HashMap<Key, Contact>>>;
 
 /// Where the contact observer delivers changes.
 struct LocalSink {
     local: Arc<Mutex<LocalBook>>,
+    refreshed: Refreshed,
     outbox: mpsc::Sender<Outgoing>,
     counters: Arc<Counters>,
     publish: bool,
@@ -83,10 +105,18 @@ struct LocalSink {
 
 impl ContactSink for LocalSink {
     fn changed(&self, change: LocalChange, aor: &str, contact: Contact, registered_here: bool) {
-        if !registered_here {
+        let key = (aor.to_string(), contact.uri.clone());
+        let mut local = lock(&self.local);
+        // One that became this node's (see Book::refreshed) reports without endpoint too.
+        if !registered_here && !local.contains(&key) {
+            drop(local);
+            if change == LocalChange::Registered {
+                lock(&self.refreshed).insert(key, contact);
+            }
             return;
         }
-        let Some(update) = lock(&self.local).changed(change, aor, contact) else { return };
+        let Some(update) = local.changed(change, aor, contact) else { return };
+        drop(local);
         if self.publish {
             let message = Outgoing { to: Destination::Exchange { routing_key: routing_key(aor) }, body: message::encode_update(&update), reply_to: None };
             send(&self.outbox, &self.counters, message);
@@ -119,15 +149,23 @@ impl Registrations {
         let local = Arc::new(Mutex::new(LocalBook::new(&node.eid, first_seq)));
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
+        let refreshed = Refreshed::default();
+        let stopping = Arc::new(AtomicBool::new(false));
 
-        contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
-        contacts::observe(true)?;
+        contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), refreshed: refreshed.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
+        // From here on, a failed start must take the observer back: the load or reload that
+        // fails never calls stop, and the next start would add a second one.
+        contacts::observe(true).inspect_err(|_| stop_observing())?;
         // Phones that registered before we were loaded.
+        lock(&local).snapshot_begins();
         contacts::report_all();
+        lock(&local).snapshot_ends();
 
         let applier = Applier {
             book: book.clone(),
             local: local.clone(),
+            refreshed,
+            stopping: stopping.clone(),
             counters: counters.clone(),
             outbox,
             sync_on_connect: settings.sync_on_start,
@@ -138,10 +176,15 @@ impl Registrations {
             withdrawn: BTreeSet::new(),
             queue: None,
         };
-        let applier = std::thread::Builder::new()
-            .name("res_scale-reg".into())
-            .spawn(move || applier.run(inbox_rx))
-            .map_err(|e| format!("cannot start the registrations thread: {e}"))?;
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
+        let thread = spawn_applier(move || {
+            let _ended = ended_tx;
+            applier.run(inbox_rx);
+        })
+        .map_err(|e| {
+            stop_observing();
+            format!("cannot start the registrations thread: {e}")
+        })?;
 
         let tasks = Tasks::new();
         let bus = Bus {
@@ -157,24 +200,52 @@ impl Registrations {
         };
         tasks.spawn(runtime, bus.run(inbox.clone(), outbox_rx, tasks.shutdown()));
         tasks.spawn(runtime, tick(inbox.clone(), pool, node.eid.clone(), tasks.shutdown()));
-        Ok(Registrations { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), inbox, applier: Some(applier), tasks })
+        Ok(Registrations { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), inbox, stopping, applier: Some(Applying { thread, ended }), tasks })
     }
 
     /// Stops observing and consuming, then removes the contacts applied from others: without
     /// the module nothing would refresh or withdraw them.
     pub fn stop(mut self, runtime: &tokio::runtime::Runtime) {
-        let _ = contacts::observe(false);
-        if !contacts::wait_idle(STOP_TIMEOUT) {
-            tracing::warn!("registrations: a contact observer call was still running after {STOP_TIMEOUT:?}");
-        }
-        contacts::set_sink(None);
+        // First, so that the applier gives up the backlog while the rest stops.
+        self.stopping.store(true, Ordering::Relaxed);
+        stop_observing();
         self.tasks.stop(runtime, STOP_TIMEOUT, "registrations");
-        // The applier may be waiting for room in a full inbox no more: the bus has stopped.
-        let _ = self.inbox.blocking_send(Input::Stop);
-        if let Some(thread) = self.applier.take() {
-            let _ = thread.join();
+        // Wakes an idle applier; a busy one (inbox full) sees `stopping` after the message at
+        // hand.
+        let _ = self.inbox.try_send(Input::Stop);
+        let Some(applier) = self.applier.take() else { return };
+        let limit = STOP_TIMEOUT + CLEAR_TIME;
+        match applier.ended.recv_timeout(limit) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!("registrations: the registrations thread was still busy after {limit:?}; left to finish on its own");
+            }
+            _ => {
+                let _ = applier.thread.join();
+            }
         }
     }
+}
+
+/// Removes the contact observer and, once no call of it runs any more, its sink.
+fn stop_observing() {
+    let _ = contacts::observe(false);
+    if !contacts::wait_idle(STOP_TIMEOUT) {
+        tracing::warn!("registrations: a contact observer call was still running after {STOP_TIMEOUT:?}");
+    }
+    contacts::set_sink(None);
+}
+
+/// Test builds: the next start fails where it spawns the applier (`scale test fail
+/// registrations`), to prove that a failed start leaves nothing behind.
+#[cfg(feature = "test-hooks")]
+pub static FAIL_NEXT_SPAWN: AtomicBool = AtomicBool::new(false);
+
+fn spawn_applier(run: impl FnOnce() + Send + 'static) -> std::io::Result<std::thread::JoinHandle<()>> {
+    #[cfg(feature = "test-hooks")]
+    if FAIL_NEXT_SPAWN.swap(false, Ordering::Relaxed) {
+        return Err(std::io::Error::other("failure injected by 'scale test fail registrations'"));
+    }
+    std::thread::Builder::new().name("res_scale-reg".into()).spawn(run)
 }
 
 /// Sends the pool's membership to the applier every TICK.
@@ -206,6 +277,8 @@ fn alive(instance: &ServiceInstance) -> bool {
 struct Applier {
     book: Arc<Mutex<Book>>,
     local: Arc<Mutex<LocalBook>>,
+    refreshed: Refreshed,
+    stopping: Arc<AtomicBool>,
     counters: Arc<Counters>,
     outbox: mpsc::Sender<Outgoing>,
     sync_on_connect: bool,
@@ -224,10 +297,14 @@ impl Applier {
     fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         let mut location = AsteriskLocation;
         while let Some(input) = inbox.blocking_recv() {
+            if self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            self.check_refreshed(&mut location);
             match input {
                 Input::Bus(Inbound::Delivery { body, reply_to }) => {
                     let registered_here = |key: &Key| lock(&self.local).contains(key);
-                    let handled = lock(&self.book).handle(&body, &mut location, &registered_here, &self.counters, unix_now());
+                    let handled = Book::handle_shared(&self.book, &body, &mut location, &registered_here, &self.counters, unix_now());
                     if let (Handled::SyncRequest { origin }, Some(queue)) = (handled, reply_to) {
                         self.answer_sync(&origin, queue);
                     }
@@ -247,9 +324,24 @@ impl Applier {
                 Input::Stop => break,
             }
         }
-        let removed = lock(&self.book).clear(&mut location);
+        let (removed, left) = lock(&self.book).clear(&mut location, Instant::now() + CLEAR_TIME);
         if removed > 0 {
             tracing::info!("registrations: removed the {removed} contact(s) learned from other nodes");
+        }
+        if left > 0 {
+            tracing::warn!("registrations: {left} contact(s) learned from other nodes left in place after {CLEAR_TIME:?} of removing; they go when they expire");
+        }
+    }
+
+    /// Gives up the applied contacts that this node's registrar refreshed meanwhile.
+    fn check_refreshed(&self, location: &mut AsteriskLocation) {
+        let seen = std::mem::take(&mut *lock(&self.refreshed));
+        if seen.is_empty() {
+            return;
+        }
+        let mut book = lock(&self.book);
+        for (key, contact) in seen {
+            book.refreshed(&key, &contact, location, &self.counters);
         }
     }
 
@@ -315,7 +407,7 @@ impl Applier {
                 tracing::info!("registrations: node {eid} left the pool; keeping the contacts it announced (withdraw_on_node_loss = no)");
                 continue;
             }
-            let removed = lock(&self.book).withdraw_origin(&eid, location, &self.counters);
+            let removed = Book::withdraw_origin_shared(&self.book, &eid, location, &self.counters);
             tracing::info!("registrations: node {eid} left the pool; withdrew the {removed} contact(s) it had announced");
             self.withdrawn.insert(eid);
         }

@@ -36,22 +36,29 @@ pub fn no_completion(_: usize) -> &'static [&'static str] {
     &[]
 }
 
-/// The commands registered with Asterisk; unregistered on drop.
-pub struct Registration {
-    entries: Box<[sys::ast_cli_entry]>,
+/// The `ast_cli_entry` table Asterisk links into its list of commands. It is made once and
+/// never freed: Asterisk leaves an entry that is running at unload linked (cli.c), a late
+/// lookup may still run an entry it just unregistered, and the next load registers the same
+/// entries again (Asterisk accepts an entry that is still linked). The library is never
+/// unmapped (`-z nodelete`, build.rs), so its handler stays valid too. Asterisk writes to the
+/// entries (in use counts, list links) at any time: Rust reaches them only through the raw
+/// pointer, never through a reference.
+struct Table {
+    commands: &'static [Command],
+    entries: *mut sys::ast_cli_entry,
 }
 
-// SAFETY: the table holds raw pointers that Asterisk writes only while registering and
-// unregistering (both done by the owner of this value) and reads under its own CLI list lock;
-// moving the owning Box between threads does not move the entries.
-unsafe impl Send for Registration {}
+// SAFETY: the entries are only touched through the raw pointer, by Asterisk under its CLI
+// list lock or during (un)registration, which lifecycle serialises; the commands are static.
+unsafe impl Send for Table {}
+// SAFETY: as above; Table itself is never written after it is made.
+unsafe impl Sync for Table {}
 
-static COMMANDS: std::sync::RwLock<&'static [Command]> = std::sync::RwLock::new(&[]);
+static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
 
-impl Registration {
-    pub fn new(commands: &'static [Command]) -> Result<Registration, String> {
-        *COMMANDS.write().unwrap_or_else(|e| e.into_inner()) = commands;
-        let mut entries: Box<[sys::ast_cli_entry]> = commands
+impl Table {
+    fn new(commands: &'static [Command]) -> Table {
+        let entries: Box<[sys::ast_cli_entry]> = commands
             .iter()
             .map(|c| {
                 // SAFETY: ast_cli_entry is a plain C struct for which all-zero is the documented
@@ -62,35 +69,54 @@ impl Registration {
                 e
             })
             .collect();
-        // SAFETY: the entries live in a heap allocation that does not move and outlives the
-        // registration (Drop unregisters before freeing); the module handle comes from the shim.
-        let rc = unsafe {
-            sys::__ast_cli_register_multiple(entries.as_mut_ptr(), entries.len() as c_int, sys::res_scale_self())
-        };
+        Table { commands, entries: Box::leak(entries).as_mut_ptr() }
+    }
+
+    fn len(&self) -> c_int {
+        self.commands.len() as c_int
+    }
+}
+
+/// The commands registered with Asterisk; unregistered on drop.
+pub struct Registration {
+    table: &'static Table,
+}
+
+impl Registration {
+    /// Registers `commands`, which must be the same list at every load (the table is made from
+    /// the first one).
+    pub fn new(commands: &'static [Command]) -> Result<Registration, String> {
+        let table = TABLE.get_or_init(|| Table::new(commands));
+        if !std::ptr::eq(table.commands, commands) {
+            return Err("a different list of CLI commands than at the first load".into());
+        }
+        // SAFETY: the table lives as long as the process; the module handle comes from the shim.
+        let rc = unsafe { sys::__ast_cli_register_multiple(table.entries, table.len(), sys::res_scale_self()) };
         if rc != 0 {
             // Asterisk registers what it can; take back whatever went in.
-            drop(Registration { entries });
+            drop(Registration { table });
             return Err("Asterisk refused to register the CLI commands (see the log above)".into());
         }
-        Ok(Registration { entries })
+        Ok(Registration { table })
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // SAFETY: the same table that was registered.
-        unsafe { sys::ast_cli_unregister_multiple(self.entries.as_mut_ptr(), self.entries.len() as c_int) };
-        // Asterisk skips an entry that is running right now and leaves it linked; freeing it
-        // would leave a dangling entry in Asterisk's list, so such a table is leaked instead.
-        if self.entries.iter().any(|e| !e._full_cmd.is_null()) {
-            tracing::warn!("a scale CLI command was running during unload; its table is kept");
-            std::mem::forget(std::mem::take(&mut self.entries));
+        let table = self.table;
+        // SAFETY: the table that was registered, alive as long as the process.
+        unsafe { sys::ast_cli_unregister_multiple(table.entries, table.len()) };
+        // SAFETY: in bounds; Asterisk clears _full_cmd of every entry it unlinked, just now on
+        // this thread.
+        let kept = (0..table.commands.len()).any(|i| unsafe { !(*table.entries.add(i))._full_cmd.is_null() });
+        if kept {
+            tracing::warn!("a scale CLI command was running during unload; Asterisk keeps it listed until the next load");
         }
     }
 }
 
 fn find(e: *const sys::ast_cli_entry) -> Option<&'static Command> {
-    let commands = *COMMANDS.read().unwrap_or_else(|e| e.into_inner());
+    let commands = TABLE.get()?.commands;
     // SAFETY: Asterisk passes one of the entries we registered.
     let summary = unsafe { (*e).summary };
     commands.iter().find(|c| c.summary.as_ptr() == summary)
@@ -117,11 +143,12 @@ unsafe extern "C" fn handler(e: *mut sys::ast_cli_entry, cmd: c_int, a: *mut sys
                     .iter()
                     .filter(|c| c.starts_with(word.as_str()))
                     .nth(n.max(0) as usize);
-                // Asterisk frees the completion with its own allocator: hand it a malloc'd copy.
+                // Asterisk frees the completion with ast_free: it must come from ast_strdup
+                // (another allocator than libc's in MALLOC_DEBUG builds).
                 candidate.map_or(ptr::null_mut(), |c| {
                     let c = CString::new(*c).unwrap_or_default();
-                    // SAFETY: strdup copies a valid C string into malloc'd memory.
-                    unsafe { libc::strdup(c.as_ptr()) }
+                    // SAFETY: copies a valid C string with Asterisk's allocator.
+                    unsafe { sys::res_scale_strdup(c.as_ptr()) }
                 })
             }
             _ => {

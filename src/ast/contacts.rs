@@ -4,15 +4,18 @@
 //!
 //! The observer runs on sorcery's serializer thread, an Asterisk thread: the sink it calls
 //! must only copy and queue. A contact that the registrar created for a REGISTER carries the
-//! endpoint that registered; the ones this module applies carry none, which is how the two
-//! are told apart.
+//! endpoint that registered; the ones this module applies carry none. The registrar also
+//! refreshes a contact this module applied when a phone registers the same URI here (it keeps
+//! the empty endpoint): before changing a contact, the module compares it with what it wrote
+//! (under the AOR lock, see [`same_registration`]) and leaves a refreshed one to the phone,
+//! reporting it to the sink as registered here.
 
-use std::ffi::{c_int, CStr, CString};
+use std::ffi::{c_int, c_void, CStr, CString};
 use std::os::raw::c_char;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use res_scale_core::registrations::book::{LocalChange, Location, Refusal};
+use res_scale_core::registrations::book::{same_registration, LocalChange, Location, Refusal};
 use res_scale_core::registrations::message::Contact;
 
 use crate::ast::gate::Gate;
@@ -22,7 +25,8 @@ use crate::sys;
 /// Receives every contact change on this node.
 pub trait ContactSink: Send + Sync {
     /// `registered_here`: a phone registered it on this node (as opposed to contacts that
-    /// res_scale applied from other nodes).
+    /// res_scale applied from other nodes, and those the registrar refreshed before the module
+    /// noticed: both come without endpoint).
     fn changed(&self, change: LocalChange, aor: &str, contact: Contact, registered_here: bool);
 }
 
@@ -45,7 +49,7 @@ pub fn observe(on: bool) -> Result<(), String> {
     }
 }
 
-/// Reports every contact that exists now to the sink, as `Registered`.
+/// Reports every contact that exists now to the sink, as `Found`.
 pub fn report_all() {
     // SAFETY: reads the contacts through sorcery; calls our callback synchronously.
     unsafe { sys::res_scale_contact_report_all() }
@@ -64,37 +68,78 @@ fn text(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+fn sink() -> Option<Arc<dyn ContactSink>> {
+    SINK.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The AOR (from the id, "<aor>;@<hash>" as location.c makes it; AOR names cannot hold ";@"),
+/// the contact, and whether it carries an endpoint.
+fn contact_of(f: &sys::res_scale_contact_fields) -> Option<(String, Contact, bool)> {
+    let id = text(f.id);
+    let (aor, _) = id.split_once(";@")?;
+    let contact = Contact {
+        uri: text(f.uri),
+        expires: u64::try_from(f.expires).ok(),
+        path: text(f.path),
+        user_agent: text(f.user_agent),
+        via_addr: text(f.via_addr),
+        via_port: u16::try_from(f.via_port).unwrap_or(0),
+        call_id: text(f.call_id),
+    };
+    Some((aor.to_string(), contact, !text(f.endpoint).is_empty()))
+}
+
 #[no_mangle]
 extern "C" fn rs_scale_contact_changed(change: sys::res_scale_contact_change, fields: *const sys::res_scale_contact_fields) {
     let _pass = GATE.enter();
     guarded("the contact observer", (), || {
         // SAFETY: the shim passes a struct that lives for the duration of the call (or NULL).
         let Some(f) = (unsafe { fields.as_ref() }) else { return };
-        let sink = SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(sink) = sink else { return };
-        let id = text(f.id);
-        // The id is "<aor>;@<hash>" (location.c); AOR names cannot hold ";@".
-        let Some((aor, _)) = id.split_once(";@") else { return };
-        let contact = Contact {
-            uri: text(f.uri),
-            expires: u64::try_from(f.expires).ok(),
-            path: text(f.path),
-            user_agent: text(f.user_agent),
-            via_addr: text(f.via_addr),
-            via_port: u16::try_from(f.via_port).unwrap_or(0),
-            call_id: text(f.call_id),
+        let Some(sink) = sink() else { return };
+        let Some((aor, contact, registered_here)) = contact_of(f) else { return };
+        let change = match change {
+            sys::RES_SCALE_CONTACT_DELETE => LocalChange::Unregistered,
+            sys::RES_SCALE_CONTACT_EXISTS => LocalChange::Found,
+            _ => LocalChange::Registered,
         };
-        let registered_here = !text(f.endpoint).is_empty();
-        let change = if change == sys::RES_SCALE_CONTACT_DELETE { LocalChange::Unregistered } else { LocalChange::Registered };
-        sink.changed(change, aor, contact, registered_here);
+        sink.changed(change, &aor, contact, registered_here);
     });
+}
+
+/// The shim's `ours` callback: `data` is the `Option<&Contact>` the book last applied. A
+/// contact that a phone registered here is reported to the sink at once, so that the pool
+/// hears of it even if the observer's report of the refresh came before the book let go.
+unsafe extern "C" fn ours(data: *mut c_void, stored: *const sys::res_scale_contact_fields) -> c_int {
+    guarded("the contact ownership check", 0, || {
+        // SAFETY: the caller (AsteriskLocation, below) passes a live Option<&Contact> as data
+        // for the duration of its call; the shim passes the stored fields for this call.
+        let (applied, stored) = unsafe { (&*(data as *const Option<&Contact>), stored.as_ref()) };
+        let Some((aor, contact, endpoint)) = stored.and_then(contact_of) else { return 0 };
+        if !endpoint && applied.is_none_or(|applied| same_registration(&contact, applied)) {
+            return 1;
+        }
+        if let Some(sink) = sink() {
+            sink.changed(LocalChange::Registered, &aor, contact, true);
+        }
+        0
+    })
+}
+
+/// What the shim's contact functions answered.
+fn outcome(result: sys::res_scale_contact_result) -> Result<(), Refusal> {
+    match result {
+        sys::RES_SCALE_CONTACT_CREATED | sys::RES_SCALE_CONTACT_UPDATED | sys::RES_SCALE_CONTACT_REMOVED | sys::RES_SCALE_CONTACT_ABSENT | sys::RES_SCALE_CONTACT_APPLIED => Ok(()),
+        sys::RES_SCALE_CONTACT_NO_AOR => Err(Refusal::UnknownAor),
+        sys::RES_SCALE_CONTACT_REGISTERED_HERE => Err(Refusal::RegisteredHere),
+        _ => Err(Refusal::Refused),
+    }
 }
 
 /// The contacts of this node's PJSIP.
 pub struct AsteriskLocation;
 
 impl Location for AsteriskLocation {
-    fn upsert(&mut self, aor: &str, contact: &Contact) -> Result<(), Refusal> {
+    fn upsert(&mut self, aor: &str, contact: &Contact, applied: Option<&Contact>) -> Result<(), Refusal> {
         let strings = [aor, &contact.uri, &contact.path, &contact.user_agent, &contact.via_addr, &contact.call_id].map(CString::new);
         let [Ok(aor), Ok(uri), Ok(path), Ok(user_agent), Ok(via_addr), Ok(call_id)] = strings else {
             return Err(Refusal::Refused);
@@ -110,23 +155,31 @@ impl Location for AsteriskLocation {
             expires: contact.expires.and_then(|e| i64::try_from(e).ok()).unwrap_or(0) as _,
             via_port: c_int::from(contact.via_port),
         };
-        // SAFETY: every pointer is a live NUL-terminated string for the duration of the call.
-        match unsafe { sys::res_scale_contact_upsert(aor.as_ptr(), &fields) } {
-            sys::RES_SCALE_CONTACT_CREATED | sys::RES_SCALE_CONTACT_UPDATED => Ok(()),
-            sys::RES_SCALE_CONTACT_NO_AOR => Err(Refusal::UnknownAor),
-            _ => Err(Refusal::Refused),
-        }
+        let data = &applied as *const Option<&Contact> as *mut c_void;
+        // SAFETY: every pointer is a live NUL-terminated string for the duration of the call,
+        // and `data` is the Option<&Contact> that `ours` expects, alive as long.
+        outcome(unsafe { sys::res_scale_contact_upsert(aor.as_ptr(), &fields, Some(ours), data) })
     }
 
-    fn remove(&mut self, aor: &str, uri: &str) -> Result<(), Refusal> {
-        let (Ok(aor), Ok(uri)) = (CString::new(aor), CString::new(uri)) else {
-            return Err(Refusal::Refused);
-        };
-        // SAFETY: both are live NUL-terminated strings for the duration of the call.
-        match unsafe { sys::res_scale_contact_remove(aor.as_ptr(), uri.as_ptr()) } {
-            sys::RES_SCALE_CONTACT_REMOVED | sys::RES_SCALE_CONTACT_ABSENT => Ok(()),
-            sys::RES_SCALE_CONTACT_NO_AOR => Err(Refusal::UnknownAor),
-            _ => Err(Refusal::Refused),
-        }
+    fn remove(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal> {
+        stored(aor, applied, sys::res_scale_contact_remove)
     }
+
+    fn check(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal> {
+        stored(aor, applied, sys::res_scale_contact_check)
+    }
+}
+
+type StoredCall = unsafe extern "C" fn(*const c_char, *const c_char, sys::res_scale_contact_ours, *mut c_void) -> sys::res_scale_contact_result;
+
+/// Runs a shim function on the stored contact `applied` names.
+fn stored(aor: &str, applied: &Contact, call: StoredCall) -> Result<(), Refusal> {
+    let (Ok(aor), Ok(uri)) = (CString::new(aor), CString::new(applied.uri.as_str())) else {
+        return Err(Refusal::Refused);
+    };
+    let applied = Some(applied);
+    let data = &applied as *const Option<&Contact> as *mut c_void;
+    // SAFETY: both strings are live NUL-terminated strings for the duration of the call, and
+    // `data` is the Option<&Contact> that `ours` expects, alive as long.
+    outcome(unsafe { call(aor.as_ptr(), uri.as_ptr(), Some(ours), data) })
 }

@@ -7,7 +7,7 @@
 use std::ffi::CStr;
 use std::sync::Arc;
 
-use res_scale_core::amqp::event::{write_integer, write_number, write_string, Event, EventWriter};
+use res_scale_core::amqp::event::{write_integer, write_number, write_string, Event, EventWriter, Seq};
 
 use crate::sys;
 
@@ -21,14 +21,14 @@ const MAX_DEPTH: u32 = 64;
 /// # Safety
 /// `json` must be a live ast_json that no other thread modifies during the call (Asterisk lends
 /// the event to the Stasis callback on these terms).
-pub unsafe fn to_event(json: *mut sys::ast_json, app: Arc<str>) -> Option<Event> {
+pub unsafe fn to_event(json: *mut sys::ast_json, app: Arc<str>, seq: Seq) -> Option<Event> {
     // SAFETY (whole body): json and every value reached from it are live and unmodified for the
     // call (caller's contract); the pointers Asterisk returns are borrowed from json.
     unsafe {
         if sys::ast_json_typeof(json) != sys::AST_JSON_OBJECT {
             return None;
         }
-        let mut writer = EventWriter::new(app);
+        let mut writer = EventWriter::new(app, seq);
         for_each_member(json, |key, value| {
             if writer.key(key) {
                 match string_of(value) {

@@ -1,16 +1,22 @@
 //! Stasis applications: registration in Asterisk and the event callback. The callback runs on
 //! an Asterisk thread, so it hands the event to a sink that must not block, and it is counted
 //! in flight so that unload can wait until no callback is still running in our code.
+//!
+//! An ARI client (a WebSocket, say) can register an application of the same name after us.
+//! res_stasis then replaces our handler, and tells us with an `ApplicationReplaced` event only
+//! because our registration carries data (a token). From then on the application is the
+//! client's: we never unregister it, which would deactivate the client's handler.
 
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
 use std::os::raw::{c_char, c_void};
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 #[cfg(feature = "test-hooks")]
 use std::time::Instant;
 
-use res_scale_core::amqp::event::Event;
+use res_scale_core::amqp::event::{Event, Seq};
 use res_scale_core::consul::apps::StasisApps;
 
 use crate::ast::event_json;
@@ -33,15 +39,42 @@ pub struct Message<'a> {
 impl Message<'_> {
     /// The event as a message body for `app` (None when it is not a JSON object or nests
     /// absurdly deep).
-    pub fn to_event(&self, app: Arc<str>) -> Option<Event> {
+    pub fn to_event(&self, app: Arc<str>, seq: Seq) -> Option<Event> {
         // SAFETY: json is the event Asterisk lent to the callback; it stays live and nobody
         // modifies it until the callback returns, which outlasts `self`.
-        unsafe { event_json::to_event(self.json, app) }
+        unsafe { event_json::to_event(self.json, app, seq) }
     }
 }
 
 static SINK: RwLock<Option<Arc<dyn EventSink>>> = RwLock::new(None);
 static GATE: Gate = Gate::new();
+/// Applications another handler took from us (see the module comment).
+static REPLACED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn replaced() -> std::sync::MutexGuard<'static, BTreeSet<String>> {
+    REPLACED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the event is res_stasis telling us that another handler took the application.
+///
+/// # Safety
+/// `message` must be a live JSON value.
+unsafe fn is_replaced(message: *mut sys::ast_json) -> bool {
+    // SAFETY: a live JSON value (the caller's promise); object_get returns NULL for a missing
+    // member or a non-object, string_get NULL for a non-string; both borrow.
+    let kind = unsafe { sys::ast_json_string_get(sys::ast_json_object_get(message, c"type".as_ptr())) };
+    // SAFETY: a NUL-terminated string owned by the JSON value, alive during the call.
+    !kind.is_null() && unsafe { CStr::from_ptr(kind) } == c"ApplicationReplaced"
+}
+
+/// The data every registration carries: an ao2 object without destructor (nothing in it
+/// points into this library), made once and kept for the life of the process.
+struct Token(*mut c_void);
+// SAFETY: an opaque ao2 object that we never touch; res_stasis refcounts it under its locks.
+unsafe impl Send for Token {}
+// SAFETY: as above.
+unsafe impl Sync for Token {}
+static TOKEN: OnceLock<Token> = OnceLock::new();
 
 /// Sets (or with `None` clears) where events go.
 pub fn set_sink(sink: Option<Arc<dyn EventSink>>) {
@@ -63,6 +96,11 @@ unsafe extern "C" fn on_event(_data: *mut c_void, app_name: *const c_char, messa
         }
         // SAFETY: Asterisk passes the app's NUL-terminated name, valid during the call.
         let app = unsafe { CStr::from_ptr(app_name) }.to_string_lossy();
+        // SAFETY: Asterisk lends a live JSON value for the duration of the call.
+        if unsafe { is_replaced(message) } {
+            tracing::warn!("Stasis app '{app}' was taken over by another client (an ARI WebSocket, say): its events no longer come to res_scale, and res_scale leaves the app to that client");
+            replaced().insert(app.to_string());
+        }
         let sink = SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(sink) = sink {
             sink.event(&app, &Message { json: message, _borrow: PhantomData });
@@ -84,17 +122,27 @@ pub struct AsteriskStasis;
 impl StasisApps for AsteriskStasis {
     fn register(&self, name: &str) -> Result<(), String> {
         let c_name = CString::new(name).map_err(|_| "name contains NUL".to_string())?;
-        // SAFETY: valid C string; NULL data is allowed (res_stasis bumps it only if set); the
-        // callback is a plain function that lives as long as the (never unmapped) library.
-        let rc = unsafe { sys::stasis_app_register(c_name.as_ptr(), Some(on_event), std::ptr::null_mut()) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(format!("stasis_app_register returned {rc}"))
+        // SAFETY: makes an ao2 object without destructor (or NULL when out of memory).
+        let token = TOKEN.get_or_init(|| Token(unsafe { sys::res_scale_app_token() }));
+        if token.0.is_null() {
+            return Err("out of memory for the registration token".into());
         }
+        // SAFETY: valid C string; data is an ao2 object, which res_stasis refs and unrefs; the
+        // callback is a plain function that lives as long as the (never unmapped) library.
+        let rc = unsafe { sys::stasis_app_register(c_name.as_ptr(), Some(on_event), token.0) };
+        if rc != 0 {
+            return Err(format!("stasis_app_register returned {rc}"));
+        }
+        // Ours again (re-registering our own app replaces our previous handler, too).
+        replaced().remove(name);
+        Ok(())
     }
 
     fn unregister(&self, name: &str) {
+        if replaced().remove(name) {
+            tracing::info!("Stasis app '{name}' is another client's now; res_scale leaves it registered");
+            return;
+        }
         if let Ok(c_name) = CString::new(name) {
             // SAFETY: valid C string; unregistering an unknown name is a no-op in res_stasis.
             unsafe { sys::stasis_app_unregister(c_name.as_ptr()) };

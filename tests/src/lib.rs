@@ -7,8 +7,10 @@
 
 pub mod amqp;
 pub mod ari;
+pub mod ari_app;
 pub mod child;
 pub mod consul;
+pub mod gateway;
 pub mod kamailio;
 pub mod node;
 pub mod pool;

@@ -10,6 +10,8 @@ pub struct Testbed {
     pub rootfs: PathBuf,
     pub consul: PathBuf,
     pub pjsua_python: PathBuf,
+    /// Python with the third-party ARI clients (asyncari, aioari).
+    pub ari_python: PathBuf,
     /// The same rootfs imported as a Docker image, when a Docker engine answered.
     pub image: Option<String>,
     /// The res_scale.so under test.
@@ -43,6 +45,7 @@ impl Testbed {
             rootfs: PathBuf::from(get("RES_SCALE_ROOTFS")),
             consul: PathBuf::from(get("RES_SCALE_CONSUL")),
             pjsua_python: PathBuf::from(get("RES_SCALE_PJSUA_PYTHON")),
+            ari_python: PathBuf::from(get("RES_SCALE_ARI_PYTHON")),
             image,
             module,
         }

@@ -152,6 +152,19 @@ fn call_events_reach_a_consumer_in_order_with_application_and_node_eid() {
         assert!(start.json["channel"]["dialplan"]["priority"].is_i64(), "{}", start.body);
         assert!(start.json["channel"]["caller"].is_object() && start.json["timestamp"].is_string(), "{}", start.body);
     }
+    // Every event of an app carries its node's seq, one more than the event before, and the
+    // sequence's start (a consumer drops duplicates and counts gaps by them).
+    for node in &pool.nodes {
+        let of_node: Vec<&Received> = messages.iter().filter(|m| m.headers["asterisk_id"] == node.eid).collect();
+        let seq = |m: &Received| m.headers["seq"].parse::<u64>().unwrap_or_else(|_| panic!("seq header: {:?}", m.headers));
+        let start: u64 = of_node[0].headers["seq_start"].parse().expect("seq_start header");
+        assert!(of_node.iter().all(|m| m.headers["seq_start"] == start.to_string()), "{}: one sequence", node.name);
+        assert!(seq(of_node[0]) >= start, "{}: seq counts from its start", node.name);
+        let seqs: Vec<u64> = of_node.iter().map(|m| seq(m)).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{}: seq rises by one per event: {seqs:?}", node.name);
+    }
+    let amqp = pool.node(0).cli("scale show amqp");
+    assert!(amqp.contains("Dropped:       0"), "{amqp}");
     // Many events in a row leave each node in the order they were made.
     for node in &pool.nodes {
         inject(node, "conf", 200, 0);
@@ -451,4 +464,41 @@ fn amqps_verifies_the_broker_against_the_configured_ca() {
         (!amqp.contains("State:         connected") && amqp.to_lowercase().contains("certificate")).then_some(amqp)
     });
     eprintln!("{amqp}");
+}
+
+/// An ARI client on the node's events WebSocket, subscribed to (and so registering) `app`.
+fn ari_client(node: &Node, app: &str) -> tungstenite::WebSocket<std::net::TcpStream> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", node.http_port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let url = format!("ws://127.0.0.1:{}/ari/events?app={app}&api_key={}:{}", node.http_port, res_scale_tests::node::ARI_USER, res_scale_tests::node::ARI_PASSWORD);
+    tungstenite::client(url, stream).unwrap_or_else(|e| panic!("ARI WebSocket: {e}")).0
+}
+
+#[test]
+fn an_ari_client_that_takes_an_applications_name_keeps_it() {
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
+    let node = pool.node(0);
+    create_app(&pool, "conf");
+    // The client registers after res_scale: res_stasis gives it the application.
+    let mut client = ari_client(node, "conf");
+    // The key goes: res_scale must not take the application from the client.
+    pool.consul.as_ref().unwrap().delete_kv("res_scale/apps/conf");
+    wait::until("res_scale to drop conf", Duration::from_secs(5), Duration::from_millis(50), || (!node.cli("scale show apps").contains("conf")).then_some(()));
+
+    let channel = call_into(node, "conf");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut started = false;
+    while !started && Instant::now() < deadline {
+        match client.read() {
+            Ok(tungstenite::Message::Text(text)) => started = text.contains("\"StasisStart\"") && text.contains(&channel),
+            Ok(_) => {}
+            // The read timeout: nothing came.
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("the client's WebSocket: {e}"),
+        }
+    }
+    hang_up(node, &channel);
+    assert!(started, "the client never got its call's StasisStart");
+    let log = node.wait_logged("Stasis app 'conf' was taken over by another client");
+    assert!(!log.contains("Deactivating Stasis app 'conf'"), "res_scale deactivated the client's application");
 }

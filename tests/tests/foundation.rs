@@ -181,3 +181,62 @@ fn a_panic_in_a_command_is_contained() {
     assert!(node.cli("scale show status").contains("res_scale 0.1.0"), "the module keeps working");
     assert!(module_running(&pool));
 }
+
+/// What a binutils tool prints about the module under test.
+fn inspect(tool: &str, args: &[&str]) -> String {
+    let module = res_scale_tests::testbed::Testbed::load().module;
+    let out = std::process::Command::new(tool).args(args).arg(&module).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(out.status.success(), "{tool} {}: {}", module.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_library_stays_mapped_after_unload_and_hands_asterisk_only_its_own_allocations() {
+    // Code of the module can still run after unload (a Stasis callback copied before the app
+    // went, a CLI entry Asterisk keeps, thread-key destructors): the loader must never unmap it.
+    let dynamic = inspect("readelf", &["-d"]);
+    assert!(dynamic.lines().any(|l| l.contains("FLAGS_1") && l.contains("NODELETE")), "no NODELETE flag:\n{dynamic}");
+    // Asterisk frees CLI completions with ast_free: they come from ast_strdup, not libc.
+    let imported = inspect("nm", &["-D", "--undefined-only"]);
+    let names: Vec<&str> = imported.lines().filter_map(|l| l.split_whitespace().last()).map(|s| s.split('@').next().unwrap_or(s)).collect();
+    assert!(names.contains(&"__ast_strdup") && !names.contains(&"strdup"), "imports: {names:?}");
+
+    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    let node = pool.node(0);
+    let completion = node.cli("_command matchesarray \"scale set drain o\" \"o\"");
+    assert!(completion.contains("on") && completion.contains("off"), "{completion:?}");
+    node.cli("module unload res_scale.so");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", node.pid())).unwrap();
+    assert!(maps.lines().any(|l| l.ends_with("/res_scale.so")), "res_scale.so unmapped after unload");
+    assert!(node.cli("module load res_scale.so").contains("Loaded res_scale.so"));
+    assert!(node.cli("scale show status").contains("res_scale 0.1.0"));
+}
+
+#[test]
+fn a_forced_unload_during_a_command_does_not_block_later_loads() {
+    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    let node = pool.node(0);
+    std::thread::scope(|s| {
+        let held = s.spawn(|| node.cli("scale test hold 3"));
+        node.wait_logged("scale test hold: holding the CLI");
+        // A soft unload waits for the command; a forced one goes ahead and Asterisk keeps the
+        // running command's entry in its list.
+        let out = node.cli("module unload -f res_scale.so");
+        assert!(out.contains("Unloaded res_scale.so"), "{out}");
+        assert!(held.join().unwrap().contains("held 3 s"));
+    });
+    let out = node.cli("module load res_scale.so");
+    assert!(out.contains("Loaded res_scale.so"), "{out}\n{}", node.log());
+    assert!(module_running(&pool));
+    assert!(node.cli("scale show status").contains("res_scale 0.1.0"));
+    assert!(node.cli("scale test hold 0").contains("held 0 s"));
+}
+
+#[test]
+fn an_absurd_event_count_is_refused_not_fatal() {
+    let pool = Pool::builder().res_scale_conf(VALID_CONF).start();
+    let node = pool.node(0);
+    let out = node.cli("scale test events conf 10000000000");
+    assert!(out.contains("Usage: scale test events"), "{out}");
+    assert!(node.cli("core show version").contains("Asterisk 22."), "Asterisk went down");
+}

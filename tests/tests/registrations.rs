@@ -302,6 +302,180 @@ fn contacts_of_a_node_that_leaves_the_pool_are_withdrawn_on_the_others() {
     assert!(counter_line(pool.node(1), "Sync/loss:").contains("1 contact(s) withdrawn for lost nodes"));
 }
 
+/// The origin `scale show registrations` gives for a contact ("" when it lists none).
+fn origin(node: &Node, aor: &str, uri: &str) -> String {
+    let text = node.cli(&format!("scale show registrations {aor}"));
+    let row = text.lines().find(|l| l.split_whitespace().nth(1) == Some(uri)).unwrap_or("");
+    let rest = row.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
+    if rest.starts_with("this node") { "this node".into() } else { rest.split(' ').next().unwrap_or("").to_string() }
+}
+
+#[test]
+fn a_phone_that_registers_where_its_contact_was_learned_stays_callable_when_the_origin_withdraws() {
+    let pool = Pool::builder().nodes(2).with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let (a, b) = (pool.node(0), pool.node(1));
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let dir = scratch(&pool, "sipp");
+    let port = free_port();
+    let phone = Register { user: "dave".into(), call_id: "dave-moved".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: port };
+    let uri = phone.contact_uri();
+
+    // The phone was registered with another registrar, which announced it...
+    probe.publish(EXCHANGE, "registration.dave", &announce("dave", &uri, now() + 120, "registrar-1", 1));
+    for node in &pool.nodes {
+        wait_contact(node, "dave", &uri, true, Duration::from_secs(5));
+    }
+    // ...then it moves to node1 (a dispatcher fail-over): node1's registrar refreshes the
+    // contact it had applied.
+    phone.send(&dir, a.sip_port).expect("dave registers with node1");
+    wait::until("node1 to own dave's contact", Duration::from_secs(10), Duration::from_millis(100), || (origin(a, "dave", &uri) == "this node").then_some(()));
+    wait::until("node2 to learn dave's contact from node1", Duration::from_secs(10), Duration::from_millis(100), || (origin(b, "dave", &uri) == a.eid).then_some(()));
+
+    // The old registrar withdraws what it announced: nobody owns that any more.
+    probe.publish(EXCHANGE, "registration.dave", &withdraw("dave", &uri, "registrar-1", 2));
+    for node in &pool.nodes {
+        wait::until(&format!("{} to pass over the withdrawal", node.name), Duration::from_secs(10), Duration::from_millis(100), || {
+            counter_line(node, "Ignored:").contains(", 1 duplicate/old/not owner").then_some(())
+        });
+        assert!(has_contact(node, "dave", &uri), "{} lost dave's live registration:\n{}", node.name, node.cli("scale show registrations dave"));
+    }
+    assert!(counter_line(a, "Applied:").contains("1 taken over by this node's registrar"), "{}", counter_line(a, "Applied:"));
+    let uas = answering_phone_for(&dir, port, 2);
+    for node in &pool.nodes {
+        assert!(call(node, "dave"), "{} could not reach dave after the withdrawal", node.name);
+    }
+    uas.wait(Duration::from_secs(10)).expect("the phone answered both calls");
+}
+
+/// A batch as a SYNC reply carries it: `per` contacts of AOR alice, contact `i` with URI
+/// `uri(i)` from origin `backlog-<i>` (so that every one applies), all with sequence number
+/// `seq`.
+fn batch(per: usize, seq: u64, expires: u64, uri: impl Fn(usize) -> String) -> Vec<u8> {
+    let items: Vec<String> = (0..per)
+        .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"{}","expires":{expires},"user_agent":"backlog-{seq}"}},"origin":"backlog-{i}","seq":{seq}}}"#, uri(i)))
+        .collect();
+    format!(r#"{{"type":"ANNOUNCE","origin":"backlog","contacts":[{}]}}"#, items.join(",")).into_bytes()
+}
+
+#[test]
+fn unload_with_thousands_of_messages_queued_returns_within_its_bound() {
+    // The module's own limits for stopping registrations: 3 s for the bus, 3 s for the contact
+    // observer, 3 s for the message at hand and 5 s of removing contacts; then 5 s for the
+    // worker threads. Applying the whole backlog here takes minutes on these machines.
+    const BOUND: Duration = Duration::from_secs(20);
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let (messages, per) = (3000, 300);
+    let expires = now() + 600;
+    let bodies: Vec<Vec<u8>> = (1..=messages).map(|seq| batch(per, seq, expires, |i| format!("sip:alice@127.0.0.1:{}", 10_000 + i))).collect();
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
+    // The applier is at work: the rest of the burst waits in its inbox and in the queue.
+    wait::until("the first batch applied", Duration::from_secs(30), Duration::from_millis(20), || {
+        counter_line(node, "Applied:").split_whitespace().nth(1).and_then(|n| n.parse::<usize>().ok()).filter(|n| *n >= per).map(|_| ())
+    });
+
+    let started = std::time::Instant::now();
+    let show = std::thread::scope(|s| {
+        let unload = s.spawn(|| node.cli("module unload res_scale.so"));
+        std::thread::sleep(Duration::from_millis(200));
+        let shown = node.cli("module show like res_scale");
+        let show_took = started.elapsed();
+        let out = unload.join().unwrap();
+        let unload_took = started.elapsed();
+        eprintln!("module unload returned after {unload_took:?}: {out:?}; module show after {show_took:?}");
+        assert!(unload_took < BOUND, "module unload took {unload_took:?} with {messages} messages queued (bound {BOUND:?})");
+        assert!(show_took < BOUND, "module show waited {show_took:?}");
+        shown
+    });
+    assert!(show.contains("res_scale.so"), "{show}");
+    assert!(node.cli("scale show status").contains("No such command"), "res_scale still running");
+    assert!(node.cli("core show version").contains("Asterisk 22"));
+}
+
+#[test]
+fn a_failed_start_leaves_no_contact_observer_behind() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let conf = std::fs::read_to_string(node.dir.join("etc/res_scale.conf")).unwrap();
+    // A reload that restarts registrations, and fails to spawn its thread.
+    node.cli("scale test fail registrations");
+    node.write_config("res_scale.conf", &conf.replace("[registrations]\n", "[registrations]\nwithdraw_on_node_loss = no\n"));
+    node.cli("module reload res_scale.so");
+    node.wait_logged("cannot start the registrations thread: failure injected");
+    // The next restart works.
+    node.write_config("res_scale.conf", &conf);
+    node.cli("module reload res_scale.so");
+    wait_bus(node);
+
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue("test-observer", EXCHANGE, "registration.dave");
+    let dir = scratch(&pool, "sipp");
+    let phone = Register { user: "dave".into(), call_id: "dave-observer".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: free_port() };
+    phone.send(&dir, node.sip_port).expect("dave registers");
+    Register { cseq: 2, expires: 0, ..phone }.send(&dir, node.sip_port).expect("dave unregisters");
+    // The WITHDRAW comes after every ANNOUNCE of the registration (one queue, in order).
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &res_scale_tests::amqp::Received| m.json["type"] == "WITHDRAW") {
+        let more = probe.drain("test-observer", 1, Duration::from_secs(5));
+        assert!(!more.is_empty(), "no WITHDRAW for dave; got {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+        got.extend(more);
+    }
+    let announces = got.iter().filter(|m| m.json["type"] == "ANNOUNCE").count();
+    assert_eq!(announces, 1, "each change announced once: {:?}", got.iter().map(|m| &m.body).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_cli_reads_the_registrations_between_the_updates_of_a_batch() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let (messages, per) = (40, 1000);
+    let expires = now() + 600;
+    let bodies: Vec<Vec<u8>> = (1..=messages).map(|seq| batch(per, seq, expires, |i| format!("sip:alice-{seq}-{i}@127.0.0.1:5060"))).collect();
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
+    // While the batches apply, `scale show status` counts the contacts learned so far. Holding
+    // the book for a whole batch, the module could only ever show whole batches.
+    let remote = |status: &str| -> usize {
+        let line = status.lines().find(|l| l.trim_start().starts_with("registrations")).unwrap_or_else(|| panic!("{status}"));
+        line.split_whitespace().find_map(|w| w.strip_prefix("remote=")).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let mut seen = Vec::new();
+    wait::until("every batch applied", Duration::from_secs(120), Duration::from_millis(1), || {
+        let n = remote(&node.cli("scale show status"));
+        seen.push(n);
+        (n == messages as usize * per).then_some(())
+    });
+    eprintln!("{} reads, {} of them between the updates of a batch", seen.len(), seen.iter().filter(|n| *n % per != 0).count());
+    assert!(seen.iter().any(|n| n % per != 0), "only whole batches seen: {seen:?}");
+}
+
+#[test]
+fn a_refresh_moves_a_contact_to_its_new_path() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().start();
+    let node = pool.node(0);
+    // An AOR whose phones register through edge proxies (Path, RFC 3327).
+    let pjsip = std::fs::read_to_string(node.dir.join("etc/pjsip.conf")).unwrap();
+    node.write_config("pjsip.conf", &format!("{pjsip}[edge]\ntype = aor\nsupport_path = yes\nmax_contacts = 5\n"));
+    node.cli("module reload res_pjsip.so");
+    wait::until("AOR edge", Duration::from_secs(10), Duration::from_millis(100), || node.cli("pjsip show aor edge").contains("support_path").then_some(()));
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let uri = "sip:edge@127.0.0.1:5995";
+    let via = |proxy: &str, seq: u64| String::from_utf8(announce("edge", uri, now() + 120, "registrar-1", seq)).unwrap().replace(r#""path":"""#, &format!(r#""path":"<sip:{proxy}@127.0.0.1:5070;lr>""#));
+    let path_shown = |proxy: &str| node.cli(&format!("pjsip show contact edge/{uri}")).lines().any(|l| l.contains("path") && l.contains(&format!("<sip:{proxy}@")));
+
+    probe.publish(EXCHANGE, "registration.edge", via("p1", 1).as_bytes());
+    wait::until("the contact through p1", Duration::from_secs(5), Duration::from_millis(50), || path_shown("p1").then_some(()));
+    // The phone re-registered through another edge proxy.
+    probe.publish(EXCHANGE, "registration.edge", via("p2", 2).as_bytes());
+    wait::until("the contact through p2", Duration::from_secs(5), Duration::from_millis(50), || path_shown("p2").then_some(()));
+}
+
 #[test]
 fn with_withdraw_on_node_loss_off_the_contacts_of_a_lost_node_stay() {
     let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\n[registrations]\nenabled = yes\nwithdraw_on_node_loss = no\n";
@@ -321,4 +495,43 @@ fn with_withdraw_on_node_loss_off_the_contacts_of_a_lost_node_stay() {
     });
     assert!(has_contact(node2, "dave", &phone.contact_uri()), "the contact was withdrawn although withdraw_on_node_loss = no");
     assert!(counter_line(node2, "Sync/loss:").contains("0 contact(s) withdrawn for lost nodes"), "{}", counter_line(node2, "Sync/loss:"));
+}
+
+#[test]
+fn the_cli_reads_the_registrations_while_a_lost_nodes_contacts_go() {
+    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    wait::until("both nodes in Consul", Duration::from_secs(10), Duration::from_millis(100), || pool.node(1).cli("scale show nodes").contains(&pool.node(0).eid).then_some(()));
+    // node1 "announced" many contacts (node1 itself ignores them: its own origin).
+    let eid = pool.node(0).eid.clone();
+    let (messages, per) = (30, 1000);
+    let total = messages * per;
+    let expires = now() + 600;
+    let bodies: Vec<Vec<u8>> = (0..messages)
+        .map(|m| {
+            let items: Vec<String> = (0..per)
+                .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"sip:alice-{m}-{i}@127.0.0.1:5060","expires":{expires}}},"origin":"{eid}","seq":{}}}"#, m * per + i + 1))
+                .collect();
+            format!(r#"{{"type":"ANNOUNCE","origin":"{eid}","contacts":[{}]}}"#, items.join(",")).into_bytes()
+        })
+        .collect();
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &bodies, &[], false);
+    let node2_remote = |pool: &Pool| -> usize {
+        let status = pool.node(1).cli("scale show status");
+        let line = status.lines().find(|l| l.trim_start().starts_with("registrations")).unwrap_or_else(|| panic!("{status}"));
+        line.split_whitespace().find_map(|w| w.strip_prefix("remote=")).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    wait::until("node2 to learn every contact", Duration::from_secs(120), Duration::from_millis(100), || (node2_remote(&pool) == total).then_some(()));
+
+    pool.node_mut(0).kill();
+    // While node2 withdraws them, one by one, the CLI sees the count go down.
+    let mut seen = Vec::new();
+    wait::until("node2 to withdraw them", Duration::from_secs(120), Duration::from_millis(1), || {
+        let n = node2_remote(&pool);
+        seen.push(n);
+        (n == 0).then_some(())
+    });
+    eprintln!("{} reads, {} of them during the withdrawal", seen.len(), seen.iter().filter(|n| **n != 0 && **n != total).count());
+    assert!(seen.iter().any(|n| *n != 0 && *n != total), "only all or nothing seen: {seen:?}");
 }

@@ -1,10 +1,12 @@
 //! `make run`: a local res_scale pool (Consul, RabbitMQ, two Asterisk 22 nodes with res_scale
-//! loaded) that stays up until Ctrl-C, printing how to reach each part.
+//! loaded, and scale-gateway in front of them) that stays up until Ctrl-C, printing how to
+//! reach each part.
 //!
 //! Options: `--nodes N` (default 2), `--once` (print the status and tear down at once).
 
 use std::sync::mpsc;
 
+use res_scale_tests::gateway::{Gateway, CLIENT_PASSWORD, CLIENT_USER};
 use res_scale_tests::node::{ARI_PASSWORD, ARI_USER};
 use res_scale_tests::Pool;
 
@@ -36,6 +38,12 @@ fn main() {
         );
         println!("  logs and config: {}\n", node.dir.display());
     }
+    let gateway = Gateway::start(&pool, "gateway", "");
+    gateway.wait_healthy(nodes);
+    println!("==== scale-gateway: the pool as one Asterisk ====");
+    println!("  ARI      {}/ari ({CLIENT_USER}/{CLIENT_PASSWORD}), events ws://127.0.0.1:{}/ari/events?app=<name>", gateway.url(), gateway.port);
+    println!("  health   {}/healthz   metrics {}/metrics", gateway.url(), gateway.url());
+    println!("  config and log: {}\n", gateway.dir.display());
     if let Some(consul) = &pool.consul {
         println!("Consul   {}", consul.url());
     }

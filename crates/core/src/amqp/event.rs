@@ -8,11 +8,22 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+/// An event's place in its application's sequence on one node: `value` rises by one per event
+/// from `start`, the clock in microseconds when the node added the app. A re-sent event
+/// carries the same value; an event dropped on the way shows as a gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seq {
+    pub value: u64,
+    pub start: u64,
+}
+
 /// An event ready to publish: the ARI JSON with `"application"` added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// Shared with every other event of the application (no allocation per event).
     pub app: Arc<str>,
+    /// Assigned in the Stasis callback, so a drop before publishing is a gap.
+    pub seq: Seq,
     body: Vec<u8>,
     /// Where the `type` member's text sits in the body (between its quotes).
     event_type: Range<usize>,
@@ -48,6 +59,7 @@ impl Event {
 /// the event's only allocation and the event type is found on the way, not looked up.
 pub struct EventWriter {
     app: Arc<str>,
+    seq: Seq,
     body: Vec<u8>,
     event_type: Range<usize>,
     /// The member being written is the top-level `type`.
@@ -58,11 +70,11 @@ pub struct EventWriter {
 const BODY_CAPACITY: usize = 1024;
 
 impl EventWriter {
-    pub fn new(app: Arc<str>) -> EventWriter {
+    pub fn new(app: Arc<str>, seq: Seq) -> EventWriter {
         let mut body = Vec::with_capacity(BODY_CAPACITY);
         body.extend_from_slice(b"{\"application\":");
         write_string(&mut body, app.as_bytes());
-        EventWriter { app, body, event_type: 0..0, at_type: false }
+        EventWriter { app, seq, body, event_type: 0..0, at_type: false }
     }
 
     /// Starts the top-level member `key`; false when the member must be left out (an
@@ -95,7 +107,7 @@ impl EventWriter {
 
     pub fn finish(mut self) -> Event {
         self.body.push(b'}');
-        Event { app: self.app, body: self.body, event_type: self.event_type }
+        Event { app: self.app, seq: self.seq, body: self.body, event_type: self.event_type }
     }
 }
 
@@ -224,9 +236,11 @@ impl EventQueue {
 pub(crate) mod tests {
     use super::*;
 
+    const SEQ: Seq = Seq { value: 7, start: 5 };
+
     /// An event as the Stasis callback builds it, from members in Asterisk's order.
     pub(crate) fn event(app: &str, event_type: &str) -> Event {
-        let mut w = EventWriter::new(app.into());
+        let mut w = EventWriter::new(app.into(), SEQ);
         assert!(w.key(b"type"));
         w.top_string(event_type.as_bytes());
         w.finish()
@@ -234,7 +248,7 @@ pub(crate) mod tests {
 
     #[test]
     fn application_comes_first_and_the_members_follow_in_order() {
-        let mut w = EventWriter::new("conf".into());
+        let mut w = EventWriter::new("conf".into(), SEQ);
         assert!(w.key(b"type"));
         w.top_string(b"StasisStart");
         assert!(!w.key(b"application"), "Asterisk's own application member is left out");
@@ -245,8 +259,9 @@ pub(crate) mod tests {
         let e = w.finish();
         assert_eq!(e.body(), br#"{"application":"conf","type":"StasisStart","args":[],"asterisk_id":"02:00:00:00:00:01"}"#);
         assert_eq!(e.event_type(), "StasisStart");
+        assert_eq!(e.seq, SEQ, "the seq given at the start travels with the event");
         assert_eq!(e.routing_key("02:00:00:00:00:01"), "stasis.app.conf.02:00:00:00:00:01");
-        let empty = EventWriter::new("conf".into()).finish();
+        let empty = EventWriter::new("conf".into(), SEQ).finish();
         assert_eq!((empty.body(), empty.event_type()), (&br#"{"application":"conf"}"#[..], ""));
     }
 
@@ -260,7 +275,7 @@ pub(crate) mod tests {
         out.clear();
         write_string(&mut out, b"bad \xff byte");
         assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), "bad \u{fffd} byte");
-        let mut w = EventWriter::new(r#"a"b"#.into());
+        let mut w = EventWriter::new(r#"a"b"#.into(), SEQ);
         assert!(w.key(b"q\"k"));
         write_number(w.out(), f64::NAN);
         let body: serde_json::Value = serde_json::from_slice(w.finish().body()).unwrap();

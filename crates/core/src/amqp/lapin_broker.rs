@@ -105,6 +105,9 @@ impl Link for LapinLink {
         headers.insert("application".into(), AMQPValue::LongString((*event.app).into()));
         headers.insert("asterisk_id".into(), AMQPValue::LongString(self.eid.as_str().into()));
         headers.insert("event_type".into(), AMQPValue::LongString(event.event_type().into()));
+        // Signed: RabbitMQ's field tables have no unsigned 64-bit type (clock microseconds fit).
+        headers.insert("seq".into(), AMQPValue::LongLongInt(event.seq.value as i64));
+        headers.insert("seq_start".into(), AMQPValue::LongLongInt(event.seq.start as i64));
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(self.delivery_mode)

@@ -46,6 +46,9 @@ fn go_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Err
 pub struct KvEntry {
     pub key: String,
     pub value: Vec<u8>,
+    /// Consul's index of the key's last change: a delete with it as `cas` removes only this
+    /// version, not one another writer put since.
+    pub modify_index: u64,
 }
 
 /// A blocking-query answer: the value and the index to wait on next.
@@ -123,6 +126,11 @@ pub trait ConsulApi: Send + Sync + 'static {
     fn set_maintenance(&self, service_id: &str, enable: bool, reason: &str) -> impl Future<Output = ConsulResult<()>> + Send;
     /// Every key under `prefix`; blocks up to `wait` while the index is still `index`.
     fn kv_list(&self, prefix: &str, index: u64, wait: Duration) -> impl Future<Output = ConsulResult<Indexed<Vec<KvEntry>>>> + Send;
+    /// Writes `value` under `key` (created or replaced).
+    fn kv_put(&self, key: &str, value: &[u8]) -> impl Future<Output = ConsulResult<()>> + Send;
+    /// Deletes `key`; with `cas`, only while its modify index is still that one. False when the
+    /// key changed meanwhile (and so was left in place). A missing key counts as deleted.
+    fn kv_delete(&self, key: &str, cas: Option<u64>) -> impl Future<Output = ConsulResult<bool>> + Send;
     /// Every instance of a service with its checks; blocks like `kv_list`.
     fn health_service(&self, name: &str, index: u64, wait: Duration) -> impl Future<Output = ConsulResult<Indexed<Vec<ServiceInstance>>>> + Send;
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{ConsulApi, KvEntry};
 use super::registration::Request;
+use crate::amqp::event::Seq;
 use crate::backoff::Backoff;
 use crate::state_log::{Severity, StateLog};
 
@@ -26,28 +27,37 @@ pub trait StasisApps: Send + Sync + 'static {
 }
 
 /// Events seen per application; the Stasis callback bumps these without taking a lock that
-/// anything slow holds.
+/// anything slow holds. Each count is also the event's place in its application's sequence.
 #[derive(Debug, Default)]
 pub struct EventCounters {
-    by_app: RwLock<HashMap<Arc<str>, AtomicU64>>,
+    by_app: RwLock<HashMap<Arc<str>, AppSequence>>,
+}
+
+#[derive(Debug)]
+struct AppSequence {
+    events: AtomicU64,
+    /// The clock in microseconds when the application was added: a consumer that sees another
+    /// start knows a new sequence began (the node restarted or the app was created again).
+    start: u64,
 }
 
 impl EventCounters {
     /// Counts one event of `app`. Returns the application's shared name (events carry it
-    /// without allocating), or None if the app is not (or no longer) ours.
-    pub fn count(&self, app: &str) -> Option<Arc<str>> {
+    /// without allocating) and the event's seq, or None if the app is not (or no longer) ours.
+    pub fn count(&self, app: &str) -> Option<(Arc<str>, Seq)> {
         let by_app = self.by_app.read().unwrap_or_else(|e| e.into_inner());
-        let (name, counter) = by_app.get_key_value(app)?;
-        counter.fetch_add(1, Ordering::Relaxed);
-        Some(name.clone())
+        let (name, sequence) = by_app.get_key_value(app)?;
+        let before = sequence.events.fetch_add(1, Ordering::Relaxed);
+        Some((name.clone(), Seq { value: sequence.start + before, start: sequence.start }))
     }
 
     pub fn get(&self, app: &str) -> u64 {
-        self.by_app.read().unwrap_or_else(|e| e.into_inner()).get(app).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.by_app.read().unwrap_or_else(|e| e.into_inner()).get(app).map_or(0, |c| c.events.load(Ordering::Relaxed))
     }
 
     fn add(&self, app: &str) {
-        self.by_app.write().unwrap_or_else(|e| e.into_inner()).entry(app.into()).or_default();
+        let start = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        self.by_app.write().unwrap_or_else(|e| e.into_inner()).entry(app.into()).or_insert(AppSequence { events: AtomicU64::new(0), start });
     }
 
     fn remove(&self, app: &str) {
@@ -245,7 +255,7 @@ mod tests {
 
     #[test]
     fn names_come_from_keys_and_bad_ones_are_set_apart() {
-        let kv = |k: &str| KvEntry { key: k.into(), value: b"{}".to_vec() };
+        let kv = |k: &str| KvEntry { key: k.into(), value: b"{}".to_vec(), modify_index: 1 };
         let (valid, invalid) = app_names("res_scale/apps/", &[kv("res_scale/apps/"), kv("res_scale/apps/conf"), kv("res_scale/apps/bad name"), kv("res_scale/apps/a/b"), kv("other/x")]);
         assert_eq!(valid, set(&["conf"]));
         assert_eq!(invalid, set(&["bad name", "a/b"]));
@@ -260,8 +270,30 @@ mod tests {
         assert_eq!(apply(&table, &stasis, &counters, &set(&["a", "b"])), None);
         assert_eq!(apply(&table, &stasis, &counters, &set(&["b", "c"])), Some(vec!["b".into(), "c".into()]));
         assert_eq!(*stasis.calls.lock().unwrap(), ["+a", "+b", "-a", "+c"]);
-        assert_eq!((counters.count("b").as_deref(), counters.count("a")), (Some("b"), None));
+        assert_eq!((counters.count("b").map(|(name, _)| name).as_deref(), counters.count("a")), (Some("b"), None));
         assert_eq!(counters.get("b"), 1);
+    }
+
+    #[test]
+    fn seq_rises_by_one_per_event_from_the_clock_and_a_recreated_app_starts_anew() {
+        let table = Mutex::new(AppsTable::default());
+        let stasis = FakeStasis::default();
+        let counters = EventCounters::default();
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_micros() as u64;
+        apply(&table, &stasis, &counters, &set(&["a", "b"]));
+        let seqs: Vec<Seq> = (0..3).map(|_| counters.count("a").unwrap().1).collect();
+        let start = seqs[0].start;
+        assert!(start >= now, "the sequence starts from the clock in microseconds");
+        assert_eq!(seqs, [0, 1, 2].map(|n| Seq { value: start + n, start }));
+        let b = [counters.count("b").unwrap().1, counters.count("b").unwrap().1];
+        assert_eq!((b[0].value, b[1].value), (b[0].start, b[0].start + 1), "each app counts on its own");
+
+        apply(&table, &stasis, &counters, &set(&["b"]));
+        std::thread::sleep(Duration::from_millis(2));
+        apply(&table, &stasis, &counters, &set(&["a", "b"]));
+        let again = counters.count("a").unwrap().1;
+        assert!(again.start > start, "a new sequence announces itself by its start");
+        assert_eq!(again.value, again.start);
     }
 
     #[test]

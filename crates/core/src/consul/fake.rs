@@ -21,7 +21,8 @@ pub struct FakeState {
     pub maintenance: BTreeMap<String, bool>,
     pub passes: u64,
     pub registrations: u64,
-    pub kv: BTreeMap<String, Vec<u8>>,
+    /// Value and modify index per key.
+    pub kv: BTreeMap<String, (Vec<u8>, u64)>,
     pub index: u64,
     /// The index each `health_service` call asked for, in order.
     pub health_requests: Vec<u64>,
@@ -82,8 +83,29 @@ impl ConsulApi for FakeConsul {
 
     async fn kv_list(&self, prefix: &str, _index: u64, _wait: Duration) -> ConsulResult<Indexed<Vec<KvEntry>>> {
         let s = self.up()?;
-        let value = s.kv.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| KvEntry { key: k.clone(), value: v.clone() }).collect();
+        let value = s.kv.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, (v, i))| KvEntry { key: k.clone(), value: v.clone(), modify_index: *i }).collect();
         Ok(Indexed { index: s.index, value })
+    }
+
+    async fn kv_put(&self, key: &str, value: &[u8]) -> ConsulResult<()> {
+        let mut s = self.up()?;
+        s.index += 1;
+        let index = s.index;
+        s.kv.insert(key.into(), (value.to_vec(), index));
+        Ok(())
+    }
+
+    async fn kv_delete(&self, key: &str, cas: Option<u64>) -> ConsulResult<bool> {
+        let mut s = self.up()?;
+        if let (Some(cas), Some((_, index))) = (cas, s.kv.get(key)) {
+            if *index != cas {
+                return Ok(false);
+            }
+        }
+        if s.kv.remove(key).is_some() {
+            s.index += 1;
+        }
+        Ok(true)
     }
 
     async fn health_service(&self, name: &str, index: u64, _wait: Duration) -> ConsulResult<Indexed<Vec<ServiceInstance>>> {

@@ -113,6 +113,8 @@ fn wait_param(wait: Duration) -> String {
 struct RawKv {
     key: String,
     value: Option<String>,
+    #[serde(default)]
+    modify_index: u64,
 }
 
 #[derive(Deserialize)]
@@ -190,9 +192,27 @@ impl ConsulApi for HttpConsul {
             .map(|kv| KvEntry {
                 key: kv.key,
                 value: kv.value.and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()).unwrap_or_default(),
+                modify_index: kv.modify_index,
             })
             .collect();
         Ok(Indexed { index, value })
+    }
+
+    async fn kv_put(&self, key: &str, value: &[u8]) -> ConsulResult<()> {
+        let r = self.send(Method::PUT, &format!("/v1/kv/{key}"), REQUEST_TIMEOUT, |r| r.body(value.to_vec())).await?;
+        let r = expect_ok(r, "put KV").await?;
+        // Consul answers `true`, or `false` when it did not write (only with cas or locks).
+        match r.text().await.map_err(|e| ConsulError::Failed(format!("put KV: unreadable answer: {e}")))?.trim() {
+            "true" => Ok(()),
+            other => Err(ConsulError::Failed(format!("put KV '{key}': Consul answered {other}"))),
+        }
+    }
+
+    async fn kv_delete(&self, key: &str, cas: Option<u64>) -> ConsulResult<bool> {
+        let query: Vec<(&str, String)> = cas.map(|index| ("cas", index.to_string())).into_iter().collect();
+        let r = self.send(Method::DELETE, &format!("/v1/kv/{key}"), REQUEST_TIMEOUT, |r| r.query(&query)).await?;
+        let r = expect_ok(r, "delete KV").await?;
+        Ok(r.text().await.map_err(|e| ConsulError::Failed(format!("delete KV: unreadable answer: {e}")))?.trim() == "true")
     }
 
     async fn health_service(&self, name: &str, index: u64, wait: Duration) -> ConsulResult<Indexed<Vec<ServiceInstance>>> {

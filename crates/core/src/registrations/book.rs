@@ -4,15 +4,18 @@
 //! - per (origin, AOR), only a message newer than the last applied counts ([`SeqTracker`]);
 //! - a contact belongs to the origin that announced it last: only that origin's WITHDRAW removes
 //!   it, and REPLACE removes only that origin's contacts of the AOR;
-//! - a contact that a phone registered on this node is never touched by messages from others;
+//! - a contact that a phone registered on this node is never touched by messages from others,
+//!   including one this node applied and its registrar then refreshed for a REGISTER with the
+//!   same URI (the phone moved here): from then on it is this node's;
 //! - bad input is refused with a reason, counted, logged (rate-limited), and the next message
 //!   still applies.
 //!
 //! [`Book`] holds the contacts applied from others; [`LocalBook`] the ones phones registered
 //! here, with the seq under which each was published.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::message::{self, Contact, Kind, Message, Rejection, Update};
@@ -20,11 +23,24 @@ use super::seq::SeqTracker;
 
 /// PJSIP's contacts, as the book changes them. The module's implementation calls the location
 /// API of res_pjsip.
+///
+/// `applied` is what the book last wrote to the contact. Where the stored contact is no longer
+/// that (see [`same_registration`]), or carries an endpoint, this node's registrar made or
+/// refreshed it for a phone: nothing is written and the answer is [`Refusal::RegisteredHere`].
 pub trait Location {
-    /// Creates the contact in the AOR, or refreshes it (expiry, user agent, via, call id).
-    fn upsert(&mut self, aor: &str, contact: &Contact) -> Result<(), Refusal>;
-    /// Deletes the contact with this URI from the AOR; an absent contact is not an error.
-    fn remove(&mut self, aor: &str, uri: &str) -> Result<(), Refusal>;
+    /// Creates the contact in the AOR, or refreshes it (expiry, path, user agent, via, call id).
+    fn upsert(&mut self, aor: &str, contact: &Contact, applied: Option<&Contact>) -> Result<(), Refusal>;
+    /// Deletes the contact from the AOR; an absent contact is not an error.
+    fn remove(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal>;
+    /// Whether the contact is still the one the book applied (Ok also when it is gone).
+    fn check(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal>;
+}
+
+/// Whether a stored contact is still the registration the book wrote. A registrar refresh
+/// always sets a new expiry (now + Expires) and the phone's user agent; it never touches the
+/// via or call id, so those tell nothing.
+pub fn same_registration(stored: &Contact, applied: &Contact) -> bool {
+    stored.expires == applied.expires && stored.user_agent == applied.user_agent
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +49,8 @@ pub enum Refusal {
     UnknownAor,
     /// Asterisk refused the contact (res_pjsip logged why, e.g. an unusable URI).
     Refused,
+    /// A phone registered the contact on this node (the registrar made or refreshed it).
+    RegisteredHere,
 }
 
 /// The reasons a message (or one contact of a batch) is rejected, each with its counter.
@@ -57,6 +75,9 @@ pub struct Counters {
     pub sync_requests_answered: AtomicU64,
     /// Contacts withdrawn because the node that announced them left the pool.
     pub node_loss_removed: AtomicU64,
+    /// Applied contacts that this node's registrar refreshed for a phone (same AOR and URI):
+    /// they became this node's.
+    pub taken_over: AtomicU64,
 }
 
 impl Counters {
@@ -183,24 +204,13 @@ impl Book {
     /// Decodes and applies one message body. `local` tells whether a phone registered the
     /// contact on this node.
     pub fn handle(&mut self, body: &[u8], loc: &mut impl Location, local: &dyn Fn(&Key) -> bool, counters: &Counters, now: u64) -> Handled {
-        let message = match message::decode(body) {
-            Ok(message) => message,
-            Err(rejection) => {
-                self.reject(counters, &rejection, "");
-                return Handled::Done;
-            }
-        };
-        match message {
-            Message::Single(update) => self.apply(update, loc, local, counters, now),
-            Message::Batch { updates, .. } => {
-                for update in updates {
-                    self.apply(update, loc, local, counters, now);
-                }
-            }
-            Message::SyncRequest { origin } if origin == self.origin => Counters::count(&counters.ignored_own),
-            Message::SyncRequest { origin } => return Handled::SyncRequest { origin },
-        }
-        Handled::Done
+        handle_in(self, body, loc, local, counters, now)
+    }
+
+    /// As [`Book::handle`], for a book behind a lock that is taken for each update of a batch,
+    /// not for the whole message: readers (the CLI) never wait behind a batch of Asterisk calls.
+    pub fn handle_shared(book: &Mutex<Book>, body: &[u8], loc: &mut impl Location, local: &dyn Fn(&Key) -> bool, counters: &Counters, now: u64) -> Handled {
+        handle_in(book, body, loc, local, counters, now)
     }
 
     fn reject(&mut self, counters: &Counters, rejection: &Rejection, context: &str) {
@@ -254,34 +264,59 @@ impl Book {
             }
             return;
         }
-        match loc.upsert(&update.aor, &update.contact) {
+        match loc.upsert(&update.aor, &update.contact, self.remote.get(&key).map(|e| &e.contact)) {
             Ok(()) => {
                 Counters::count(&counters.applied);
                 self.remote.insert(key, Entry { origin: update.origin, seq: update.seq, contact: update.contact });
             }
+            Err(Refusal::RegisteredHere) => self.taken_over(&key, counters),
             Err(Refusal::UnknownAor) => self.refuse(counters, "unknown_aor", &update, "no such AOR on this node"),
             Err(Refusal::Refused) => self.refuse(counters, "refused", &update, "res_pjsip refused the contact"),
         }
     }
 
     fn remove(&mut self, key: &Key, loc: &mut impl Location, counters: &Counters) {
+        if let Some(entry) = self.remote.remove(key) {
+            match loc.remove(&key.0, &entry.contact) {
+                Err(Refusal::RegisteredHere) => Counters::count(&counters.taken_over),
+                // Any other failure means the contact is already gone (expired, deleted by hand).
+                _ => Counters::count(&counters.removed),
+            }
+        }
+    }
+
+    /// The registrar refreshed an applied contact for a phone: it is no longer ours to change.
+    fn taken_over(&mut self, key: &Key, counters: &Counters) {
         if self.remote.remove(key).is_some() {
-            // A failure here means the contact is already gone (expired, or deleted by hand).
-            let _ = loc.remove(&key.0, &key.1);
-            Counters::count(&counters.removed);
+            Counters::count(&counters.taken_over);
+        }
+    }
+
+    /// A contact without endpoint changed in PJSIP (`seen`, as the observer reported it): if it
+    /// is one the book applied and no longer what the book wrote, the stored contact is checked
+    /// and, when the registrar refreshed it, given up to this node.
+    pub fn refreshed(&mut self, key: &Key, seen: &Contact, loc: &mut impl Location, counters: &Counters) {
+        let Some(entry) = self.remote.get(key) else { return };
+        // Our own write, or one so alike that a refresh could not be told from it.
+        if same_registration(seen, &entry.contact) {
+            return;
+        }
+        // `seen` may be an older write of ours reported late: only the stored contact counts.
+        if loc.check(&key.0, &entry.contact) == Err(Refusal::RegisteredHere) {
+            self.taken_over(key, counters);
         }
     }
 
     /// Removes every contact announced by `origin` (a node that left the pool) and forgets its
     /// sequence numbers; returns how many contacts went.
     pub fn withdraw_origin(&mut self, origin: &str, loc: &mut impl Location, counters: &Counters) -> usize {
-        let owned: Vec<Key> = self.remote.iter().filter(|(_, e)| e.origin == origin).map(|(k, _)| k.clone()).collect();
-        for key in &owned {
-            self.remove(key, loc, counters);
-            Counters::count(&counters.node_loss_removed);
-        }
-        self.seq.forget_origin(origin);
-        owned.len()
+        withdraw_origin_in(self, origin, loc, counters)
+    }
+
+    /// As [`Book::withdraw_origin`], for a book behind a lock that is taken for each contact
+    /// (a lost node may have announced thousands).
+    pub fn withdraw_origin_shared(book: &Mutex<Book>, origin: &str, loc: &mut impl Location, counters: &Counters) -> usize {
+        withdraw_origin_in(book, origin, loc, counters)
     }
 
     /// Forgets contacts whose expiry has passed (PJSIP deletes them itself).
@@ -289,19 +324,75 @@ impl Book {
         self.remote.retain(|_, e| e.expires() > now);
     }
 
-    /// Removes every contact this book applied (at unload: nothing would keep them right).
-    pub fn clear(&mut self, loc: &mut impl Location) -> usize {
-        let count = self.remote.len();
-        for (aor, uri) in std::mem::take(&mut self.remote).into_keys() {
-            let _ = loc.remove(&aor, &uri);
+    /// Removes every contact this book applied (at unload: nothing would keep them right),
+    /// until `deadline`; the book forgets the rest (they expire in PJSIP by themselves).
+    /// Returns how many were removed and how many left.
+    pub fn clear(&mut self, loc: &mut impl Location, deadline: Instant) -> (usize, usize) {
+        let all = std::mem::take(&mut self.remote);
+        let count = all.len();
+        let mut removed = 0;
+        for ((aor, _), entry) in all {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let _ = loc.remove(&aor, &entry.contact);
+            removed += 1;
         }
-        count
+        (removed, count - removed)
     }
 
     /// Everything still valid, as announcements keeping their origin and seq (a SYNC reply).
     pub fn known(&self, now: u64) -> Vec<Update> {
         self.remote.iter().filter(|(_, e)| e.expires() > now).map(|((aor, _), e)| e.update(aor)).collect()
     }
+}
+
+/// A book reached directly, or through its lock (taken for each call).
+trait Access {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Book) -> R) -> R;
+}
+
+impl Access for &mut Book {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Book) -> R) -> R {
+        f(self)
+    }
+}
+
+impl Access for &Mutex<Book> {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Book) -> R) -> R {
+        f(&mut self.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+fn handle_in(mut book: impl Access, body: &[u8], loc: &mut impl Location, local: &dyn Fn(&Key) -> bool, counters: &Counters, now: u64) -> Handled {
+    let message = match message::decode(body) {
+        Ok(message) => message,
+        Err(rejection) => {
+            book.with(|b| b.reject(counters, &rejection, ""));
+            return Handled::Done;
+        }
+    };
+    match message {
+        Message::Single(update) => book.with(|b| b.apply(update, loc, local, counters, now)),
+        Message::Batch { updates, .. } => {
+            for update in updates {
+                book.with(|b| b.apply(update, loc, local, counters, now));
+            }
+        }
+        Message::SyncRequest { origin } if book.with(|b| b.origin == origin) => Counters::count(&counters.ignored_own),
+        Message::SyncRequest { origin } => return Handled::SyncRequest { origin },
+    }
+    Handled::Done
+}
+
+fn withdraw_origin_in(mut book: impl Access, origin: &str, loc: &mut impl Location, counters: &Counters) -> usize {
+    let owned: Vec<Key> = book.with(|b| b.remote.iter().filter(|(_, e)| e.origin == origin).map(|(k, _)| k.clone()).collect());
+    for key in &owned {
+        book.with(|b| b.remove(key, loc, counters));
+        Counters::count(&counters.node_loss_removed);
+    }
+    book.with(|b| b.seq.forget_origin(origin));
+    owned.len()
 }
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -315,9 +406,11 @@ fn kind_name(kind: Kind) -> &'static str {
 /// A change of a contact that a phone registered on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalChange {
-    /// Created, refreshed, or found at start.
+    /// Created or refreshed.
     Registered,
     Unregistered,
+    /// Listed by the snapshot taken at start (see [`LocalBook::snapshot_begins`]).
+    Found,
 }
 
 /// The contacts phones registered on this node, and the seq each was last published with.
@@ -326,13 +419,27 @@ pub struct LocalBook {
     origin: String,
     next_seq: u64,
     entries: BTreeMap<Key, Entry>,
+    /// While the start snapshot runs: the contacts the observer reported meanwhile.
+    touched: Option<BTreeSet<Key>>,
 }
 
 impl LocalBook {
     /// `first_seq` must exceed every seq this node used before (the module starts from the
     /// clock in microseconds, so a restarted node is not mistaken for a replay).
     pub fn new(origin: &str, first_seq: u64) -> LocalBook {
-        LocalBook { origin: origin.to_string(), next_seq: first_seq, entries: BTreeMap::new() }
+        LocalBook { origin: origin.to_string(), next_seq: first_seq, entries: BTreeMap::new(), touched: None }
+    }
+
+    /// The start snapshot (every contact there is, reported as `Found`) runs while the
+    /// observer already reports changes, in either order: what the observer reported since
+    /// this call is newer than the snapshot, whose report of the same contact is then dropped.
+    /// Otherwise a phone that unregistered meanwhile would come back as a ghost.
+    pub fn snapshot_begins(&mut self) {
+        self.touched = Some(BTreeSet::new());
+    }
+
+    pub fn snapshot_ends(&mut self) {
+        self.touched = None;
     }
 
     pub fn contains(&self, key: &Key) -> bool {
@@ -346,8 +453,16 @@ impl LocalBook {
     /// Records the change and returns the message that tells the pool, if any.
     pub fn changed(&mut self, change: LocalChange, aor: &str, contact: Contact) -> Option<Update> {
         let key = (aor.to_string(), contact.uri.clone());
+        match (change, &mut self.touched) {
+            (LocalChange::Found, Some(touched)) if touched.contains(&key) => return None,
+            (LocalChange::Found, _) => {}
+            (_, Some(touched)) => {
+                touched.insert(key.clone());
+            }
+            (_, None) => {}
+        }
         let kind = match change {
-            LocalChange::Registered => Kind::Announce,
+            LocalChange::Registered | LocalChange::Found => Kind::Announce,
             LocalChange::Unregistered => {
                 self.entries.remove(&key)?;
                 Kind::Withdraw
@@ -383,17 +498,38 @@ mod tests {
         contacts: BTreeMap<Key, Contact>,
     }
 
+    impl FakeLocation {
+        /// Err(RegisteredHere) when the stored contact is not what the book applied.
+        fn owned(&self, aor: &str, uri: &str, applied: Option<&Contact>) -> Result<(), Refusal> {
+            match (self.contacts.get(&(aor.to_string(), uri.to_string())), applied) {
+                (Some(stored), Some(applied)) if !same_registration(stored, applied) => Err(Refusal::RegisteredHere),
+                _ => Ok(()),
+            }
+        }
+
+        /// This node's registrar refreshes the contact for a REGISTER.
+        fn register(&mut self, aor: &str, uri: &str, expires: u64) {
+            let contact = Contact { uri: uri.into(), expires: Some(expires), user_agent: "phone".into(), ..Default::default() };
+            self.contacts.insert((aor.into(), uri.into()), contact);
+        }
+    }
+
     impl Location for FakeLocation {
-        fn upsert(&mut self, aor: &str, contact: &Contact) -> Result<(), Refusal> {
+        fn upsert(&mut self, aor: &str, contact: &Contact, applied: Option<&Contact>) -> Result<(), Refusal> {
             if !self.aors.contains(&aor) {
                 return Err(Refusal::UnknownAor);
             }
+            self.owned(aor, &contact.uri, applied)?;
             self.contacts.insert((aor.into(), contact.uri.clone()), contact.clone());
             Ok(())
         }
-        fn remove(&mut self, aor: &str, uri: &str) -> Result<(), Refusal> {
-            self.contacts.remove(&(aor.to_string(), uri.to_string()));
+        fn remove(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal> {
+            self.owned(aor, &applied.uri, Some(applied))?;
+            self.contacts.remove(&(aor.to_string(), applied.uri.clone()));
             Ok(())
+        }
+        fn check(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal> {
+            self.owned(aor, &applied.uri, Some(applied))
         }
     }
 
@@ -470,6 +606,34 @@ mod tests {
     }
 
     #[test]
+    fn a_contact_the_registrar_refreshed_is_never_changed_or_removed_by_its_origin() {
+        let (mut book, mut loc, c) = setup();
+        let key: Key = ("alice".into(), "sip:a@h1".into());
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h2", "n1", 2), &mut loc, &no_local, &c, NOW);
+        // The phone registers here with the URI n1 announced.
+        loc.register("alice", "sip:a@h1", NOW + 3600);
+        let seen = loc.contacts[&key].clone();
+        book.refreshed(&key, &seen, &mut loc, &c);
+        assert!(!book.entries().contains_key(&key), "the book still claims the contact");
+        // The module records it in the LocalBook meanwhile.
+        let here = |k: &Key| *k == key;
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 3), &mut loc, &here, &c, NOW);
+        book.handle(&announce("WITHDRAW", "alice", "sip:a@h1", "n1", 4), &mut loc, &here, &c, NOW);
+        assert_eq!(loc.contacts[&key], seen, "n1 changed or removed the phone's registration");
+        // Found only when n1 acts (no observer report): a withdrawal leaves it too.
+        loc.register("alice", "sip:a@h2", NOW + 3600);
+        book.handle(&announce("WITHDRAW", "alice", "sip:a@h2", "n1", 5), &mut loc, &here, &c, NOW);
+        assert!(loc.contacts.contains_key(&("alice".into(), "sip:a@h2".into())));
+        assert_eq!(Counters::get(&c.taken_over), 2);
+        // An older write of ours reported late is not a refresh.
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h3", "n1", 6), &mut loc, &no_local, &c, NOW);
+        let stale = Contact { uri: "sip:a@h3".into(), expires: Some(NOW + 1), ..Default::default() };
+        book.refreshed(&("alice".into(), "sip:a@h3".into()), &stale, &mut loc, &c);
+        assert_eq!(book.entries().len(), 1);
+    }
+
+    #[test]
     fn batches_apply_each_item_with_its_origin_and_sync_requests_are_reported() {
         let (mut book, mut loc, c) = setup();
         let batch = format!(
@@ -493,8 +657,23 @@ mod tests {
         assert_eq!(loc.contacts.len(), 1);
         book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
         assert_eq!(loc.contacts.len(), 2, "a node that comes back starts a new count");
-        assert_eq!(book.clear(&mut loc), 2);
+        assert_eq!(book.clear(&mut loc, Instant::now() + Duration::from_secs(60)), (2, 0));
         assert!(loc.contacts.is_empty());
+    }
+
+    #[test]
+    fn the_start_snapshot_never_revives_a_contact_the_observer_reported_meanwhile() {
+        let mut local = LocalBook::new("me", 1);
+        let gone = Contact { uri: "sip:a@h1".into(), expires: Some(NOW + 60), ..Default::default() };
+        let kept = Contact { uri: "sip:a@h2".into(), expires: Some(NOW + 60), ..Default::default() };
+        local.snapshot_begins();
+        // The phone unregisters after the snapshot read it; its deletion is reported first.
+        assert_eq!(local.changed(LocalChange::Unregistered, "alice", gone.clone()), None);
+        assert_eq!(local.changed(LocalChange::Found, "alice", gone.clone()), None, "the snapshot revived a deleted contact");
+        assert!(!local.contains(&("alice".into(), gone.uri.clone())));
+        assert_eq!(local.changed(LocalChange::Found, "alice", kept).map(|u| u.kind), Some(Kind::Announce));
+        local.snapshot_ends();
+        assert_eq!(local.changed(LocalChange::Found, "alice", gone).map(|u| u.kind), Some(Kind::Announce));
     }
 
     #[test]

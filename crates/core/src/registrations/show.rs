@@ -59,7 +59,7 @@ pub fn render(v: &RegistrationsView<'_>, aor: Option<&str>) -> String {
     let lines: [(&str, String); 8] = [
         ("State", format!("{} (exchange {})", v.status.state, v.exchange)),
         ("Broker", if v.status.broker.is_empty() { "-".into() } else { v.status.broker.clone() }),
-        ("Applied", format!("{} created or refreshed, {} removed", Counters::get(&c.applied), Counters::get(&c.removed))),
+        ("Applied", format!("{} created or refreshed, {} removed, {} taken over by this node's registrar", Counters::get(&c.applied), Counters::get(&c.removed), Counters::get(&c.taken_over))),
         ("Ignored", format!("{} own, {} duplicate/old/not owner", Counters::get(&c.ignored_own), Counters::get(&c.ignored_stale))),
         ("Rejected", format!("{} ({})", c.rejected_total(), c.rejected_by_reason())),
         ("Published", format!("{} ({} dropped: queue full)", Counters::get(&c.published), Counters::get(&c.publish_dropped))),

@@ -171,8 +171,9 @@ fn consul_down_for_ten_seconds_leaves_asterisk_answering_and_apps_registered() {
     // was away, and the watch must reconcile rather than only follow changes.
     pool.consul.as_mut().unwrap().restart();
     wait_registered(&pool, Duration::from_secs(5));
+    // The watch retries with a backoff capped at 10 s, so it may be that long before it asks.
     for node in &pool.nodes {
-        wait::until("conf removed after the reconnect", Duration::from_secs(5), Duration::from_millis(50), || (!ari_apps(node).contains(&"conf".to_string())).then_some(()));
+        wait::until("conf removed after the reconnect", Duration::from_secs(15), Duration::from_millis(50), || (!ari_apps(node).contains(&"conf".to_string())).then_some(()));
     }
     pool.consul.as_ref().unwrap().put_kv("res_scale/apps/conf", "{}");
     for node in &pool.nodes {

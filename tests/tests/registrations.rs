@@ -474,6 +474,7 @@ fn a_refresh_moves_a_contact_to_its_new_path() {
     // The phone re-registered through another edge proxy.
     probe.publish(EXCHANGE, "registration.edge", via("p2", 2).as_bytes());
     wait::until("the contact through p2", Duration::from_secs(5), Duration::from_millis(50), || path_shown("p2").then_some(()));
+}
 
 #[test]
 fn with_withdraw_on_node_loss_off_the_contacts_of_a_lost_node_stay() {

@@ -24,6 +24,8 @@ pub struct FakeState {
     /// Value and modify index per key.
     pub kv: BTreeMap<String, (Vec<u8>, u64)>,
     pub index: u64,
+    /// The index each `health_service` call asked for, in order.
+    pub health_requests: Vec<u64>,
 }
 
 impl FakeConsul {
@@ -106,8 +108,12 @@ impl ConsulApi for FakeConsul {
         Ok(true)
     }
 
-    async fn health_service(&self, name: &str, _index: u64, _wait: Duration) -> ConsulResult<Indexed<Vec<ServiceInstance>>> {
-        let s = self.up()?;
+    async fn health_service(&self, name: &str, index: u64, _wait: Duration) -> ConsulResult<Indexed<Vec<ServiceInstance>>> {
+        // A real agent answers over the network: a watch calling in a loop must let other
+        // tasks run.
+        tokio::task::yield_now().await;
+        let mut s = self.up()?;
+        s.health_requests.push(index);
         let value = s
             .services
             .values()

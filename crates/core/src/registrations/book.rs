@@ -154,17 +154,29 @@ struct RateLimitedLog {
 
 impl RateLimitedLog {
     fn warn(&mut self, reason: &'static str, text: impl FnOnce() -> String) {
-        let now = Instant::now();
+        match self.due(reason, Instant::now()) {
+            Some(None) => tracing::warn!("registrations: {}", text()),
+            Some(Some(more)) => tracing::warn!("registrations: {} ({more} more '{reason}' since the last such line)", text()),
+            None => {}
+        }
+    }
+
+    /// Whether a line for `reason` is due at `now`: `None` while the last one is less than
+    /// LOG_EVERY old (this one is counted instead), else `Some` of how many were not logged
+    /// since the last line (`None` for the first line of that reason).
+    fn due(&mut self, reason: &'static str, now: Instant) -> Option<Option<u64>> {
         match self.last.get_mut(reason) {
-            Some((at, suppressed)) if now.duration_since(*at) < LOG_EVERY => *suppressed += 1,
+            Some((at, suppressed)) if now.duration_since(*at) < LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
             Some((at, suppressed)) => {
-                let more = std::mem::take(suppressed);
                 *at = now;
-                tracing::warn!("registrations: {} ({more} more '{reason}' since the last such line)", text());
+                Some(Some(std::mem::take(suppressed)))
             }
             None => {
                 self.last.insert(reason, (now, 0));
-                tracing::warn!("registrations: {}", text());
+                Some(None)
             }
         }
     }
@@ -674,5 +686,111 @@ mod tests {
         let w = local.changed(LocalChange::Unregistered, "alice", contact.clone()).unwrap();
         assert_eq!((w.kind, w.seq), (Kind::Withdraw, 101));
         assert_eq!(local.changed(LocalChange::Unregistered, "alice", contact), None);
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_per_reason_every_ten_seconds() {
+        let mut log = RateLimitedLog::default();
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        assert_eq!(log.due("bad_json", t0), Some(None));
+        assert_eq!(log.due("bad_json", at(1)), None);
+        assert_eq!(log.due("expired", at(1)), Some(None), "each reason has its own limit");
+        assert_eq!(log.due("bad_json", at(9)), None);
+        assert_eq!(log.due("bad_json", at(10)), Some(Some(2)), "10 s after the last line, with the count of those not logged");
+        assert_eq!(log.due("bad_json", at(11)), None);
+        assert_eq!(log.due("bad_json", at(20)), Some(Some(1)));
+        assert_eq!(log.due("bad_json", at(30)), Some(Some(0)));
+    }
+
+    #[test]
+    fn rejections_are_counted_by_reason_and_in_total() {
+        let c = Counters::default();
+        for reason in ["bad_json", "bad_json", "expired", "not_a_reason"] {
+            c.reject(reason);
+        }
+        assert_eq!(c.rejected_total(), 3);
+        assert_eq!(c.rejected_by_reason(), "bad_json=2 expired=1");
+    }
+
+    #[test]
+    fn an_expired_announce_removes_only_its_owners_contact() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), &mut loc, &no_local, &c, NOW);
+        // At NOW + 60 the announcement (expires NOW + 60) has expired.
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n2", 1), &mut loc, &no_local, &c, NOW + 60);
+        assert_eq!(loc.contacts.len(), 1, "another origin's expired ANNOUNCE leaves n1's contact");
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 2), &mut loc, &no_local, &c, NOW + 60);
+        assert!(loc.contacts.is_empty() && book.entries().is_empty(), "the owner's expired ANNOUNCE removes it");
+    }
+
+    #[test]
+    fn expired_contacts_are_swept_and_left_out_of_sync_replies() {
+        let (mut book, mut loc, c) = setup();
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 7), &mut loc, &no_local, &c, NOW);
+        let known = book.known(NOW + 59);
+        assert_eq!((known.len(), known[0].origin.as_str(), known[0].seq), (1, "n1", 7), "a SYNC reply keeps origin and seq");
+        assert!(book.known(NOW + 60).is_empty(), "expired at its expiry time");
+        book.sweep(NOW + 59);
+        assert_eq!(book.entries().len(), 1);
+        book.sweep(NOW + 60);
+        assert!(book.entries().is_empty());
+    }
+
+    #[test]
+    fn the_local_book_knows_its_phones_until_they_expire() {
+        let mut local = LocalBook::new("me", 100);
+        let contact = Contact { uri: "sip:a@h1".into(), expires: Some(NOW + 60), ..Default::default() };
+        local.changed(LocalChange::Registered, "alice", contact);
+        let key: Key = ("alice".into(), "sip:a@h1".into());
+        assert!(local.contains(&key) && !local.contains(&("alice".into(), "sip:other@h1".into())));
+        assert_eq!(local.entries().len(), 1);
+        let known = local.known(NOW + 59);
+        assert_eq!((known.len(), known[0].origin.as_str(), known[0].seq), (1, "me", 100));
+        assert!(local.known(NOW + 60).is_empty());
+        local.sweep(NOW + 59);
+        assert!(local.contains(&key));
+        local.sweep(NOW + 60);
+        assert!(!local.contains(&key));
+    }
+
+    #[test]
+    fn kinds_are_named_as_on_the_wire() {
+        assert_eq!([Kind::Announce, Kind::Withdraw, Kind::Replace].map(kind_name), ["ANNOUNCE", "WITHDRAW", "REPLACE"]);
+    }
+
+    /// Collects the message of every event logged while it is the subscriber.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Message<'a>(&'a mut String);
+            impl tracing::field::Visit for Message<'_> {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        *self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut text = String::new();
+            event.record(&mut Message(&mut text));
+            self.0.lock().unwrap().push(text);
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_logged_with_its_reason_and_repeats_are_held_back() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut book, mut loc, c) = setup();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(Capture(lines.clone())), || {
+            for _ in 0..3 {
+                book.handle(b"{not json", &mut loc, &no_local, &c, NOW);
+            }
+        });
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("registrations: message refused (bad_json)"), "{lines:?}");
+        assert_eq!(c.rejected_total(), 3);
     }
 }

@@ -122,4 +122,10 @@ mod tests {
         assert!(render(&view, Some("carol")).starts_with("No contact known for AOR 'carol'."));
         assert_eq!(status_line(&view).counters[..2], [("local", 1), ("remote", 1)]);
     }
+
+    #[test]
+    fn a_contact_is_expired_from_its_expiry_second_on() {
+        assert_eq!(expires_in(1_001, 1_000), "1 s");
+        assert_eq!(expires_in(1_000, 1_000), "expired");
+    }
 }

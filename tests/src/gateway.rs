@@ -29,13 +29,15 @@ pub struct Gateway {
     pub instance_id: String,
     pub dir: PathBuf,
     config: PathBuf,
+    /// `SCALE_GATEWAY_*` settings over the generated file, as an operator's environment.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
 impl Gateway {
-    /// A gateway named `instance_id` for `pool` (which needs Consul and RabbitMQ); `extra` is
-    /// TOML appended to the generated config (sections the test wants to change).
-    pub fn start(pool: &Pool, instance_id: &str, extra: &str) -> Gateway {
+    /// A gateway named `instance_id` for `pool` (which needs Consul and RabbitMQ); `env` sets
+    /// keys over the generated config (`SCALE_GATEWAY_APPS_LINGER`, ...).
+    pub fn start(pool: &Pool, instance_id: &str, env: &[(&str, &str)]) -> Gateway {
         let consul = pool.consul.as_ref().expect("the gateway needs the pool's Consul");
         let mq = pool.rabbitmq.as_ref().expect("the gateway needs the pool's RabbitMQ");
         let dir = pool.dir.join(format!("gateway-{instance_id}"));
@@ -46,13 +48,14 @@ impl Gateway {
              [[clients]]\nuser = \"{CLIENT_USER}\"\npassword = \"{CLIENT_PASSWORD}\"\n\
              [nodes]\nari_user = \"{ARI_USER}\"\nari_password = \"{ARI_PASSWORD}\"\n\
              [consul]\nurl = \"{}\"\ncheck_ttl = \"3s\"\n\
-             [amqp]\nurl = \"{}\"\n{extra}",
+             [amqp]\nurl = \"{}\"\n",
             consul.url(),
             mq.url()
         );
         let config = dir.join("scale-gateway.toml");
         fs::write(&config, text).unwrap();
-        let mut gateway = Gateway { port, instance_id: instance_id.to_string(), dir, config, child: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut gateway = Gateway { port, instance_id: instance_id.to_string(), dir, config, env, child: None };
         gateway.restart();
         gateway
     }
@@ -65,6 +68,7 @@ impl Gateway {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info,scale_gateway=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -42,7 +42,7 @@ fn count(lines: &[Value], kind: &str, channel: &str) -> usize {
 #[test]
 fn an_unmodified_asyncari_app_answers_and_plays_on_both_nodes() {
     let pool = pool(2);
-    let gw = Gateway::start(&pool, "gw-a", "");
+    let gw = Gateway::start(&pool, "gw-a", &[]);
     gw.wait_healthy(2);
     let app = AriApp::start("asyncari_app.py", &[&gw.url(), "conf-a", CLIENT_USER, CLIENT_PASSWORD]);
     app.expect("ready", SECONDS_20, |l| l["ready"] == true);
@@ -83,7 +83,7 @@ fn an_unmodified_asyncari_app_answers_and_plays_on_both_nodes() {
 #[test]
 fn a_swagger_client_loads_the_api_docs_and_lists_the_whole_pool() {
     let pool = pool(2);
-    let gw = Gateway::start(&pool, "gw-a", "");
+    let gw = Gateway::start(&pool, "gw-a", &[]);
     gw.wait_healthy(2);
     // One channel on each node, outside Stasis: only a pool-wide read sees both.
     for (i, node) in pool.nodes.iter().enumerate() {
@@ -112,7 +112,7 @@ fn a_swagger_client_loads_the_api_docs_and_lists_the_whole_pool() {
 #[test]
 fn refusals_are_the_ones_asterisk_sends() {
     let pool = pool(1);
-    let gw = Gateway::start(&pool, "gw-a", "");
+    let gw = Gateway::start(&pool, "gw-a", &[]);
     gw.wait_healthy(1);
     let node_port = pool.nodes[0].http_port;
     let node_auth = format!("Basic {}", base64_of(&format!("{ARI_USER}:{ARI_PASSWORD}")));
@@ -158,13 +158,18 @@ fn refusals_are_the_ones_asterisk_sends() {
 #[test]
 fn any_gateway_routes_any_channel_without_shared_memory() {
     let pool = pool(2);
-    let mut a = Gateway::start(&pool, "gw-a", "");
-    let b = Gateway::start(&pool, "gw-b", "");
+    let mut a = Gateway::start(&pool, "gw-a", &[]);
+    let b = Gateway::start(&pool, "gw-b", &[]);
     a.wait_healthy(2);
     b.wait_healthy(2);
-    // A places a new channel; B never saw it created and must still find its node.
-    let r = a.ari().post("/channels?endpoint=Local/101@from-sip&extension=101&context=from-sip&channelId=shared-1");
+    // The app's socket is on A; A places its new channel; B never saw it created and must
+    // still find its node.
+    let app = AriApp::start("ws_events.py", &[&a.url(), "shared", CLIENT_USER, CLIENT_PASSWORD]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(&pool, "shared");
+    let r = a.ari().post("/channels?endpoint=Local/101@from-sip&app=shared&channelId=shared-1");
     assert_eq!(r.status, 200, "{}", r.body);
+    app.expect("StasisStart of shared-1", SECONDS_20, |l| is_event(l, "StasisStart", "shared-1"));
     let owner = pool.nodes.iter().find(|n| n.ari().get("/channels/shared-1").status == 200).expect("the channel is on a node");
     assert_eq!(b.ari().get("/channels/shared-1").json()["id"], "shared-1");
     let r = b.ari().post("/channels/shared-1/variable?variable=ROUTED_BY&value=gw-b");
@@ -184,7 +189,7 @@ fn any_gateway_routes_any_channel_without_shared_memory() {
 #[test]
 fn a_reconnecting_app_gets_the_events_it_missed_in_order() {
     let pool = pool(2);
-    let gw = Gateway::start(&pool, "gw-a", "[apps]\nlinger = \"60s\"\n");
+    let gw = Gateway::start(&pool, "gw-a", &[("SCALE_GATEWAY_APPS_LINGER", "60s")]);
     gw.wait_healthy(2);
     let first = AriApp::start("ws_events.py", &[&gw.url(), "replay", CLIENT_USER, CLIENT_PASSWORD]);
     first.expect("ready", SECONDS_20, |l| l["ready"] == true);
@@ -230,8 +235,11 @@ fn a_reconnecting_app_gets_the_events_it_missed_in_order() {
 
 #[test]
 fn a_slow_socket_gets_every_event_or_an_exact_loss_count_and_slows_no_other_app() {
-    let pool = pool(1);
-    let gw = Gateway::start(&pool, "gw-a", "[amqp]\nqueue_max_length = 100000\n");
+    // The node's own queue holds the whole burst, so every loss is the gateway's queue bound
+    // (5,000 here), which drops the oldest: the gateway must count each one.
+    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\nqueue_capacity = 100000\n[registrations]\nenabled = no\n";
+    let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().res_scale_conf(conf).start();
+    let gw = Gateway::start(&pool, "gw-a", &[("SCALE_GATEWAY_AMQP_QUEUE_MAX_LENGTH", "5000")]);
     gw.wait_healthy(1);
     let slow = AriApp::start("ws_events.py", &[&gw.url(), "slow-app", CLIENT_USER, CLIENT_PASSWORD, "--expect", "50000", "--idle", "30", "--slow", "50:5", "--report-gaps"]);
     let fast = AriApp::start("ws_events.py", &[&gw.url(), "fast-app", CLIENT_USER, CLIENT_PASSWORD, "--expect", "2000", "--idle", "30"]);
@@ -244,19 +252,22 @@ fn a_slow_socket_gets_every_event_or_an_exact_loss_count_and_slows_no_other_app(
     // The slow socket is still far behind when the fast app's burst goes out.
     node.cli("scale test events fast-app 2000");
     let fast_summary = fast.expect("the fast app's summary", Duration::from_secs(60), |l| l.get("summary").is_some())["summary"].clone();
-    let slow_progress = slow.lines().iter().any(|l| l.get("summary").is_some());
+    let slow_done = slow.lines().iter().any(|l| l.get("summary").is_some());
     assert_eq!(fast_summary["bench"], 2000, "{fast_summary}");
     assert_eq!(fast_summary["out_of_order"], 0, "{fast_summary}");
-    assert!(!slow_progress, "the slow socket finished before the fast one: the test did not make it slow");
+    assert!(!slow_done, "the slow socket finished before the fast one: the test did not make it slow");
     let summary = slow.expect("the slow app's summary", Duration::from_secs(240), |l| l.get("summary").is_some())["summary"].clone();
+    assert!(node.cli("scale show amqp").contains("Dropped:       0"), "the node dropped events itself: {}", node.cli("scale show amqp"));
     assert_eq!(summary["out_of_order"], 0, "{summary}");
-    assert_eq!(summary["bench"].as_u64().unwrap() + summary["lost"].as_u64().unwrap(), 50_000, "every event delivered or counted lost: {summary}");
+    let (delivered, lost) = (summary["bench"].as_u64().unwrap(), summary["lost"].as_u64().unwrap());
+    assert!(lost > 0, "a 5,000-event queue cannot hold a burst to a slow socket: {summary}");
+    assert_eq!(delivered + lost, 50_000, "every event delivered or counted lost: {summary}");
 }
 
 #[test]
 fn sigterm_closes_sockets_normally_and_exits_zero() {
     let pool = pool(1);
-    let mut gw = Gateway::start(&pool, "gw-a", "");
+    let mut gw = Gateway::start(&pool, "gw-a", &[]);
     gw.wait_healthy(1);
     let app = AriApp::start("ws_events.py", &[&gw.url(), "stopper", CLIENT_USER, CLIENT_PASSWORD]);
     app.expect("ready", SECONDS_20, |l| l["ready"] == true);
@@ -273,7 +284,7 @@ fn sigterm_closes_sockets_normally_and_exits_zero() {
 #[test]
 fn a_dead_node_answers_404_and_the_other_node_stays_fully_controllable() {
     let mut pool = pool(2);
-    let gw = Gateway::start(&pool, "gw-a", "");
+    let gw = Gateway::start(&pool, "gw-a", &[]);
     gw.wait_healthy(2);
     let app = AriApp::start("asyncari_app.py", &[&gw.url(), "faults", CLIENT_USER, CLIENT_PASSWORD]);
     app.expect("ready", SECONDS_20, |l| l["ready"] == true);
@@ -301,12 +312,17 @@ fn a_dead_node_answers_404_and_the_other_node_stays_fully_controllable() {
     assert_eq!(pool.nodes[0].ari().get("/channels/after-fault").status, 200, "placed on the live node");
     app.expect("the new call answered", SECONDS_20, |l| l["playing"] == "after-fault");
 
-    // RabbitMQ restarts: events resume. Consul restarts: routing goes on.
+    // RabbitMQ restarts: events resume, and the gateway counts no gap.
     pool.rabbitmq.as_mut().unwrap().restart();
-    pool.consul.as_mut().unwrap().restart();
-    assert_eq!(gw.ari().get("/channels/fault-0").status, 200, "routing during the Consul restart");
     assert_eq!(gw.ari().delete("/channels/fault-0").status, 204);
     app.expect("StasisEnd of fault-0 after the broker restart", Duration::from_secs(40), |l| is_event(l, "StasisEnd", "fault-0"));
+    let lost: Vec<String> = gw.metrics().lines().filter(|l| l.starts_with("scale_gateway_events_lost_total") && !l.ends_with(" 0")).map(str::to_string).collect();
+    assert!(lost.is_empty(), "events lost across the broker restart: {lost:?}");
+
+    // Consul restarts (a dev agent: it forgets everything): routing goes on.
+    pool.consul.as_mut().unwrap().restart();
+    assert_eq!(gw.ari().get("/channels/after-fault").status, 200, "routing while Consul restarts");
+    assert_eq!(gw.ari().delete("/channels/after-fault").status, 204, "routing after the Consul restart");
 }
 
 fn base64_of(text: &str) -> String {

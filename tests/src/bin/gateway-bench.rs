@@ -25,7 +25,7 @@ fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
     let wants = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
     let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().start();
-    let gw = Gateway::start(&pool, "bench", "");
+    let gw = Gateway::start(&pool, "bench", &[]);
     gw.wait_healthy(1);
     let node = &pool.nodes[0];
     println!("scale-gateway benchmark, 1 node, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));

@@ -38,7 +38,7 @@ fn main() {
         );
         println!("  logs and config: {}\n", node.dir.display());
     }
-    let gateway = Gateway::start(&pool, "gateway", "");
+    let gateway = Gateway::start(&pool, "gateway", &[]);
     gateway.wait_healthy(nodes);
     println!("==== scale-gateway: the pool as one Asterisk ====");
     println!("  ARI      {}/ari ({CLIENT_USER}/{CLIENT_PASSWORD}), events ws://127.0.0.1:{}/ari/events?app=<name>", gateway.url(), gateway.port);

@@ -194,7 +194,7 @@ pub fn application_replaced(app: &str) -> Utf8Bytes {
 }
 
 /// ARI's timestamp format, e.g. `2026-12-01T10:20:14.123+0000`.
-fn ari_timestamp(t: std::time::SystemTime) -> String {
+pub fn ari_timestamp(t: std::time::SystemTime) -> String {
     let millis = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_millis());
     format!("{}.{millis:03}+0000", res_scale_core::status::format_utc(t).replace(' ', "T"))
 }

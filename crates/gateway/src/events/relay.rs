@@ -241,17 +241,19 @@ fn amqp_text(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// The documented event for a counted gap.
+/// The documented event for a counted gap. Like every ARI event it has a timestamp (the
+/// `Event` model requires one, and swagger clients check it).
 pub fn events_lost(app: &str, node: &str, count: u64) -> Utf8Bytes {
     #[derive(serde::Serialize)]
     struct Lost<'a> {
         #[serde(rename = "type")]
         kind: &'a str,
+        timestamp: String,
         application: &'a str,
         asterisk_id: &'a str,
         count: u64,
     }
-    serde_json::to_string(&Lost { kind: "EventsLost", application: app, asterisk_id: node, count }).unwrap_or_default().into()
+    serde_json::to_string(&Lost { kind: "EventsLost", timestamp: super::apps::ari_timestamp(std::time::SystemTime::now()), application: app, asterisk_id: node, count }).unwrap_or_default().into()
 }
 
 /// Deletes this gateway's queue of `app` (another replica holds the app now: what piles up
@@ -283,7 +285,9 @@ mod tests {
 
     #[test]
     fn events_lost_has_the_documented_shape() {
-        let v: serde_json::Value = serde_json::from_str(events_lost("conf", "02:00:00:00:00:01", 3).as_str()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(events_lost("conf", "02:00:00:00:00:01", 3).as_str()).unwrap();
+        let timestamp = v.as_object_mut().unwrap().remove("timestamp").expect("a timestamp, as every ARI event");
+        assert!(timestamp.as_str().is_some_and(|t| t.ends_with("+0000")), "{timestamp}");
         assert_eq!(v, serde_json::json!({"type": "EventsLost", "application": "conf", "asterisk_id": "02:00:00:00:00:01", "count": 3}));
     }
 

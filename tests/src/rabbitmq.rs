@@ -161,7 +161,7 @@ impl RabbitMq {
 
 /// A CA and a server certificate for 127.0.0.1 (IP subject alternative name), made with the
 /// openssl command line in `dir`.
-fn make_certificates(dir: &Path) -> PathBuf {
+pub fn make_certificates(dir: &Path) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join("server.ext"), "subjectAltName = IP:127.0.0.1\n").unwrap();
     let steps: [&[&str]; 3] = [

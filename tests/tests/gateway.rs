@@ -325,6 +325,35 @@ fn a_dead_node_answers_404_and_the_other_node_stays_fully_controllable() {
     assert_eq!(gw.ari().delete("/channels/after-fault").status, 204, "routing after the Consul restart");
 }
 
+#[test]
+fn the_listener_speaks_tls_and_the_api_docs_say_https() {
+    let pool = pool(1);
+    // A CA of the test's own and a certificate for 127.0.0.1 signed by it.
+    let certs = res_scale_tests::rabbitmq::make_certificates(&pool.dir.join("gateway-tls"));
+    let (cert, key) = (certs.join("server.pem").display().to_string(), certs.join("server.key").display().to_string());
+    let gw = Gateway::start(&pool, "gw-tls", &[("SCALE_GATEWAY_TLS_CERT_FILE", &cert), ("SCALE_GATEWAY_TLS_KEY_FILE", &key)]);
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--cacert", &certs.join("ca.pem").display().to_string(), "-u", &format!("{CLIENT_USER}:{CLIENT_PASSWORD}"), "-w", "\n%{http_code}"])
+            .arg(format!("https://127.0.0.1:{}{path}", gw.port))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
+        (code.to_string(), body.to_string())
+    };
+    wait::until("the gateway healthy over TLS", SECONDS_20, Duration::from_millis(200), || (curl("/healthz").0 == "200").then_some(()));
+    let (code, body) = curl("/ari/api-docs/resources.json");
+    assert_eq!(code, "200", "{body}");
+    let docs: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(docs["basePath"], format!("https://127.0.0.1:{}/ari", gw.port), "swagger clients must come back over TLS");
+    let (code, body) = curl("/ari/asterisk/info");
+    assert_eq!(code, "200", "{body}");
+    // Plain HTTP on the TLS port gets no ARI answer.
+    let plain = ureq::get(&format!("http://127.0.0.1:{}/ari/asterisk/info", gw.port)).call();
+    assert!(!matches!(plain, Ok(ref r) if r.status() == 200), "plain HTTP answered on the TLS listener");
+}
+
 fn base64_of(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)

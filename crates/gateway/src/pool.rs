@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use res_scale_core::backoff::Backoff;
-use res_scale_core::consul::api::{ConsulApi, ServiceInstance};
+use res_scale_core::consul::api::ServiceInstance;
 use res_scale_core::consul::http::HttpConsul;
+use res_scale_core::consul::nodes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -168,42 +168,28 @@ fn nodes_of(instances: Vec<ServiceInstance>) -> Vec<Node> {
 /// Keeps the pool's view fresh until shutdown. A node that leaves the pool has its ownership
 /// entries dropped, so requests for its resources answer 404.
 pub async fn watch(pool: Arc<Pool>, consul: Arc<HttpConsul>, service: String, owners: Arc<Owners>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let mut index = 0;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let answer = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            answer = consul.health_service(&service, index, WATCH_WAIT) => answer,
-        };
-        match answer {
-            Ok(listing) => {
-                backoff.reset();
-                index = if listing.index < index { 0 } else { listing.index };
-                let nodes = nodes_of(listing.value);
-                for state in ["serving", "draining", "down"] {
-                    let n = nodes.iter().filter(|n| node_state(n) == state).count();
-                    metrics.nodes.get_or_create(&KindLabels { kind: state.into() }).set(n as i64);
-                }
-                for node in pool.replace(nodes) {
-                    let dropped = owners.forget_node(&node.eid);
-                    tracing::info!(node = %node.eid, ownership_entries = dropped, "node left the pool");
-                }
-                metrics.set_connected("consul", true);
+    nodes::follow(&*consul, &service, WATCH_WAIT, Duration::from_secs(5), &shutdown, |answer| match answer {
+        Ok(instances) => {
+            let nodes = nodes_of(instances);
+            for state in ["serving", "draining", "down"] {
+                let n = nodes.iter().filter(|n| node_state(n) == state).count();
+                metrics.nodes.get_or_create(&KindLabels { kind: state.into() }).set(n as i64);
             }
-            Err(e) => {
-                index = 0;
-                if pool.consul_error().is_none() {
-                    tracing::warn!(error = %e, "Consul: cannot read the pool; routing goes on with the last known nodes");
-                }
-                pool.record_error(e.to_string());
-                metrics.set_connected("consul", false);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                }
+            for node in pool.replace(nodes) {
+                let dropped = owners.forget_node(&node.eid);
+                tracing::info!(node = %node.eid, ownership_entries = dropped, "node left the pool");
             }
+            metrics.set_connected("consul", true);
         }
-    }
+        Err(e) => {
+            if pool.consul_error().is_none() {
+                tracing::warn!(error = %e, "Consul: cannot read the pool; routing goes on with the last known nodes");
+            }
+            pool.record_error(e.to_string());
+            metrics.set_connected("consul", false);
+        }
+    })
+    .await
 }
 
 fn node_state(n: &Node) -> &'static str {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::api::{ConsulApi, ServiceInstance};
+use super::api::{ConsulApi, ConsulResult, ServiceInstance};
 use crate::backoff::Backoff;
 
 const WATCH_WAIT: Duration = Duration::from_secs(60);
@@ -19,36 +19,46 @@ pub struct PoolView {
 }
 
 pub async fn watch<C: ConsulApi>(api: Arc<C>, service: String, view: Arc<Mutex<PoolView>>, shutdown: CancellationToken) {
+    follow(&*api, &service, WATCH_WAIT, Duration::from_secs(10), &shutdown, |answer| {
+        let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            Ok(instances) => {
+                v.instances = instances;
+                v.updated = Some(Instant::now());
+                v.last_error = None;
+            }
+            // The registration agent already logs Consul outages; this only records it.
+            Err(e) => v.last_error = Some(e.to_string()),
+        }
+    })
+    .await
+}
+
+/// Follows the instances of `service` with blocking queries (each waits up to `wait`) until
+/// shutdown, handing every answer or error to `on_answer`. After an error it waits with a
+/// backoff up to `max_backoff` and asks from index 0 again: a restarted agent has lower
+/// indexes, and waiting on the old one would hang.
+pub async fn follow<C: ConsulApi>(api: &C, service: &str, wait: Duration, max_backoff: Duration, shutdown: &CancellationToken, mut on_answer: impl FnMut(ConsulResult<Vec<ServiceInstance>>)) {
     let mut index = 0;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
     loop {
         let answer = tokio::select! {
             _ = shutdown.cancelled() => return,
-            answer = api.health_service(&service, index, WATCH_WAIT) => answer,
+            answer = api.health_service(service, index, wait) => answer,
         };
-        let failed = {
-            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
-            match answer {
-                Ok(listing) => {
-                    backoff.reset();
-                    index = if listing.index < index { 0 } else { listing.index };
-                    v.instances = listing.value;
-                    v.updated = Some(Instant::now());
-                    v.last_error = None;
-                    false
-                }
-                Err(e) => {
-                    // The registration agent already logs Consul outages; this only records it.
-                    index = 0;
-                    v.last_error = Some(e.to_string());
-                    true
-                }
+        match answer {
+            Ok(listing) => {
+                backoff.reset();
+                index = if listing.index < index { 0 } else { listing.index };
+                on_answer(Ok(listing.value));
             }
-        };
-        if failed {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            Err(e) => {
+                index = 0;
+                on_answer(Err(e));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                }
             }
         }
     }

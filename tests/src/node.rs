@@ -14,6 +14,9 @@ use crate::wait;
 
 pub const ARI_USER: &str = "ari";
 pub const ARI_PASSWORD: &str = "ari-secret";
+/// The PJSIP endpoint (and auth) the nodes of a pool call each other with.
+pub const POOL_ENDPOINT: &str = "res_scale_pool";
+pub const POOL_SECRET: &str = "pool-secret";
 /// How long a CLI command may take before the test fails (a wedged node must not hang CI).
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where Debian's asterisk-modules put the modules inside the rootfs.
@@ -21,7 +24,7 @@ const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
 
 /// Every module a node loads (autoload=no does not pull in dependencies).
 const MODULES: &[&str] = &[
-    "pbx_config", "app_dial", "app_playback", "app_echo", "app_stasis", "func_callerid", "func_channel",
+    "pbx_config", "app_dial", "app_playback", "app_echo", "app_stasis", "func_callerid", "func_channel", "func_cut",
     "codec_ulaw", "codec_alaw", "format_wav", "format_gsm", "format_pcm", "res_timing_timerfd",
     "bridge_simple", "bridge_native_rtp", "bridge_softmix", "bridge_holding", "res_pjproject",
     "res_sorcery_config", "res_sorcery_memory", "res_sorcery_astdb", "res_rtp_asterisk", "res_pjsip",
@@ -176,6 +179,13 @@ impl Node {
         // dave registers without authentication: the registration tests' SIPp phone.
         pjsip.push_str("[dave]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = dave\ndirect_media = no\n[dave]\ntype = aor\nmax_contacts = 5\n");
         pjsip.push_str("[sipp]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\ndirect_media = no\n");
+        // The pool's own members: scale-gateway's helper legs between nodes (see
+        // configs/asterisk/pjsip.conf for the same endpoint as operators configure it).
+        pjsip.push_str(&format!(
+            "[{POOL_ENDPOINT}]\ntype = auth\nauth_type = userpass\nusername = {POOL_ENDPOINT}\npassword = {POOL_SECRET}\n\
+             [{POOL_ENDPOINT}]\ntype = endpoint\ncontext = res-scale-pool\ndisallow = all\nallow = ulaw\ndirect_media = no\n\
+             from_user = {POOL_ENDPOINT}\nauth = {POOL_ENDPOINT}\noutbound_auth = {POOL_ENDPOINT}\n"
+        ));
         for i in 0..spec.extra_aors {
             pjsip.push_str(&format!("[bench-aor-{i}]\ntype = aor\nmax_contacts = 5\n"));
         }
@@ -184,8 +194,12 @@ impl Node {
             "extensions.conf",
             "[from-sip]\nexten => 100,1,Answer()\n same => n,Wait(5)\n same => n,Hangup()\n\
              exten => 101,1,Answer()\n same => n,Wait(300)\n same => n,Hangup()\n\
+             exten => 102,1,Answer()\n same => n,Echo()\n same => n,Hangup()\n\
+             exten => 8000,1,Stasis(conference)\n same => n,Hangup()\n\
              exten => _X.,1,Stasis(conf)\n same => n,Hangup()\n\
-             exten => _[a-z].,1,Dial(PJSIP/${EXTEN},10)\n same => n,Hangup()\n",
+             exten => _[a-z].,1,Dial(PJSIP/${EXTEN},10)\n same => n,Hangup()\n\
+             [res-scale-pool]\n\
+             exten => _[0-9a-f].,1,Stasis(${CUT(EXTEN,~,2)},${CUT(EXTEN,~,1)})\n same => n,Hangup()\n",
         );
         match &spec.res_scale_conf {
             Some(text) => self.write_config("res_scale.conf", text),

@@ -84,6 +84,15 @@ pub struct Ownership {
     pub ttl: Duration,
 }
 
+/// Cross-node bridges: how the gateway joins a channel on one node to a bridge on another.
+#[derive(Debug, Clone)]
+pub struct Bridging {
+    /// The PJSIP endpoint every node has for the other pool members (configs/asterisk/pjsip.conf).
+    pub endpoint: String,
+    /// How long setting up a helper leg (call, answer, both sides bridged) may take.
+    pub leg_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
@@ -107,6 +116,7 @@ pub struct Config {
     pub apps: Apps,
     pub nodes: Nodes,
     pub ownership: Ownership,
+    pub bridging: Bridging,
     pub limits: Limits,
 }
 
@@ -166,7 +176,7 @@ fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) {
     }
 }
 
-const SECTIONS: [&str; 7] = ["tls", "consul", "amqp", "apps", "nodes", "ownership", "limits"];
+const SECTIONS: [&str; 8] = ["tls", "consul", "amqp", "apps", "nodes", "ownership", "bridging", "limits"];
 const TOP_KEYS: [&str; 6] = ["listen", "instance_id", "public_url", "drain_timeout", "log_format", "clients"];
 
 /// Pulls typed values out of one table, recording a line per problem.
@@ -454,6 +464,16 @@ fn from_table(root: &Table) -> Result<Config, Vec<String>> {
         o
     };
 
+    let bridging = {
+        let mut r = Reader::new(root, "bridging", &mut errors);
+        let b = Bridging { endpoint: r.string("endpoint", "res_scale_pool"), leg_timeout: r.duration("leg_timeout", "5s", Duration::from_millis(100)) };
+        r.finish();
+        b
+    };
+    if bridging.endpoint.is_empty() || !bridging.endpoint.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        errors.push(format!("[bridging] endpoint = \"{}\": expected a PJSIP endpoint name", bridging.endpoint));
+    }
+
     let limits = {
         let mut r = Reader::new(root, "limits", &mut errors);
         let l = Limits {
@@ -488,6 +508,7 @@ fn from_table(root: &Table) -> Result<Config, Vec<String>> {
         apps,
         nodes,
         ownership,
+        bridging,
         limits,
     })
 }

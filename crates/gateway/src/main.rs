@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod ari;
+mod bridging;
 mod config;
 mod events;
 mod health;
@@ -113,6 +114,7 @@ async fn run(config: Config) -> Result<(), String> {
     gw.tasks.spawn(registration::run(gw.clone()));
     gw.tasks.spawn(housekeeping(gw.clone()));
     events::start(&gw);
+    gw.tasks.spawn(bridging::run(gw.clone()));
     gw.tasks.spawn(stop_on_signal(gw.shutdown.clone()));
 
     server::serve(gw.clone(), listener, tls, drain).await;

@@ -66,6 +66,11 @@ pub struct Metrics {
     pub nodes: Family<KindLabels, Gauge>,
     /// Requests refused before routing: `auth`, `body_too_large`, `path`, ...
     pub refused: Family<ReasonLabels, Counter>,
+    /// Cross-node bridges: helper legs up and the remote members they carry (set on scrape).
+    pub bridging_legs: Gauge,
+    pub bridging_members: Gauge,
+    pub bridging_failures: Counter,
+    pub bridging_setup_seconds: Histogram,
 }
 
 impl Metrics {
@@ -93,7 +98,32 @@ impl Metrics {
         registry.register("nodes", "Pool nodes by state", nodes.clone());
         let refused = Family::<ReasonLabels, Counter>::default();
         registry.register("refused", "Requests refused before routing, by reason", refused.clone());
-        Metrics { registry, requests, upstream_seconds, events_relayed, events_duplicate, events_lost, events_rejected, sockets, ownership_entries, connected, nodes, refused }
+        let bridging_legs = Gauge::default();
+        registry.register("bridging_legs", "Helper legs joining a bridge to another node's channels", bridging_legs.clone());
+        let bridging_members = Gauge::default();
+        registry.register("bridging_members", "Channels in a bridge on another node, carried by a helper leg", bridging_members.clone());
+        let bridging_failures = Counter::default();
+        registry.register("bridging_failures", "Helper legs that could not be set up", bridging_failures.clone());
+        let bridging_setup_seconds = latency_histogram();
+        registry.register("bridging_setup_seconds", "Time to set a helper leg up (call, answer, both sides bridged)", bridging_setup_seconds.clone());
+        Metrics {
+            registry,
+            requests,
+            upstream_seconds,
+            events_relayed,
+            events_duplicate,
+            events_lost,
+            events_rejected,
+            sockets,
+            ownership_entries,
+            connected,
+            nodes,
+            refused,
+            bridging_legs,
+            bridging_members,
+            bridging_failures,
+            bridging_setup_seconds,
+        }
     }
 
     pub fn refuse(&self, reason: &str) {

@@ -31,6 +31,9 @@ pub struct Node {
     pub ari_url: String,
     /// `passing`, `warning`, `critical` or `maintenance`.
     pub health: &'static str,
+    /// The node's SIP `host:port` (the service's Address and Port): where helper legs of
+    /// cross-node bridges call it. `None` when Consul lists no address.
+    pub sip: Option<String>,
 }
 
 impl Node {
@@ -157,12 +160,22 @@ fn nodes_of(instances: Vec<ServiceInstance>) -> Vec<Node> {
             let health = i.health();
             let eid = i.meta.get("eid").filter(|e| !e.is_empty())?;
             let ari_url = i.meta.get("ari_url").filter(|u| u.starts_with("http://") || u.starts_with("https://"))?;
-            Some(Node { eid: eid.as_str().into(), id: i.id, ari_url: ari_url.trim_end_matches('/').to_string(), health })
+            let sip = (!i.address.is_empty() && i.port != 0).then(|| sip_host_port(&i.address, i.port));
+            Some(Node { eid: eid.as_str().into(), id: i.id, ari_url: ari_url.trim_end_matches('/').to_string(), health, sip })
         })
         .collect();
     nodes.sort_by(|a, b| a.eid.cmp(&b.eid));
     nodes.dedup_by(|a, b| a.eid == b.eid);
     nodes
+}
+
+/// `host:port`, with an IPv6 address in brackets as SIP URIs want it.
+fn sip_host_port(address: &str, port: u16) -> String {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 /// Keeps the pool's view fresh until shutdown. A node that leaves the pool has its ownership
@@ -226,6 +239,7 @@ mod tests {
             instance("y", "00:04", "ftp://nowhere", &[]),
         ]);
         let shown: Vec<_> = nodes.iter().map(|n| (&*n.eid, n.ari_url.as_str(), n.health, n.serving(), n.placeable())).collect();
+        assert_eq!(nodes[0].sip.as_deref(), Some("127.0.0.1:5060"));
         assert_eq!(
             shown,
             [
@@ -234,5 +248,11 @@ mod tests {
                 ("00:03", "http://127.0.0.1:8090/ari", "critical", false, false),
             ]
         );
+    }
+
+    #[test]
+    fn sip_addresses_are_uri_hosts() {
+        assert_eq!(sip_host_port("10.0.0.5", 5060), "10.0.0.5:5060");
+        assert_eq!(sip_host_port("fd00::5", 5061), "[fd00::5]:5061");
     }
 }

@@ -42,6 +42,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    let (legs, members) = gw.bridging.counts();
+    gw.metrics.bridging_legs.set(legs as i64);
+    gw.metrics.bridging_members.set(members as i64);
     let text = gw.metrics.render();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }

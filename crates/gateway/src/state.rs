@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ari::docs::Docs;
+use crate::bridging::Bridging;
 use crate::config::Config;
 use crate::events::Hub;
 use crate::metrics::Metrics;
@@ -31,6 +32,8 @@ pub struct Gateway {
     pub docs: Docs,
     /// Spreads node-local reads over the nodes.
     pub rotation: AtomicUsize,
+    /// Cross-node bridges: helper legs and what the applications must not see of them.
+    pub bridging: Bridging,
 }
 
 impl Gateway {
@@ -47,6 +50,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             docs: Docs::default(),
             rotation: AtomicUsize::new(0),
+            bridging: Bridging::new(&config.instance_id),
             config,
         })
     }

@@ -1,7 +1,8 @@
 //! One application's events on their way from its queue to the socket that holds the app:
 //! queue declared and bound, consumed with manual acks and a prefetch window (a slow socket
 //! backs up in RabbitMQ, not here), each delivery judged by its seq, its resource ids learned,
-//! and handed to the socket's writer, which acks it once written.
+//! helpers of cross-node bridges hidden, and handed to the socket's writer, which acks it once
+//! written.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::link::Link;
+use crate::bridging::hide::Verdict as Shown;
 use super::ownership::EventIds;
 use super::seq::{Committed, Position, Tracker, Verdict};
 use crate::metrics::{AppNodeLabels, ReasonLabels};
@@ -52,6 +54,14 @@ impl Delivered {
         }
         self.relayed.inc();
         // A failed ack (the channel closed meanwhile) means a redelivery, dropped by its seq.
+        let _ = self.acker.ack(Default::default()).await;
+    }
+
+    /// Done with, unwritten: an event about a cross-node bridge's helpers.
+    pub async fn skipped(self) {
+        if let Some(at) = self.at {
+            self.committed.commit(&self.node, at);
+        }
         let _ = self.acker.ack(Default::default()).await;
     }
 }
@@ -212,6 +222,14 @@ impl Relay<'_> {
         }
         ids.apply(&self.gw.owners, &node);
         let delivered = Delivered { acker: delivery.acker, committed: self.target.committed.clone(), node, at: position, relayed, relay: self.stop.clone() };
+        let text = match self.gw.bridging.judge(text.as_bytes()) {
+            Shown::Keep => text,
+            Shown::Rewrite(shown) => shown.into(),
+            Shown::Drop => {
+                delivered.skipped().await;
+                return true;
+            }
+        };
         self.send(Outgoing { text, delivery: Some(delivered) }).await
     }
 

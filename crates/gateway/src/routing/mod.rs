@@ -2,14 +2,15 @@
 //! the path and the body size, find the route (owner / placement / every node / any node),
 //! send it upstream, learn ownership from the answer, answer the client.
 
+mod members;
 pub mod merge;
 mod owner;
-mod params;
-mod path;
+pub mod params;
+pub mod path;
 mod placement;
 mod routes;
 mod subscription;
-mod upstream;
+pub mod upstream;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -125,29 +126,23 @@ fn own(response: Response) -> Routed {
 
 async fn dispatch(r: &Incoming<'_>, route: &Route) -> Routed {
     match &route.action {
-        Action::Owner(kind, index) => match owner::locate(r.gw, *kind, r.id(*index)).await {
-            Some(node) => {
-                let routed = to_node(r, &node, route, &r.out).await;
-                // The owner no longer has it, or it was just hung up / destroyed / stopped.
-                let deleted = r.method == "DELETE" && r.segments.len() == index + 1 && routed.0.status().is_success();
-                if routed.0.status() == StatusCode::NOT_FOUND || deleted {
-                    r.gw.owners.forget(*kind, r.id(*index));
-                }
-                routed
-            }
-            None => own(owner::not_found(*kind, r.method)),
-        },
+        Action::DestroyBridge(index) => {
+            crate::bridging::destroy(r.gw, r.id(*index)).await;
+            to_owner(r, route, Kind::Bridge, *index).await
+        }
+        Action::Owner(kind, index) => to_owner(r, route, *kind, *index).await,
+        Action::Members { index, adding } => members::route(r, route, *index, *adding).await,
         Action::Create { kind, id_param, id_index } => {
             let chosen = id_index.map(|i| r.id(i).to_string()).or_else(|| r.params.get(id_param));
             let known = chosen.and_then(|id| r.gw.owners.lookup(*kind, &id)).and_then(|eid| r.gw.pool.node(&eid)).filter(Node::serving);
             match known {
                 Some(node) => to_node(r, &node, route, &r.out).await,
-                None => placed(r, route).await,
+                None => placed(r, route, *kind).await,
             }
         }
         Action::OwnerOrCreate(kind, index) => match owner::locate(r.gw, *kind, r.id(*index)).await {
             Some(node) => to_node(r, &node, route, &r.out).await,
-            None => placed(r, route).await,
+            None => placed(r, route, *kind).await,
         },
         Action::Merge(merge) => merged(r, *merge).await,
         Action::Broadcast(merge) => broadcast(r, *merge).await,
@@ -178,14 +173,43 @@ async fn dispatch(r: &Incoming<'_>, route: &Route) -> Routed {
     }
 }
 
+/// To the node owning the resource named by segment `index`.
+async fn to_owner(r: &Incoming<'_>, route: &Route, kind: Kind, index: usize) -> Routed {
+    let Some(node) = owner::locate(r.gw, kind, r.id(index)).await else { return own(owner::not_found(kind, r.method)) };
+    if kind == Kind::Channel {
+        r.gw.bridging.note_channel_node(&node.eid);
+    }
+    let routed = to_node(r, &node, route, &r.out).await;
+    // The owner no longer has it, or it was just hung up / destroyed / stopped.
+    let deleted = r.method == "DELETE" && r.segments.len() == index + 1 && routed.0.status().is_success();
+    if routed.0.status() == StatusCode::NOT_FOUND || deleted {
+        r.gw.owners.forget(kind, r.id(index));
+    }
+    routed
+}
+
 /// Sends to one node and learns from its answer.
 async fn to_node(r: &Incoming<'_>, node: &Node, route: &Route, out: &Outgoing) -> Routed {
     match send(r.gw, node, out, None).await {
         Ok(answer) => {
             learn(r, route, node, &answer);
-            (answer.into_response(), node.eid.to_string())
+            (hide_helpers(r.gw, answer).into_response(), node.eid.to_string())
         }
         Err(_) => (ari_error(StatusCode::SERVICE_UNAVAILABLE, "The Asterisk node did not answer"), node.eid.to_string()),
+    }
+}
+
+/// Takes cross-node bridges' helpers out of a node's JSON answer (only while there are any).
+fn hide_helpers(gw: &Gateway, answer: Answer) -> Answer {
+    if !answer.status.is_success() || !gw.bridging.rewrites(false) {
+        return answer;
+    }
+    match answer.json() {
+        Some(mut value) => {
+            gw.bridging.rewrite_answer(&mut value);
+            Answer { body: value.to_string().into(), ..answer }
+        }
+        None => answer,
     }
 }
 
@@ -205,8 +229,8 @@ async fn first_answering(r: &Incoming<'_>, nodes: &[Node], route: &Route) -> Rou
     own(ari_error(StatusCode::SERVICE_UNAVAILABLE, "No Asterisk node is serving"))
 }
 
-async fn placed(r: &Incoming<'_>, route: &Route) -> Routed {
-    match placement::candidates(r.gw, r.headers, &r.params).await {
+async fn placed(r: &Incoming<'_>, route: &Route, kind: Kind) -> Routed {
+    match placement::candidates(r.gw, r.headers, &r.params, kind).await {
         Ok(nodes) => first_answering(r, &nodes, route).await,
         Err(refusal) => own(refusal),
     }
@@ -270,9 +294,14 @@ fn successes(nodes: &[Node], answers: Vec<Option<Answer>>) -> Result<Vec<(Node, 
     }
 }
 
-fn merged_answer(merge: Merge, ok: Vec<(Node, serde_json::Value)>) -> Response {
+fn merged_answer(gw: &Gateway, merge: Merge, ok: Vec<(Node, serde_json::Value)>) -> Response {
     match merge.merge(ok.into_iter().map(|(_, v)| v).collect()) {
-        Some(v) => Answer::from_json(StatusCode::OK, &v).into_response(),
+        Some(mut v) => {
+            if gw.bridging.rewrites(matches!(merge, Merge::Applications)) {
+                gw.bridging.rewrite_answer(&mut v);
+            }
+            Answer::from_json(StatusCode::OK, &v).into_response()
+        }
         None => ari_error(StatusCode::BAD_GATEWAY, "An Asterisk node gave an answer ARI does not document"),
     }
 }
@@ -301,7 +330,7 @@ async fn merged(r: &Incoming<'_>, merge: Merge) -> Routed {
             }
         }
     }
-    (merged_answer(merge, ok), POOL.into())
+    (merged_answer(r.gw, merge, ok), POOL.into())
 }
 
 /// A node-wide change on every serving node: any refusal is the answer (so the client sees
@@ -318,7 +347,7 @@ async fn broadcast(r: &Incoming<'_>, merge: Option<Merge>) -> Routed {
     }
     match merge {
         Some(merge) => match successes(&nodes, answers) {
-            Ok(ok) => (merged_answer(merge, ok), POOL.into()),
+            Ok(ok) => (merged_answer(r.gw, merge, ok), POOL.into()),
             Err(refusal) => (refusal, POOL.into()),
         },
         None => match answers.into_iter().flatten().next() {
@@ -427,7 +456,7 @@ mod tests {
             .route("/ari/applications/{app}/subscription", post(subscribe))
             .with_state(fake.clone());
         let url = serve(router).await;
-        (fake, Node { eid: format!("eid-{name}").into(), id: name.into(), ari_url: format!("{url}/ari"), health: "passing" })
+        (fake, Node { eid: format!("eid-{name}").into(), id: name.into(), ari_url: format!("{url}/ari"), health: "passing", sip: None })
     }
 
     fn config() -> Config {
@@ -482,7 +511,7 @@ mod tests {
         let (_a, node_a) = fake_node("a").await;
         // A node Consul still lists as passing, but nothing listens on its port.
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let dead = Node { eid: "eid-dead".into(), id: "dead".into(), ari_url: format!("http://{closed}/ari"), health: "passing" };
+        let dead = Node { eid: "eid-dead".into(), id: "dead".into(), ari_url: format!("http://{closed}/ari"), health: "passing", sip: None };
         let gw = gateway(&[node_a, dead]).await;
         for _ in 0..2 {
             let (status, channel) = call(reqwest::Method::POST, &format!("{gw}/channels?endpoint=Local/1@x&app=x")).await;

@@ -1,6 +1,8 @@
 //! Where a new resource goes: the node the client names (`X-Asterisk-ID` header or `ast_id`
 //! parameter, the Wazo proof of concept's convention), else the node of the channel it relates
-//! to (`originator`), else the placeable node with the fewest channels.
+//! to (`originator`), else, for a bridge, the node of the channel the application acted on
+//! last (its callers then need the fewest helper legs), else the placeable node with the
+//! fewest channels.
 
 use std::collections::HashMap;
 
@@ -18,7 +20,7 @@ pub const HINT_HEADER: &str = "x-asterisk-id";
 
 /// The nodes to try, in order. Only an unpinned placement has more than one (a node that
 /// refuses the connection is passed over).
-pub async fn candidates(gw: &Gateway, headers: &HeaderMap, params: &Params<'_>) -> Result<Vec<Node>, Response> {
+pub async fn candidates(gw: &Gateway, headers: &HeaderMap, params: &Params<'_>, kind: Kind) -> Result<Vec<Node>, Response> {
     let hint = headers.get(HINT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| params.get("ast_id"));
     if let Some(hint) = hint {
         let hint = hint.trim();
@@ -34,7 +36,15 @@ pub async fn candidates(gw: &Gateway, headers: &HeaderMap, params: &Params<'_>) 
             return Ok(vec![node]);
         }
     }
-    let nodes = by_load(gw.pool.placeable(), &gw.owners.channels_per_node());
+    let mut nodes = by_load(gw.pool.placeable(), &gw.owners.channels_per_node());
+    if kind == Kind::Bridge {
+        if let Some(last) = gw.bridging.last_channel_node() {
+            if let Some(i) = nodes.iter().position(|n| n.eid == last) {
+                let node = nodes.remove(i);
+                nodes.insert(0, node);
+            }
+        }
+    }
     if nodes.is_empty() {
         return Err(ari_error(StatusCode::SERVICE_UNAVAILABLE, "No Asterisk node can take new channels"));
     }
@@ -52,7 +62,7 @@ mod tests {
     use super::*;
 
     fn node(eid: &str) -> Node {
-        Node { eid: eid.into(), id: format!("asterisk-{eid}"), ari_url: "http://127.0.0.1:1/ari".into(), health: "passing" }
+        Node { eid: eid.into(), id: format!("asterisk-{eid}"), ari_url: "http://127.0.0.1:1/ari".into(), health: "passing", sip: None }
     }
 
     #[test]

@@ -16,6 +16,12 @@ pub enum Action {
     Create { kind: Kind, id_param: &'static str, id_index: Option<usize> },
     /// `POST /bridges/{bridgeId}`: updates the bridge where it exists, else creates it.
     OwnerOrCreate(Kind, usize),
+    /// `addChannel` / `removeChannel` of the bridge named by segment `index`: channels of
+    /// other nodes join through a helper leg.
+    Members { index: usize, adding: bool },
+    /// `DELETE /bridges/{id}`: its helper legs go first (remote members leave it), then the
+    /// owner destroys it.
+    DestroyBridge(usize),
     /// Asked of every serving node, answers merged.
     Merge(Merge),
     /// Node-wide state (global variables, modules, custom device states, mailboxes, event
@@ -68,6 +74,9 @@ pub fn classify(method: &str, s: &[&str]) -> Route {
         ("GET", ["bridges"]) => route(Merge(super::merge::Merge::Bridges)),
         ("POST", ["bridges"]) => learning(Create { kind: Bridge, id_param: "bridgeId", id_index: None }, Bridge),
         ("POST", ["bridges", _]) => learning(OwnerOrCreate(Bridge, 1), Bridge),
+        ("POST", ["bridges", _, "addChannel"]) => route(Members { index: 1, adding: true }),
+        ("POST", ["bridges", _, "removeChannel"]) => route(Members { index: 1, adding: false }),
+        ("DELETE", ["bridges", _]) => route(DestroyBridge(1)),
         ("POST", ["bridges", _, "play", ..]) => learning(Owner(Bridge, 1), Playback),
         ("POST", ["bridges", _, "record"]) => learning(Owner(Bridge, 1), Recording),
         (_, ["bridges", _, ..]) => route(Owner(Bridge, 1)),
@@ -134,8 +143,10 @@ mod tests {
         assert_eq!(c("DELETE", "channels/abc").action, Owner(Channel, 1));
         assert_eq!(c("POST", "channels/abc/answer").action, Owner(Channel, 1));
         assert_eq!(c("POST", "channels/abc/dial").action, Owner(Channel, 1));
-        assert_eq!(c("DELETE", "bridges/b1").action, Owner(Bridge, 1));
-        assert_eq!(c("POST", "bridges/b1/addChannel").action, Owner(Bridge, 1));
+        assert_eq!(c("DELETE", "bridges/b1").action, DestroyBridge(1));
+        assert_eq!(c("POST", "bridges/b1/addChannel").action, Members { index: 1, adding: true });
+        assert_eq!(c("POST", "bridges/b1/removeChannel").action, Members { index: 1, adding: false });
+        assert_eq!(c("POST", "bridges/b1/moh").action, Owner(Bridge, 1));
         assert_eq!(c("POST", "playbacks/p/control").action, Owner(Playback, 1));
         assert_eq!(c("POST", "recordings/live/r/stop").action, Owner(Recording, 2));
         assert_eq!(c("GET", "recordings/stored/r/file").action, StoredRecording(2));

@@ -61,7 +61,7 @@ pub async fn route(r: &Incoming<'_>, route: &Route) -> Routed {
         return (answer.into_response(), POOL.into());
     }
     match successes(&nodes, answers) {
-        Ok(ok) => (merged_answer(Merge::Application, ok), POOL.into()),
+        Ok(ok) => (merged_answer(r.gw, Merge::Application, ok), POOL.into()),
         Err(refusal) => (refusal, POOL.into()),
     }
 }

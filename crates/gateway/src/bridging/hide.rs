@@ -1,0 +1,230 @@
+//! What an application must not see of a cross-node bridge, and what it must see instead: the
+//! helper calls and helper bridges never appear (not in events, not in listings); a member on
+//! another node enters and leaves the application's own bridge, whose `channels` list every
+//! member of every node, as on one Asterisk.
+
+use serde_json::Value;
+
+use super::registry::Registry;
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Keep,
+    Drop,
+    Rewrite(String),
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+/// The application bridge `bridge` as one Asterisk would show it: `base` (the node's own view,
+/// or the last one seen) with the helper calls replaced by the members they carry.
+fn bridge_view(reg: &Registry, bridge: &str, base: Option<&Value>, entering: Option<&str>, leaving: Option<&str>) -> Option<Value> {
+    let mut view = base.or_else(|| reg.snapshots.get(bridge))?.clone();
+    let mut channels: Vec<String> = view
+        .get("channels")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|c| !reg.helper_channels.contains(*c))
+        .map(str::to_string)
+        .collect();
+    for member in reg.members(bridge).map(String::as_str).chain(entering) {
+        if !channels.iter().any(|c| c == member) {
+            channels.push(member.to_string());
+        }
+    }
+    channels.retain(|c| Some(c.as_str()) != leaving);
+    if let Some(obj) = view.as_object_mut() {
+        obj.insert("channels".into(), channels.into_iter().map(Value::String).collect());
+        // The helper bridge's own id when `base` was not the application's bridge.
+        obj.insert("id".into(), Value::String(bridge.to_string()));
+    }
+    Some(view)
+}
+
+/// Judges one application event; remembers the application bridges' latest snapshots.
+pub fn judge(reg: &mut Registry, body: &[u8]) -> Verdict {
+    if reg.is_empty() {
+        return Verdict::Keep;
+    }
+    let Ok(mut event) = serde_json::from_slice::<Value>(body) else { return Verdict::Keep };
+    let kind = str_at(&event, "/type").unwrap_or("").to_string();
+    let channel = str_at(&event, "/channel/id").map(str::to_string);
+    if channel.as_deref().is_some_and(|c| reg.helper_channels.contains(c)) {
+        return Verdict::Drop;
+    }
+    let Some(bridge) = str_at(&event, "/bridge/id").map(str::to_string) else { return Verdict::Keep };
+    let (entering, leaving) = match kind.as_str() {
+        "ChannelEnteredBridge" => (channel.as_deref(), None),
+        "ChannelLeftBridge" => (None, channel.as_deref()),
+        _ => (None, None),
+    };
+    let view = if let Some(app_bridge) = reg.helper_bridges.get(&bridge).cloned() {
+        // A member entering or leaving the helper bridge on its own node is, for the
+        // application, that member entering or leaving the application's bridge.
+        if entering.is_none() && leaving.is_none() {
+            return Verdict::Drop;
+        }
+        bridge_view(reg, &app_bridge, None, entering, leaving)
+    } else if reg.bridges.contains_key(&bridge) || reg.snapshots.contains_key(&bridge) {
+        let own = event.get("bridge").cloned();
+        if let Some(own) = &own {
+            reg.snapshots.insert(bridge.clone(), own.clone());
+        }
+        bridge_view(reg, &bridge, own.as_ref(), entering, leaving)
+    } else {
+        return Verdict::Keep;
+    };
+    match view {
+        Some(view) => {
+            event["bridge"] = view;
+            Verdict::Rewrite(event.to_string())
+        }
+        None => Verdict::Drop,
+    }
+}
+
+/// Rewrites a REST answer (or a pool-wide listing) the same way: helper calls, helper bridges
+/// and the helper application are left out; application bridges list every member.
+pub fn rewrite_answer(reg: &Registry, helper_app: &str, value: &mut Value) {
+    if reg.is_empty() && !mentions_app(value, helper_app) {
+        return;
+    }
+    rewrite(reg, helper_app, value);
+}
+
+fn mentions_app(value: &Value, helper_app: &str) -> bool {
+    match value {
+        Value::Array(items) => items.iter().any(|i| str_at(i, "/name") == Some(helper_app)),
+        _ => false,
+    }
+}
+
+fn hidden(reg: &Registry, helper_app: &str, item: &Value) -> bool {
+    match str_at(item, "/id") {
+        Some(id) if reg.helper_channels.contains(id) || reg.helper_bridges.contains_key(id) => true,
+        _ => str_at(item, "/name") == Some(helper_app) && item.get("channel_ids").is_some(),
+    }
+}
+
+fn rewrite(reg: &Registry, helper_app: &str, value: &mut Value) {
+    match value {
+        Value::Array(items) => {
+            items.retain(|i| !hidden(reg, helper_app, i));
+            for item in items {
+                rewrite(reg, helper_app, item);
+            }
+        }
+        Value::Object(obj) => {
+            if obj.contains_key("bridge_type") {
+                if let Some(id) = obj.get("id").and_then(Value::as_str).map(str::to_string) {
+                    if reg.bridges.contains_key(&id) {
+                        if let Some(view) = bridge_view(reg, &id, Some(&Value::Object(obj.clone())), None, None) {
+                            *value = view;
+                        }
+                        return;
+                    }
+                }
+            }
+            for (key, hide) in [("bridge_ids", true), ("channel_ids", false)] {
+                if let Some(Value::Array(ids)) = obj.get_mut(key) {
+                    ids.retain(|id| id.as_str().is_none_or(|id| if hide { !reg.helper_bridges.contains_key(id) } else { !reg.helper_channels.contains(id) }));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::registry::Leg;
+    use super::*;
+    use crate::owners::Eid;
+
+    /// Bridge `conf` on node a; channel `b1` of node b joined through one leg.
+    fn registry() -> Registry {
+        let mut r = Registry::default();
+        let (a, b): (Eid, Eid) = ("a".into(), "b".into());
+        r.open("conf", &a, &b, Leg::new("0a0b"));
+        r.set_near("conf", &b, "near");
+        r.leg_mut("conf", &b).unwrap().members.insert("b1".into());
+        r.snapshots.insert("conf".into(), json!({"id": "conf", "bridge_type": "mixing", "channels": ["a1", "near"]}));
+        r
+    }
+
+    fn rewritten(v: Verdict) -> Value {
+        match v {
+            Verdict::Rewrite(text) => serde_json::from_str(&text).unwrap(),
+            other => panic!("expected a rewrite, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn helper_calls_never_reach_the_application() {
+        let mut r = registry();
+        for body in [
+            json!({"type": "ChannelEnteredBridge", "bridge": {"id": "conf", "channels": ["a1", "near"]}, "channel": {"id": "near"}}),
+            json!({"type": "ChannelEnteredBridge", "bridge": {"id": "scale-helper-0a0b", "channels": ["scale-leg-0a0b"]}, "channel": {"id": "scale-leg-0a0b"}}),
+            json!({"type": "BridgeDestroyed", "bridge": {"id": "scale-helper-0a0b", "channels": []}}),
+            json!({"type": "ChannelStateChange", "channel": {"id": "near"}}),
+        ] {
+            assert_eq!(judge(&mut r, body.to_string().as_bytes()), Verdict::Drop, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_remote_member_enters_and_leaves_the_applications_bridge() {
+        let mut r = registry();
+        let entered = json!({"type": "ChannelEnteredBridge", "bridge": {"id": "scale-helper-0a0b", "bridge_type": "mixing", "channels": ["scale-leg-0a0b", "b1"]}, "channel": {"id": "b1"}, "asterisk_id": "b"});
+        let v = rewritten(judge(&mut r, entered.to_string().as_bytes()));
+        assert_eq!(v["bridge"], json!({"id": "conf", "bridge_type": "mixing", "channels": ["a1", "b1"]}));
+        assert_eq!((&v["channel"]["id"], &v["asterisk_id"]), (&json!("b1"), &json!("b")), "the rest is untouched");
+
+        r.leg_mut("conf", &"b".into()).unwrap().members.remove("b1");
+        let left = json!({"type": "ChannelLeftBridge", "bridge": {"id": "scale-helper-0a0b", "channels": ["scale-leg-0a0b"]}, "channel": {"id": "b1"}});
+        assert_eq!(rewritten(judge(&mut r, left.to_string().as_bytes()))["bridge"]["channels"], json!(["a1"]));
+    }
+
+    #[test]
+    fn the_bridges_own_events_list_every_member_and_refresh_the_snapshot() {
+        let mut r = registry();
+        let entered = json!({"type": "ChannelEnteredBridge", "bridge": {"id": "conf", "bridge_type": "mixing", "name": "n", "channels": ["a1", "near", "a2"]}, "channel": {"id": "a2"}});
+        let v = rewritten(judge(&mut r, entered.to_string().as_bytes()));
+        assert_eq!(v["bridge"]["channels"], json!(["a1", "a2", "b1"]));
+        assert_eq!(r.snapshots["conf"]["name"], "n");
+        // Unrelated events are not even re-serialized.
+        let other = json!({"type": "ChannelEnteredBridge", "bridge": {"id": "other", "channels": ["x"]}, "channel": {"id": "x"}});
+        assert_eq!(judge(&mut r, other.to_string().as_bytes()), Verdict::Keep);
+        assert_eq!(judge(&mut Registry::default(), entered.to_string().as_bytes()), Verdict::Keep);
+    }
+
+    #[test]
+    fn answers_and_listings_hide_helpers() {
+        let r = registry();
+        let mut bridges = json!([
+            {"id": "conf", "bridge_type": "mixing", "channels": ["a1", "near"]},
+            {"id": "scale-helper-0a0b", "bridge_type": "mixing", "channels": ["scale-leg-0a0b", "b1"]},
+        ]);
+        rewrite_answer(&r, "helper", &mut bridges);
+        assert_eq!(bridges, json!([{"id": "conf", "bridge_type": "mixing", "channels": ["a1", "b1"]}]));
+
+        let mut channels = json!([{"id": "a1"}, {"id": "near"}, {"id": "b1"}, {"id": "scale-leg-0a0b"}]);
+        rewrite_answer(&r, "helper", &mut channels);
+        assert_eq!(channels, json!([{"id": "a1"}, {"id": "b1"}]));
+
+        let mut apps = json!([
+            {"name": "conference", "channel_ids": ["b1"], "bridge_ids": ["conf", "scale-helper-0a0b"], "endpoint_ids": [], "device_names": []},
+            {"name": "helper", "channel_ids": ["near"], "bridge_ids": [], "endpoint_ids": [], "device_names": []},
+        ]);
+        rewrite_answer(&Registry::default(), "helper", &mut apps);
+        assert_eq!(apps.as_array().unwrap().len(), 1, "the helper app is hidden even with no leg up");
+        rewrite_answer(&r, "helper", &mut apps);
+        assert_eq!(apps[0]["bridge_ids"], json!(["conf"]));
+    }
+}

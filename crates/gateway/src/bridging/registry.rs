@@ -1,0 +1,167 @@
+//! What the gateway knows of its cross-node bridges: for each application bridge that has
+//! members on other nodes, one helper leg per such node (a helper bridge and a call leg on the
+//! member node, the call's other end in the application's bridge), and which channels each
+//! leg carries. Ids of torn-down helpers stay known for a while, so late events about them
+//! are still hidden.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::owners::Eid;
+
+/// How long the ids of a torn-down helper leg are still hidden from applications.
+const RETIRED_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    /// Random hex: the leg's extension on the bridge's node and its Stasis argument.
+    pub id: String,
+    /// The helper bridge on the member node, holding the members and the far end.
+    pub helper_bridge: String,
+    /// The helper call on the member node (its id is chosen by the gateway).
+    pub far: String,
+    /// The helper call's other end in the application's bridge, once it arrived.
+    pub near: Option<String>,
+    /// The application's channels this leg carries.
+    pub members: BTreeSet<String>,
+}
+
+impl Leg {
+    pub fn new(id: &str) -> Leg {
+        Leg { id: id.to_string(), helper_bridge: format!("scale-helper-{id}"), far: format!("scale-leg-{id}"), near: None, members: BTreeSet::new() }
+    }
+}
+
+/// An application bridge with members on other nodes.
+#[derive(Debug)]
+pub struct Cross {
+    /// Where the application's bridge lives.
+    pub node: Eid,
+    /// One leg per member node.
+    pub legs: BTreeMap<Eid, Leg>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    pub bridges: HashMap<String, Cross>,
+    /// Helper bridge id -> the application bridge it extends.
+    pub helper_bridges: HashMap<String, String>,
+    pub helper_channels: HashSet<String>,
+    /// The application bridge as its node last described it (from events and answers).
+    pub snapshots: HashMap<String, Value>,
+    /// Ids to forget once their time is up: (when, helper bridge, helper channels, bridge).
+    retired: VecDeque<(Instant, Option<String>, Vec<String>, Option<String>)>,
+}
+
+impl Registry {
+    /// Whether anything is known: when not, events and answers pass untouched.
+    pub fn is_empty(&self) -> bool {
+        self.bridges.is_empty() && self.helper_bridges.is_empty() && self.helper_channels.is_empty() && self.snapshots.is_empty()
+    }
+
+    /// Starts a leg from `member_node` into `bridge` (on `bridge_node`): its ids are hidden
+    /// from now on, before any event about them can arrive.
+    pub fn open(&mut self, bridge: &str, bridge_node: &Eid, member_node: &Eid, leg: Leg) {
+        self.helper_bridges.insert(leg.helper_bridge.clone(), bridge.to_string());
+        self.helper_channels.insert(leg.far.clone());
+        let cross = self.bridges.entry(bridge.to_string()).or_insert_with(|| Cross { node: bridge_node.clone(), legs: BTreeMap::new() });
+        cross.legs.insert(member_node.clone(), leg);
+    }
+
+    pub fn leg(&self, bridge: &str, member_node: &Eid) -> Option<&Leg> {
+        self.bridges.get(bridge)?.legs.get(member_node)
+    }
+
+    pub fn leg_mut(&mut self, bridge: &str, member_node: &Eid) -> Option<&mut Leg> {
+        self.bridges.get_mut(bridge)?.legs.get_mut(member_node)
+    }
+
+    pub fn set_near(&mut self, bridge: &str, member_node: &Eid, near: &str) {
+        self.helper_channels.insert(near.to_string());
+        if let Some(leg) = self.leg_mut(bridge, member_node) {
+            leg.near = Some(near.to_string());
+        }
+    }
+
+    /// Takes the leg out; its ids stay hidden for [`RETIRED_FOR`].
+    pub fn close(&mut self, bridge: &str, member_node: &Eid) -> Option<Leg> {
+        let cross = self.bridges.get_mut(bridge)?;
+        let leg = cross.legs.remove(member_node)?;
+        let last = cross.legs.is_empty();
+        if last {
+            self.bridges.remove(bridge);
+        }
+        let channels = std::iter::once(leg.far.clone()).chain(leg.near.clone()).collect();
+        self.retired.push_back((Instant::now(), Some(leg.helper_bridge.clone()), channels, last.then(|| bridge.to_string())));
+        Some(leg)
+    }
+
+    /// Forgets retired ids whose time is up (unless they are in use again).
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((at, _, _, _)) = self.retired.front() {
+            if now.duration_since(*at) < RETIRED_FOR {
+                break;
+            }
+            let (_, helper, channels, bridge) = self.retired.pop_front().expect("front exists");
+            if let Some(h) = helper {
+                self.helper_bridges.remove(&h);
+            }
+            for c in channels {
+                self.helper_channels.remove(&c);
+            }
+            if let Some(b) = bridge.filter(|b| !self.bridges.contains_key(b)) {
+                self.snapshots.remove(&b);
+            }
+        }
+    }
+
+    /// The leg (bridge, member node) that carries `channel`.
+    pub fn leg_of_member(&self, channel: &str) -> Option<(String, Eid)> {
+        self.bridges.iter().find_map(|(b, cross)| cross.legs.iter().find(|(_, l)| l.members.contains(channel)).map(|(n, _)| (b.clone(), n.clone())))
+    }
+
+    /// The leg whose helper call (either end) is `channel`.
+    pub fn leg_of_helper(&self, channel: &str) -> Option<(String, Eid)> {
+        self.bridges.iter().find_map(|(b, cross)| cross.legs.iter().find(|(_, l)| l.far == channel || l.near.as_deref() == Some(channel)).map(|(n, _)| (b.clone(), n.clone())))
+    }
+
+    /// The leg of a helper bridge.
+    pub fn leg_of_helper_bridge(&self, helper: &str) -> Option<(String, Eid)> {
+        let bridge = self.helper_bridges.get(helper)?;
+        let cross = self.bridges.get(bridge)?;
+        cross.legs.iter().find(|(_, l)| l.helper_bridge == helper).map(|(n, _)| (bridge.clone(), n.clone()))
+    }
+
+    /// Every remote member of `bridge`.
+    pub fn members(&self, bridge: &str) -> impl Iterator<Item = &String> {
+        self.bridges.get(bridge).into_iter().flat_map(|c| c.legs.values()).flat_map(|l| l.members.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_leg_stays_hidden_for_a_while_then_is_forgotten() {
+        let mut r = Registry::default();
+        let (a, b): (Eid, Eid) = ("a".into(), "b".into());
+        r.open("conf", &a, &b, Leg::new("00ff"));
+        r.set_near("conf", &b, "near-1");
+        r.leg_mut("conf", &b).unwrap().members.insert("c1".into());
+        assert_eq!(r.leg_of_member("c1"), Some(("conf".into(), b.clone())));
+        assert_eq!(r.leg_of_helper("near-1"), Some(("conf".into(), b.clone())));
+        assert_eq!(r.leg_of_helper_bridge("scale-helper-00ff"), Some(("conf".into(), b.clone())));
+
+        let leg = r.close("conf", &b).unwrap();
+        assert_eq!((leg.far.as_str(), leg.helper_bridge.as_str()), ("scale-leg-00ff", "scale-helper-00ff"));
+        assert!(r.bridges.is_empty());
+        assert!(r.helper_channels.contains("near-1") && r.helper_bridges.contains_key("scale-helper-00ff"), "late events stay hidden");
+        r.expire(Instant::now());
+        assert!(!r.is_empty());
+        r.expire(Instant::now() + RETIRED_FOR);
+        assert!(r.is_empty(), "everything forgotten");
+    }
+}

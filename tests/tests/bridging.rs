@@ -1,0 +1,125 @@
+//! Cross-node bridges through scale-gateway, against a real pool: two Asterisk 22 nodes with
+//! res_scale, Consul, RabbitMQ, the gateway, and an application that talks to the gateway
+//! only (REST from the test, events over a plain aiohttp WebSocket).
+
+use std::time::Duration;
+
+use res_scale_tests::ari_app::AriApp;
+use res_scale_tests::gateway::{Gateway, CLIENT_PASSWORD, CLIENT_USER};
+use res_scale_tests::{wait, Node, Pool};
+use serde_json::Value;
+
+const SECONDS_20: Duration = Duration::from_secs(20);
+const APP: &str = "bridging-app";
+
+fn ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list.as_array().into_iter().flatten().filter_map(|v| v.as_str().or_else(|| v["id"].as_str()).map(str::to_string)).collect();
+    ids.sort();
+    ids
+}
+
+/// Everything an idle node has of channels and bridges.
+fn leftovers(node: &Node) -> (Vec<String>, Vec<String>) {
+    (ids(&node.ari().get("/channels").json()), ids(&node.ari().get("/bridges").json()))
+}
+
+fn wait_app_on_nodes(pool: &Pool, app: &str) {
+    for node in &pool.nodes {
+        wait::until(&format!("app {app} on {}", node.name), SECONDS_20, Duration::from_millis(100), || {
+            let apps = node.ari().get("/applications");
+            (apps.status == 200 && apps.json().as_array()?.iter().any(|a| a["name"] == app)).then_some(())
+        });
+    }
+}
+
+/// A long call (extension 101 answers and waits) on `node`, into the app, as caller `id`.
+fn call_into_app(node: &Node, id: &str) {
+    let r = node.ari().post(&format!("/channels?endpoint=Local/101@from-sip&app={APP}&channelId={id}&formats=ulaw"));
+    assert_eq!(r.status, 200, "originate {id} on {}: {}", node.name, r.body);
+}
+
+fn entered(app: &AriApp, channel: &str) -> Value {
+    app.expect(&format!("ChannelEnteredBridge of {channel}"), SECONDS_20, |l| l["type"] == "ChannelEnteredBridge" && l["channel"]["id"] == channel)
+}
+
+#[test]
+fn a_channel_of_another_node_joins_the_bridge_through_one_shared_leg_and_nothing_is_left() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let gw = Gateway::start(&pool, "gw-bridging", &[]);
+    gw.wait_healthy(2);
+    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(&pool, APP);
+    let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
+    let ari = gw.ari();
+
+    // The bridge lives on node A; callers on A and B, and a second caller on B later.
+    call_into_app(a, "caller-a");
+    call_into_app(b, "caller-b1");
+    for id in ["caller-a", "caller-b1"] {
+        app.expect(&format!("StasisStart of {id}"), SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == id);
+    }
+    let r = ari.post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for id in ["caller-a", "caller-b1"] {
+        let r = ari.post(&format!("/bridges/conf/addChannel?channel={id}"));
+        assert_eq!(r.status, 204, "add {id}: {}", r.body);
+    }
+    let joined = entered(&app, "caller-b1");
+    assert_eq!(joined["bridge"]["id"], "conf", "the app sees its own bridge: {joined}");
+    assert_eq!(ids(&joined["bridge"]["channels"]), ["caller-a", "caller-b1"], "{joined}");
+    assert_eq!(joined["asterisk_id"], b.eid.as_str());
+
+    // The app's view and the nodes' own: A's bridge holds its caller and one helper call, B
+    // holds the remote caller with the helper call's other end.
+    let view = ari.get("/bridges/conf").json();
+    assert_eq!(ids(&view["channels"]), ["caller-a", "caller-b1"], "{view}");
+    let on_a = a.ari().get("/bridges/conf").json();
+    let helpers_on_a: Vec<String> = ids(&on_a["channels"]).into_iter().filter(|c| c != "caller-a").collect();
+    assert_eq!(helpers_on_a.len(), 1, "one helper call in A's bridge: {on_a}");
+    let (b_channels, b_bridges) = leftovers(b);
+    assert_eq!(b_bridges.len(), 1, "one helper bridge on B: {b_bridges:?}");
+
+    // A second caller of B shares the leg.
+    call_into_app(b, "caller-b2");
+    app.expect("StasisStart of caller-b2", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b2");
+    let r = ari.post("/bridges/conf/addChannel?channel=caller-b2");
+    assert_eq!(r.status, 204, "{}", r.body);
+    entered(&app, "caller-b2");
+    assert_eq!(ids(&a.ari().get("/bridges/conf").json()["channels"]).len(), 2, "still one helper call on A");
+    assert_eq!(leftovers(b).1, b_bridges, "still one helper bridge on B");
+    assert_eq!(ids(&ari.get("/bridges/conf").json()["channels"]), ["caller-a", "caller-b1", "caller-b2"]);
+    // (Each caller is a Local channel pair; its `;2` half runs the dialplan.)
+    let listed: Vec<String> = ids(&ari.get("/channels").json()).into_iter().filter(|c| !c.ends_with(";2")).collect();
+    assert_eq!(listed, ["caller-a", "caller-b1", "caller-b2"], "no helper call in the pool-wide listing (B had {b_channels:?})");
+    assert!(ids(&ari.get("/bridges").json()) == ["conf"], "no helper bridge in the listing");
+    assert!(gw.metrics().contains("scale_gateway_bridging_legs 1"), "{}", gw.metrics());
+
+    // Removing one remote caller keeps the leg; hanging up the other takes it down.
+    let r = ari.post("/bridges/conf/removeChannel?channel=caller-b1");
+    assert_eq!(r.status, 204, "{}", r.body);
+    let left = app.expect("ChannelLeftBridge of caller-b1", SECONDS_20, |l| l["type"] == "ChannelLeftBridge" && l["channel"]["id"] == "caller-b1");
+    assert_eq!((&left["bridge"]["id"], ids(&left["bridge"]["channels"])), (&Value::from("conf"), vec!["caller-a".to_string(), "caller-b2".to_string()]));
+    for id in ["caller-b1", "caller-b2", "caller-a"] {
+        assert_eq!(ari.delete(&format!("/channels/{id}")).status, 204, "hang up {id}");
+    }
+    let r = ari.delete("/bridges/conf");
+    assert_eq!(r.status, 204, "{}", r.body);
+    for node in [a, b] {
+        wait::until(&format!("nothing left on {}", node.name), SECONDS_20, Duration::from_millis(200), || {
+            let (channels, bridges) = leftovers(node);
+            (channels.is_empty() && bridges.is_empty()).then_some(())
+        });
+    }
+
+    // The app never saw a helper: every channel and bridge it heard of is its own.
+    let events = app.events();
+    for event in &events {
+        let channel = event["channel"]["id"].as_str().unwrap_or("caller-");
+        assert!(channel.starts_with("caller-"), "a helper call reached the app: {event}");
+        let bridge = event["bridge"]["id"].as_str().unwrap_or("conf");
+        assert_eq!(bridge, "conf", "a helper bridge reached the app: {event}");
+    }
+    let starts = events.iter().filter(|e| e["type"] == "StasisStart").count();
+    assert_eq!(starts, 3, "one StasisStart per caller, none for helper calls");
+}

@@ -51,8 +51,16 @@ pub struct Registry {
     pub helper_channels: HashSet<String>,
     /// The application bridge as its node last described it (from events and answers).
     pub snapshots: HashMap<String, Value>,
-    /// Ids to forget once their time is up: (when, helper bridge, helper channels, bridge).
-    retired: VecDeque<(Instant, Option<String>, Vec<String>, Option<String>)>,
+    retired: VecDeque<Retired>,
+}
+
+/// The ids of a torn-down leg, forgotten once their time is up.
+struct Retired {
+    at: Instant,
+    helper_bridge: String,
+    helper_channels: Vec<String>,
+    /// The application bridge, when this was its last leg (its snapshot goes too).
+    bridge: Option<String>,
 }
 
 impl Registry {
@@ -94,24 +102,19 @@ impl Registry {
             self.bridges.remove(bridge);
         }
         let channels = std::iter::once(leg.far.clone()).chain(leg.near.clone()).collect();
-        self.retired.push_back((Instant::now(), Some(leg.helper_bridge.clone()), channels, last.then(|| bridge.to_string())));
+        self.retired.push_back(Retired { at: Instant::now(), helper_bridge: leg.helper_bridge.clone(), helper_channels: channels, bridge: last.then(|| bridge.to_string()) });
         Some(leg)
     }
 
     /// Forgets retired ids whose time is up (unless they are in use again).
     pub fn expire(&mut self, now: Instant) {
-        while let Some((at, _, _, _)) = self.retired.front() {
-            if now.duration_since(*at) < RETIRED_FOR {
-                break;
-            }
-            let (_, helper, channels, bridge) = self.retired.pop_front().expect("front exists");
-            if let Some(h) = helper {
-                self.helper_bridges.remove(&h);
-            }
-            for c in channels {
+        while self.retired.front().is_some_and(|r| now.duration_since(r.at) >= RETIRED_FOR) {
+            let retired = self.retired.pop_front().expect("front exists");
+            self.helper_bridges.remove(&retired.helper_bridge);
+            for c in retired.helper_channels {
                 self.helper_channels.remove(&c);
             }
-            if let Some(b) = bridge.filter(|b| !self.bridges.contains_key(b)) {
+            if let Some(b) = retired.bridge.filter(|b| !self.bridges.contains_key(b)) {
                 self.snapshots.remove(&b);
             }
         }

@@ -123,3 +123,38 @@ fn a_channel_of_another_node_joins_the_bridge_through_one_shared_leg_and_nothing
     let starts = events.iter().filter(|e| e["type"] == "StasisStart").count();
     assert_eq!(starts, 3, "one StasisStart per caller, none for helper calls");
 }
+
+#[test]
+fn when_the_bridges_node_dies_its_remote_members_leave_it_and_nothing_stays_on_the_survivor() {
+    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let gw = Gateway::start(&pool, "gw-bridging-kill", &[]);
+    gw.wait_healthy(2);
+    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(&pool, APP);
+    let ari = gw.ari();
+    call_into_app(&pool.nodes[0], "caller-a");
+    call_into_app(&pool.nodes[1], "caller-b");
+    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
+    assert_eq!(ari.post(&format!("/bridges/conf?type=mixing&ast_id={}", pool.nodes[0].eid)).status, 200);
+    for id in ["caller-a", "caller-b"] {
+        let r = ari.post(&format!("/bridges/conf/addChannel?channel={id}"));
+        assert_eq!(r.status, 204, "add {id}: {}", r.body);
+    }
+    entered(&app, "caller-b");
+
+    pool.node_mut(0).kill();
+    let left = app.expect("ChannelLeftBridge of caller-b", SECONDS_20, |l| l["type"] == "ChannelLeftBridge" && l["channel"]["id"] == "caller-b");
+    assert_eq!(left["bridge"]["id"], "conf", "{left}");
+    let survivor = &pool.nodes[1];
+    wait::until("only the caller left on the survivor", SECONDS_20, Duration::from_millis(200), || {
+        let (channels, bridges) = leftovers(survivor);
+        (channels == ["caller-b", "caller-b;2"] && bridges.is_empty()).then_some(())
+    });
+    // The caller is still the app's, in Stasis, and goes on in a new bridge.
+    let r = ari.post("/bridges/conf-2?type=mixing");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ari.post("/bridges/conf-2/addChannel?channel=caller-b").status, 204);
+    app.expect("caller-b in conf-2", SECONDS_20, |l| l["type"] == "ChannelEnteredBridge" && l["channel"]["id"] == "caller-b" && l["bridge"]["id"] == "conf-2");
+    assert_eq!(ari.delete("/channels/caller-b").status, 204);
+}

@@ -23,7 +23,8 @@ The analysis cuts the recording into windows and measures, with the Goertzel alg
 share of each window's energy at each --listen frequency: a pure tone at that frequency gives
 about 1, silence or another tone about 0.
     heard              {Hz: share of all recorded energy at Hz}
-    seconds_with_tone  {Hz: seconds of windows that are not silent and hold mostly Hz}
+    seconds_with_tone  {Hz: seconds of windows that are not silent and have at least a fifth of
+                        their energy at Hz (each of a few mixed tones counts)}
     seconds_with_sound seconds of windows louder than the silence threshold
     seconds            length of the recording
 """
@@ -46,8 +47,10 @@ WINDOW_SECONDS = 0.1
 # A window quieter than this (RMS, dB below full scale) counts as silence: a jitter buffer's
 # or a bridge's zero frames, not a tone that got quieter through a codec.
 SILENCE_DBFS = -50.0
-# A window holds a tone when at least this share of its energy is at the tone's frequency.
-TONE_SHARE = 0.5
+# A window holds a tone when at least this share of its energy is at the tone's frequency: low
+# enough that each of up to four equally loud tones mixed together (a conference) counts, far
+# above what a codec's noise puts at a frequency nobody plays (well under 1%).
+TONE_SHARE = 0.2
 # The tone's loudness: well below clipping (ulaw round trips stay clean), far above silence.
 TONE_VOLUME = 8000
 # RTP above Linux's ephemeral range (32768-60999) and the test nodes' RTP (10000-32599): ports
@@ -236,24 +239,27 @@ def goertzel_power(samples, rate, hz):
     return s1 * s1 + s2 * s2 - coeff * s1 * s2
 
 
-def analyse(path, frequencies):
-    empty = {"seconds": 0.0, "seconds_with_sound": 0.0, "heard": {str(f): 0.0 for f in frequencies},
-             "seconds_with_tone": {str(f): 0.0 for f in frequencies}}
+def read_samples(path):
+    """The recording as floats in -1..1 and its sample rate; no samples if there is none (the
+    call never had audio)."""
     if not os.path.exists(path):
-        return empty
+        return 8000, []
     with wave.open(path, "rb") as w:
         rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
         raw = w.readframes(w.getnframes())
     if width != 2 or channels != 1:
         raise SystemExit(f"{path}: expected 16-bit mono, got {width * 8}-bit x{channels}")
-    count = len(raw) // 2
-    samples = [v / 32768.0 for v in memoryview(raw[: count * 2]).cast("h")]
-    n = max(1, int(rate * WINDOW_SECONDS))
+    return rate, [v / 32768.0 for v in memoryview(raw[: len(raw) // 2 * 2]).cast("h")]
+
+
+def analyse(path, frequencies):
+    rate, samples = read_samples(path)
+    n = int(rate * WINDOW_SECONDS)
     total_energy = 0.0
     tone_energy = {f: 0.0 for f in frequencies}
     tone_windows = {f: 0 for f in frequencies}
     sound_windows = 0
-    for start in range(0, count - n + 1, n):
+    for start in range(0, len(samples) - n + 1, n):
         window = samples[start:start + n]
         energy = sum(x * x for x in window)
         total_energy += energy
@@ -265,13 +271,13 @@ def analyse(path, frequencies):
             tone_energy[f] += at_f
             if loud and at_f >= TONE_SHARE * energy:
                 tone_windows[f] += 1
-    result = dict(empty)
-    result["seconds"] = round(count / rate, 2)
-    result["seconds_with_sound"] = round(sound_windows * WINDOW_SECONDS, 2)
-    result["heard"] = {str(f): round(min(1.0, tone_energy[f] / total_energy), 3) if total_energy else 0.0
-                       for f in frequencies}
-    result["seconds_with_tone"] = {str(f): round(tone_windows[f] * WINDOW_SECONDS, 2) for f in frequencies}
-    return result
+    return {
+        "seconds": round(len(samples) / rate, 2),
+        "seconds_with_sound": round(sound_windows * WINDOW_SECONDS, 2),
+        "heard": {str(f): round(min(1.0, tone_energy[f] / total_energy), 3) if total_energy else 0.0
+                  for f in frequencies},
+        "seconds_with_tone": {str(f): round(tone_windows[f] * WINDOW_SECONDS, 2) for f in frequencies},
+    }
 
 
 def main():

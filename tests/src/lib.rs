@@ -13,6 +13,7 @@ pub mod consul;
 pub mod gateway;
 pub mod kamailio;
 pub mod node;
+pub mod phone;
 pub mod pool;
 pub mod ports;
 pub mod rabbitmq;

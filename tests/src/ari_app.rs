@@ -25,11 +25,20 @@ pub struct AriApp {
 impl AriApp {
     /// Runs `tests/ari-apps/<script>` with `args`.
     pub fn start(script: &str, args: &[&str]) -> AriApp {
+        AriApp::start_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("ari-apps").join(script), args)
+    }
+
+    /// Runs one of the shipped examples, `examples/<path>`, with `args`.
+    pub fn example(path: &str, args: &[&str]) -> AriApp {
+        AriApp::start_path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(path), args)
+    }
+
+    fn start_path(path: &Path, args: &[&str]) -> AriApp {
         let testbed = Testbed::load();
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ari-apps").join(script);
+        let script = path.file_name().unwrap_or_default().to_string_lossy().to_string();
         let mut child = tied_command(&testbed.ari_python, "KILL")
             .arg("-u")
-            .arg(&path)
+            .arg(path)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -54,7 +63,7 @@ impl AriApp {
                 s.push('\n');
             }
         });
-        AriApp { name: script.to_string(), child: Some(child), lines, stderr }
+        AriApp { name: script, child: Some(child), lines, stderr }
     }
 
     /// Everything printed so far.

@@ -158,3 +158,51 @@ fn when_the_bridges_node_dies_its_remote_members_leave_it_and_nothing_stays_on_t
     app.expect("caller-b in conf-2", SECONDS_20, |l| l["type"] == "ChannelEnteredBridge" && l["channel"]["id"] == "caller-b" && l["bridge"]["id"] == "conf-2");
     assert_eq!(ari.delete("/channels/caller-b").status, 204);
 }
+
+#[test]
+fn a_killed_and_restarted_gateway_removes_the_helpers_it_no_longer_knows() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let mut gw = Gateway::start(&pool, "gw-bridging-restart", &[]);
+    gw.wait_healthy(2);
+    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(&pool, APP);
+    let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
+    call_into_app(b, "caller-b");
+    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
+    assert_eq!(gw.ari().post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid)).status, 200);
+    let r = gw.ari().post("/bridges/conf/addChannel?channel=caller-b");
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(leftovers(b).1.len(), 1, "a helper bridge on B");
+
+    // Killed: no chance to tear its legs down (a SIGTERM does that, see the next test).
+    let pid = gw.pid().expect("the gateway runs").to_string();
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    gw.restart();
+    gw.wait_healthy(2);
+    // The new process knows no leg: what the old one set up is removed from both nodes, and
+    // the caller is back in the app, out of any bridge.
+    wait::until("the forgotten helpers removed", SECONDS_20, Duration::from_millis(200), || {
+        let on_a = ids(&a.ari().get("/bridges/conf").json()["channels"]);
+        (on_a.is_empty() && leftovers(b).1.is_empty() && leftovers(b).0 == ["caller-b", "caller-b;2"]).then_some(())
+    });
+    assert!(gw.log().contains("removed helpers left from before this gateway started"), "{}", gw.log());
+}
+
+#[test]
+fn a_stopping_gateway_takes_its_legs_down_and_the_remote_member_leaves_the_bridge() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let mut gw = Gateway::start(&pool, "gw-bridging-stop", &[]);
+    gw.wait_healthy(2);
+    let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
+    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(&pool, APP);
+    call_into_app(b, "caller-b");
+    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
+    assert_eq!(gw.ari().post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid)).status, 200);
+    assert_eq!(gw.ari().post("/bridges/conf/addChannel?channel=caller-b").status, 204);
+    assert_eq!(gw.stop().map(|s| s.success()), Some(true), "exit 0 after SIGTERM");
+    assert!(ids(&a.ari().get("/bridges/conf").json()["channels"]).is_empty(), "no helper call left in A's bridge");
+    assert_eq!(leftovers(b), (vec!["caller-b".to_string(), "caller-b;2".to_string()], vec![]), "no helper left on B");
+}

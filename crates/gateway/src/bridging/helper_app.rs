@@ -59,8 +59,9 @@ pub async fn run(gw: Arc<Gateway>) {
     }
 }
 
-/// One node's socket: reconnected at once when it drops; when the node cannot be reached (or
-/// left the pool), the legs that touch it are torn down.
+/// One node's socket: reconnected at once when it drops; when the node cannot be reached, left
+/// the pool, or the gateway stops, the legs that touch it are torn down. On connecting, what a
+/// previous run of this gateway left there is swept away.
 async fn socket(gw: Arc<Gateway>, node: Node, stop: CancellationToken) {
     let mut reported = false;
     loop {
@@ -69,12 +70,17 @@ async fn socket(gw: Arc<Gateway>, node: Node, stop: CancellationToken) {
                 tracing::info!(node = %node.eid, app = %gw.bridging.app, "bridging: helper application connected");
                 reported = false;
                 lock(&gw.bridging.connected).insert(node.eid.clone());
+                let (gw2, node2) = (gw.clone(), node.clone());
+                gw.tasks.spawn(async move { legs::sweep(&gw2, &node2).await });
                 serve(&gw, &node, ws, &stop).await;
-                lock(&gw.bridging.connected).remove(&node.eid);
                 if stop.is_cancelled() {
+                    // Stopping (or the node left the pool): the legs go while the node still
+                    // answers, so nothing is left behind for nobody to manage.
                     legs::node_lost(&gw, &node.eid).await;
+                    lock(&gw.bridging.connected).remove(&node.eid);
                     return;
                 }
+                lock(&gw.bridging.connected).remove(&node.eid);
                 continue;
             }
             Err(e) => {
@@ -133,12 +139,14 @@ fn handle(gw: &Arc<Gateway>, event: &Value) {
     let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str).map(str::to_string);
     let channel = text("/channel/id");
     match event.get("type").and_then(Value::as_str).unwrap_or("") {
-        // A helper call arrived on the bridge's node (dialplan: Stasis(<app>,<leg>)).
+        // A helper call arrived on the bridge's node (dialplan: Stasis(<app>,<leg>)), waited
+        // for by its leg id; or the far end, created by the gateway, entered: by its own id.
         "StasisStart" => {
-            if let (Some(leg), Some(channel)) = (text("/args/0"), channel) {
-                if let Some(waiter) = lock(&gw.bridging.waiters).remove(&leg) {
-                    let _ = waiter.send(channel);
-                }
+            let Some(channel) = channel else { return };
+            let mut waiters = lock(&gw.bridging.waiters);
+            let waiter = text("/args/0").and_then(|leg| waiters.remove(&leg)).or_else(|| waiters.remove(&channel));
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(channel);
             }
         }
         "ChannelLeftBridge" => {

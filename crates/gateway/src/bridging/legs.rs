@@ -135,6 +135,31 @@ pub async fn node_lost(gw: &Gateway, lost: &Eid) {
     }
 }
 
+/// Removes what this gateway's helper application holds on `node` and no leg names: helpers
+/// of a gateway that restarted (with the same instance id) while its legs were up.
+pub async fn sweep(gw: &Gateway, node: &Node) {
+    let _one_at_a_time = gw.bridging.ops.lock().await;
+    let path = format!("applications/{}", encode_segment(&gw.bridging.app));
+    let Some(app) = call(gw, node, reqwest::Method::GET, path, String::new()).await.ok().and_then(|a| a.json()) else { return };
+    let known: std::collections::HashSet<String> = {
+        let registry = lock(&gw.bridging.registry);
+        registry.bridges.values().flat_map(|c| c.legs.values()).flat_map(|l| [Some(l.far.clone()), l.near.clone(), Some(l.helper_bridge.clone())]).flatten().collect()
+    };
+    let listed = |key: &str| app[key].as_array().into_iter().flatten().filter_map(|v| v.as_str()).filter(|id| !known.contains(*id)).map(str::to_string).collect::<Vec<_>>();
+    let (channels, bridges) = (listed("channel_ids"), listed("bridge_ids"));
+    // The app also sees the applications' bridges its calls were in: only helper bridges go.
+    let bridges: Vec<String> = bridges.into_iter().filter(|b| b.starts_with(super::registry::HELPER_BRIDGE_PREFIX)).collect();
+    for channel in &channels {
+        let _ = call(gw, node, reqwest::Method::DELETE, format!("channels/{}", encode_segment(channel)), String::new()).await;
+    }
+    for bridge in &bridges {
+        let _ = call(gw, node, reqwest::Method::DELETE, format!("bridges/{}", encode_segment(bridge)), String::new()).await;
+    }
+    if !channels.is_empty() || !bridges.is_empty() {
+        tracing::warn!(node = %node.eid, channels = channels.len(), bridges = bridges.len(), "bridging: removed helpers left from before this gateway started");
+    }
+}
+
 async fn forget_member(gw: &Gateway, bridge: &str, node: &Eid, channel: &str) {
     let empty = lock(&gw.bridging.registry).leg_mut(bridge, node).is_some_and(|leg| leg.members.remove(channel) && leg.members.is_empty());
     if empty {
@@ -182,7 +207,19 @@ async fn connect(gw: &Gateway, bridge: &str, bridge_node: &Node, member: &Node, 
     let helper = encode_segment(&leg.helper_bridge);
     call(gw, member, Method::POST, "bridges".into(), format!("type=mixing&bridgeId={}&name=scale-gateway-helper", encode_value(&leg.helper_bridge))).await?;
     let endpoint = format!("PJSIP/{}/sip:{}~{}@{}", gw.config.bridging.endpoint, leg.id, app, sip);
-    call(gw, member, Method::POST, "channels/create".into(), format!("endpoint={}&app={}&channelId={}", encode_value(&endpoint), encode_value(app), encode_value(&leg.far))).await?;
+    // A created channel enters the app a moment after the answer: bridged only once it has.
+    let (entered, entry) = oneshot::channel();
+    lock(&gw.bridging.waiters).insert(leg.far.clone(), entered);
+    let created = call(gw, member, Method::POST, "channels/create".into(), format!("endpoint={}&app={}&channelId={}", encode_value(&endpoint), encode_value(app), encode_value(&leg.far))).await;
+    let in_app = match created {
+        Ok(_) => tokio::time::timeout(timeout, entry).await.is_ok_and(|r| r.is_ok()),
+        Err(_) => false,
+    };
+    lock(&gw.bridging.waiters).remove(&leg.far);
+    created?;
+    if !in_app {
+        return Err(format!("the helper call on node {} did not enter the gateway's application in {timeout:?}", member.eid));
+    }
     call(gw, member, Method::POST, format!("bridges/{helper}/addChannel"), format!("channel={}", encode_value(&leg.far))).await?;
     call(gw, member, Method::POST, format!("channels/{}/dial", encode_segment(&leg.far)), format!("timeout={}", timeout.as_secs().max(1))).await?;
     let near = match tokio::time::timeout(timeout, arrival).await {

@@ -32,7 +32,8 @@ pub struct Bridging {
     /// Leg set-ups and tear-downs, one at a time: two channels of one node joining at once
     /// must share one leg.
     ops: tokio::sync::Mutex<()>,
-    /// Legs waiting for their call to arrive on the bridge's node, by leg id.
+    /// Helper calls waited for in the gateway's app: the near end by leg id, the far end by
+    /// its channel id.
     waiters: Mutex<HashMap<String, oneshot::Sender<String>>>,
     /// Nodes where the helper application's socket is up.
     connected: Mutex<HashSet<Eid>>,

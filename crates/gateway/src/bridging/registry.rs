@@ -11,6 +11,9 @@ use serde_json::Value;
 
 use crate::owners::Eid;
 
+/// Every helper bridge's id starts with this (so a sweep can tell them from applications').
+pub const HELPER_BRIDGE_PREFIX: &str = "scale-helper-";
+
 /// How long the ids of a torn-down helper leg are still hidden from applications.
 const RETIRED_FOR: Duration = Duration::from_secs(60);
 
@@ -30,7 +33,7 @@ pub struct Leg {
 
 impl Leg {
     pub fn new(id: &str) -> Leg {
-        Leg { id: id.to_string(), helper_bridge: format!("scale-helper-{id}"), far: format!("scale-leg-{id}"), near: None, members: BTreeSet::new() }
+        Leg { id: id.to_string(), helper_bridge: format!("{HELPER_BRIDGE_PREFIX}{id}"), far: format!("scale-leg-{id}"), near: None, members: BTreeSet::new() }
     }
 }
 

@@ -60,7 +60,8 @@ impl Hub {
     }
 
     /// `socket` takes `apps`: the previous holder of each is told, relays start, keys are
-    /// written.
+    /// written once the app's queue is bound (the nodes create the app when they see its key,
+    /// and its first events must find the queue).
     pub fn attach(&self, gw: &Arc<Gateway>, socket: &Socket, apps: &[String]) {
         let mut map = self.apps();
         for name in apps {
@@ -84,13 +85,14 @@ impl Hub {
                 handle
             });
             let stop = gw.shutdown.child_token();
-            let target = Target { app: name.as_str().into(), out: socket.out.clone(), report_gaps: socket.report_gaps, committed: app.committed.clone() };
+            let (bound, when_bound) = tokio::sync::watch::channel(false);
+            let target = Target { app: name.as_str().into(), out: socket.out.clone(), report_gaps: socket.report_gaps, committed: app.committed.clone(), bound: Arc::new(bound) };
             let handle = tokio::spawn(relay::run(gw.clone(), self.link.clone(), target, stop.clone(), previous));
             app.relay = Some((stop, handle));
             app.holder = Some(socket.clone());
             app.key_socket = socket.id.clone();
             app.key_index = None;
-            gw.tasks.spawn(super::keys::write(gw.clone(), name.clone(), socket.id.clone()));
+            gw.tasks.spawn(super::keys::write_once_bound(gw.clone(), name.clone(), socket.id.clone(), when_bound));
         }
     }
 

@@ -34,6 +34,13 @@ fn socket_of(value: &[u8]) -> Option<String> {
     serde_json::from_slice::<Holder>(value).ok().and_then(|h| h.socket)
 }
 
+/// Writes the key once the relay bound the app's queue (not at all if it stopped first).
+pub async fn write_once_bound(gw: Arc<Gateway>, app: String, socket: Arc<str>, mut bound: tokio::sync::watch::Receiver<bool>) {
+    if bound.wait_for(|b| *b).await.is_ok() {
+        write(gw, app, socket).await;
+    }
+}
+
 /// Writes the key, then reads it back: our version's modify index is what later changes are
 /// judged against, and another socket's value read after our write is a takeover.
 pub async fn write(gw: Arc<Gateway>, app: String, socket: Arc<str>) {

@@ -73,6 +73,8 @@ pub struct Target {
     pub out: mpsc::Sender<Outgoing>,
     pub report_gaps: bool,
     pub committed: Arc<Committed>,
+    /// Set once the app's queue is declared and bound.
+    pub bound: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// `scale-gateway.<instance_id>.<app>`: one queue per gateway instance and app, found again by
@@ -123,6 +125,7 @@ async fn declare(gw: &Gateway, channel: &Channel, app: &str) -> lapin::Result<Sh
 async fn consume(gw: &Gateway, connection: &Connection, target: &Target, stop: &CancellationToken) -> Result<(), String> {
     let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
     let queue = declare(gw, &channel, &target.app).await.map_err(|e| format!("declaring the queue: {e}"))?;
+    target.bound.send_replace(true);
     channel.basic_qos(gw.config.amqp.prefetch, BasicQosOptions::default()).await.map_err(|e| e.to_string())?;
     let mut consumer = channel.basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(|e| e.to_string())?;
     let mut relay = Relay { gw, target, stop, tracker: Tracker::resume(&target.committed), nodes: HashMap::new() };

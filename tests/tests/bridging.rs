@@ -206,3 +206,40 @@ fn a_stopping_gateway_takes_its_legs_down_and_the_remote_member_leaves_the_bridg
     assert!(ids(&a.ari().get("/bridges/conf").json()["channels"]).is_empty(), "no helper call left in A's bridge");
     assert_eq!(leftovers(b), (vec!["caller-b".to_string(), "caller-b;2".to_string()], vec![]), "no helper left on B");
 }
+
+#[test]
+fn a_new_bridge_goes_where_the_app_acted_last_and_ten_callers_over_two_nodes_share_one_leg() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let gw = Gateway::start(&pool, "gw-bridging-ten", &[]);
+    gw.wait_healthy(2);
+    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(&pool, APP);
+    let ari = gw.ari();
+    let callers: Vec<String> = (0..10).map(|i| format!("caller-{i}")).collect();
+    // Round robin, starting on the second node.
+    for (i, id) in callers.iter().enumerate() {
+        call_into_app(&pool.nodes[(i + 1) % 2], id);
+    }
+    for id in &callers {
+        app.expect(&format!("StasisStart of {id}"), SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == id.as_str());
+    }
+    // The app acts on its first caller, then creates the bridge without saying where.
+    assert_eq!(ari.post("/channels/caller-0/variable?variable=SEEN&value=1").status, 204);
+    assert_eq!(ari.post("/bridges/conf?type=mixing").status, 200);
+    assert_eq!(pool.nodes[1].ari().get("/bridges/conf").status, 200, "placed on the node of the channel acted on last");
+    for id in &callers {
+        let r = ari.post(&format!("/bridges/conf/addChannel?channel={id}"));
+        assert_eq!(r.status, 204, "add {id}: {}", r.body);
+    }
+    for id in &callers {
+        entered(&app, id);
+    }
+    assert!(gw.metrics().contains("scale_gateway_bridging_legs 1\n"), "one leg for five remote callers: {}", gw.metrics());
+    assert!(gw.metrics().contains("scale_gateway_bridging_members 5\n"));
+    assert_eq!(ids(&ari.get("/bridges/conf").json()["channels"]), { let mut c = callers.clone(); c.sort(); c });
+    for id in &callers {
+        assert_eq!(ari.delete(&format!("/channels/{id}")).status, 204);
+    }
+    wait::until("the leg gone with the last remote caller", SECONDS_20, Duration::from_millis(200), || gw.metrics().contains("scale_gateway_bridging_legs 0\n").then_some(()));
+}

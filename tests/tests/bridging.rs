@@ -243,3 +243,31 @@ fn a_new_bridge_goes_where_the_app_acted_last_and_ten_callers_over_two_nodes_sha
     }
     wait::until("the leg gone with the last remote caller", SECONDS_20, Duration::from_millis(200), || gw.metrics().contains("scale_gateway_bridging_legs 0\n").then_some(()));
 }
+
+#[test]
+fn a_helper_call_that_ends_by_itself_makes_its_members_leave_the_bridge() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let gw = Gateway::start(&pool, "gw-bridging-broken", &[]);
+    gw.wait_healthy(2);
+    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(&pool, APP);
+    let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
+    call_into_app(a, "caller-a");
+    call_into_app(b, "caller-b");
+    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
+    assert_eq!(gw.ari().post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid)).status, 200);
+    for id in ["caller-a", "caller-b"] {
+        assert_eq!(gw.ari().post(&format!("/bridges/conf/addChannel?channel={id}")).status, 204);
+    }
+    entered(&app, "caller-b");
+    // Someone hangs the helper call up on A, behind the gateway's back.
+    let helper = ids(&a.ari().get("/bridges/conf").json()["channels"]).into_iter().find(|c| c != "caller-a").expect("a helper call in A's bridge");
+    assert_eq!(a.ari().delete(&format!("/channels/{helper}")).status, 204);
+    let left = app.expect("ChannelLeftBridge of caller-b", SECONDS_20, |l| l["type"] == "ChannelLeftBridge" && l["channel"]["id"] == "caller-b");
+    assert_eq!((&left["bridge"]["id"], ids(&left["bridge"]["channels"])), (&Value::from("conf"), vec!["caller-a".to_string()]));
+    wait::until("B holds only its caller", SECONDS_20, Duration::from_millis(200), || (leftovers(b) == (vec!["caller-b".to_string(), "caller-b;2".to_string()], vec![])).then_some(()));
+    // The app can join it again: a new leg.
+    assert_eq!(gw.ari().post("/bridges/conf/addChannel?channel=caller-b").status, 204);
+    assert_eq!(ids(&gw.ari().get("/bridges/conf").json()["channels"]), ["caller-a", "caller-b"]);
+}

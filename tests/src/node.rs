@@ -26,7 +26,7 @@ const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
 const MODULES: &[&str] = &[
     "pbx_config", "app_dial", "app_playback", "app_echo", "app_stasis", "func_callerid", "func_channel", "func_cut",
     "codec_ulaw", "codec_alaw", "format_wav", "format_gsm", "format_pcm", "res_timing_timerfd",
-    "bridge_simple", "bridge_native_rtp", "bridge_softmix", "bridge_holding", "res_pjproject",
+    "bridge_simple", "bridge_native_rtp", "bridge_softmix", "bridge_holding", "chan_bridge_media", "res_pjproject",
     "res_sorcery_config", "res_sorcery_memory", "res_sorcery_astdb", "res_rtp_asterisk", "res_pjsip",
     "res_pjsip_session", "res_pjsip_pubsub", "chan_pjsip", "res_pjsip_authenticator_digest",
     "res_pjsip_endpoint_identifier_user", "res_pjsip_endpoint_identifier_ip", "res_pjsip_registrar",

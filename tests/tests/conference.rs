@@ -109,3 +109,30 @@ fn callers_on_two_nodes_hear_each_other_in_one_conference_and_nothing_is_left() 
     assert!(!app.lines().iter().any(|l| l["unparsed"].as_str().is_some_and(|t| t.contains("ERROR") || t.contains("could not join"))), "the app saw an error: {:?}", app.lines());
     assert_eq!(joined(&app), 3, "one join per caller, none for a helper call");
 }
+
+#[test]
+fn a_tone_played_to_the_bridge_reaches_the_callers_of_every_node() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let gw = Gateway::start(&pool, "gw-conference-play", &[]);
+    gw.wait_healthy(2);
+    let app = AriApp::example("conference/conference.py", &["--url", &gw.url(), "--user", CLIENT_USER, "--password", CLIENT_PASSWORD, "--app", "conference"]);
+    app.expect("the app connected", SECONDS_20, |l| l["unparsed"].as_str().is_some_and(|t| t.contains("connected to")));
+    for node in &pool.nodes {
+        wait::until(&format!("app conference on {}", node.name), SECONDS_20, Duration::from_millis(100), || {
+            node.ari().get("/applications").json().as_array()?.iter().any(|a| a["name"] == "conference").then_some(())
+        });
+    }
+    // Silent callers, one straight to each node.
+    let phones: Vec<TonePhone> = pool.nodes.iter().map(|n| TonePhone::call(&format!("sip:8000@127.0.0.1:{}", n.sip_port), None, &Caller::user("sipp"), &[2000])).collect();
+    for phone in &phones {
+        phone.wait_connected();
+    }
+    wait::until("both callers joined conf", SECONDS_20, Duration::from_millis(100), || (joined(&app) == 2).then_some(()));
+    let r = gw.ari().post("/bridges/conf/play?media=tone:2000");
+    assert_eq!(r.status, 201, "{}", r.body);
+    std::thread::sleep(TALK);
+    for (i, phone) in phones.into_iter().enumerate() {
+        let heard = phone.hang_up();
+        assert!(heard.tone_seconds(2000) >= 2.0, "the caller on node{} heard the bridge's tone for only {:.2} s: {heard:?}", i + 1, heard.tone_seconds(2000));
+    }
+}

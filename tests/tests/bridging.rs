@@ -271,3 +271,38 @@ fn a_helper_call_that_ends_by_itself_makes_its_members_leave_the_bridge() {
     assert_eq!(gw.ari().post("/bridges/conf/addChannel?channel=caller-b").status, 204);
     assert_eq!(ids(&gw.ari().get("/bridges/conf").json()["channels"]), ["caller-a", "caller-b"]);
 }
+
+#[test]
+fn a_leg_set_up_by_one_replica_is_hidden_from_an_app_on_another() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let (events_gw, rest_gw) = (Gateway::start(&pool, "gw-bridging-r1", &[]), Gateway::start(&pool, "gw-bridging-r2", &[]));
+    events_gw.wait_healthy(2);
+    rest_gw.wait_healthy(2);
+    let app = AriApp::start("ws_events.py", &[&events_gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(&pool, APP);
+    let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
+    call_into_app(a, "caller-a");
+    call_into_app(b, "caller-b");
+    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
+    // The app's REST calls go to the other replica (say, a load balancer's choice).
+    let rest = rest_gw.ari();
+    assert_eq!(rest.post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid)).status, 200);
+    for id in ["caller-a", "caller-b"] {
+        let r = rest.post(&format!("/bridges/conf/addChannel?channel={id}"));
+        assert_eq!(r.status, 204, "add {id}: {}", r.body);
+    }
+    let joined = entered(&app, "caller-b");
+    assert_eq!((&joined["bridge"]["id"], ids(&joined["bridge"]["channels"])), (&Value::from("conf"), vec!["caller-a".to_string(), "caller-b".to_string()]), "{joined}");
+    let listed: Vec<String> = ids(&events_gw.ari().get("/channels").json()).into_iter().filter(|c| !c.ends_with(";2")).collect();
+    assert_eq!(listed, ["caller-a", "caller-b"], "no helper call listed by the replica that did not set it up");
+    assert_eq!(ids(&events_gw.ari().get("/bridges").json()), ["conf"]);
+    assert_eq!(ids(&events_gw.ari().get("/bridges/conf").json()["channels"]), ["caller-a", "caller-b"]);
+    assert_eq!(rest.delete("/channels/caller-b").status, 204);
+    app.expect("ChannelLeftBridge of caller-b", SECONDS_20, |l| l["type"] == "ChannelLeftBridge" && l["channel"]["id"] == "caller-b" && l["bridge"]["id"] == "conf");
+    for event in app.events() {
+        let channel = event["channel"]["id"].as_str().unwrap_or("caller-");
+        assert!(channel.starts_with("caller-"), "a helper call reached the app: {event}");
+        assert_eq!(event["bridge"]["id"].as_str().unwrap_or("conf"), "conf", "a helper bridge reached the app: {event}");
+    }
+}

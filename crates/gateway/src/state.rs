@@ -50,7 +50,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             docs: Docs::default(),
             rotation: AtomicUsize::new(0),
-            bridging: Bridging::new(&config.instance_id),
+            bridging: Bridging::new(&config.instance_id, &config.bridging.endpoint),
             config,
         })
     }

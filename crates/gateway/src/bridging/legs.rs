@@ -205,7 +205,9 @@ async fn connect(gw: &Gateway, bridge: &str, bridge_node: &Node, member: &Node, 
     let app = &gw.bridging.app;
     let timeout = gw.config.bridging.leg_timeout;
     let helper = encode_segment(&leg.helper_bridge);
-    call(gw, member, Method::POST, "bridges".into(), format!("type=mixing&bridgeId={}&name=scale-gateway-helper", encode_value(&leg.helper_bridge))).await?;
+    // Its name says which bridge it extends, so every replica can tell from the events alone.
+    let name = format!("{}{bridge}", super::registry::HELPER_NAME_PREFIX);
+    call(gw, member, Method::POST, "bridges".into(), format!("type=mixing&bridgeId={}&name={}", encode_value(&leg.helper_bridge), encode_value(&name))).await?;
     let endpoint = format!("PJSIP/{}/sip:{}~{}@{}", gw.config.bridging.endpoint, leg.id, app, sip);
     // A created channel enters the app a moment after the answer: bridged only once it has.
     let (entered, entry) = oneshot::channel();

@@ -28,6 +28,8 @@ use crate::owners::Eid;
 pub struct Bridging {
     /// The gateway's Stasis application on every node (`scale-gateway-<instance_id>`).
     pub app: String,
+    /// How helpers are recognised in events and answers.
+    marks: hide::Marks,
     registry: Mutex<Registry>,
     /// Leg set-ups and tear-downs, one at a time: two channels of one node joining at once
     /// must share one leg.
@@ -47,9 +49,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Bridging {
-    pub fn new(instance_id: &str) -> Bridging {
+    pub fn new(instance_id: &str, pool_endpoint: &str) -> Bridging {
         Bridging {
-            app: format!("scale-gateway-{instance_id}"),
+            app: format!("{}{instance_id}", hide::HELPER_APP_PREFIX),
+            marks: hide::Marks { helper_call_name: format!("PJSIP/{pool_endpoint}-") },
             registry: Mutex::new(Registry::default()),
             ops: tokio::sync::Mutex::new(()),
             waiters: Mutex::new(HashMap::new()),
@@ -62,17 +65,18 @@ impl Bridging {
     pub fn judge(&self, body: &[u8]) -> hide::Verdict {
         let mut registry = lock(&self.registry);
         registry.expire(Instant::now());
-        hide::judge(&mut registry, body)
+        hide::judge(&mut registry, &self.marks, body)
     }
 
     /// Hides helpers in a REST answer.
     pub fn rewrite_answer(&self, value: &mut Value) {
-        hide::rewrite_answer(&lock(&self.registry), &self.app, value);
+        hide::rewrite_answer(&lock(&self.registry), &self.marks, &self.app, value);
     }
 
-    /// Whether an answer may need rewriting: anything is known, or it may list the helper app.
-    pub fn rewrites(&self, listing_apps: bool) -> bool {
-        listing_apps || !lock(&self.registry).is_empty()
+    /// Whether an answer may need rewriting: a pool-wide listing (it may hold any replica's
+    /// helpers), or anything is known.
+    pub fn rewrites(&self, listing: bool) -> bool {
+        listing || !lock(&self.registry).is_empty()
     }
 
     /// The application bridge a remote member was joined to, and the member's node.

@@ -2,7 +2,8 @@
 //! members on other nodes, one helper leg per such node (a helper bridge and a call leg on the
 //! member node, the call's other end in the application's bridge), and which channels each
 //! leg carries. Ids of torn-down helpers stay known for a while, so late events about them
-//! are still hidden.
+//! are still hidden. What the events themselves show is learned too (helpers are recognisable
+//! by their names), so any gateway replica hides the helpers of legs another one set up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -13,6 +14,10 @@ use crate::owners::Eid;
 
 /// Every helper bridge's id starts with this (so a sweep can tell them from applications').
 pub const HELPER_BRIDGE_PREFIX: &str = "scale-helper-";
+/// The id of every helper call's far end (on the member's node), chosen by the gateway.
+pub const HELPER_CALL_PREFIX: &str = "scale-leg-";
+/// A helper bridge's name: this, then the id of the application bridge it extends.
+pub const HELPER_NAME_PREFIX: &str = "scale-gateway-helper:";
 
 /// How long the ids of a torn-down helper leg are still hidden from applications.
 const RETIRED_FOR: Duration = Duration::from_secs(60);
@@ -33,7 +38,7 @@ pub struct Leg {
 
 impl Leg {
     pub fn new(id: &str) -> Leg {
-        Leg { id: id.to_string(), helper_bridge: format!("{HELPER_BRIDGE_PREFIX}{id}"), far: format!("scale-leg-{id}"), near: None, members: BTreeSet::new() }
+        Leg { id: id.to_string(), helper_bridge: format!("{HELPER_BRIDGE_PREFIX}{id}"), far: format!("{HELPER_CALL_PREFIX}{id}"), near: None, members: BTreeSet::new() }
     }
 }
 
@@ -54,6 +59,8 @@ pub struct Registry {
     pub helper_channels: HashSet<String>,
     /// The application bridge as its node last described it (from events and answers).
     pub snapshots: HashMap<String, Value>,
+    /// Members of helper bridges as the events showed them (also of other replicas' legs).
+    pub seen_members: HashMap<String, BTreeSet<String>>,
     retired: VecDeque<Retired>,
 }
 
@@ -69,7 +76,7 @@ struct Retired {
 impl Registry {
     /// Whether anything is known: when not, events and answers pass untouched.
     pub fn is_empty(&self) -> bool {
-        self.bridges.is_empty() && self.helper_bridges.is_empty() && self.helper_channels.is_empty() && self.snapshots.is_empty()
+        self.bridges.is_empty() && self.helper_bridges.is_empty() && self.helper_channels.is_empty() && self.snapshots.is_empty() && self.seen_members.is_empty()
     }
 
     /// Starts a leg from `member_node` into `bridge` (on `bridge_node`): its ids are hidden
@@ -113,7 +120,10 @@ impl Registry {
     pub fn expire(&mut self, now: Instant) {
         while self.retired.front().is_some_and(|r| now.duration_since(r.at) >= RETIRED_FOR) {
             let retired = self.retired.pop_front().expect("front exists");
-            self.helper_bridges.remove(&retired.helper_bridge);
+            if !self.bridges.values().flat_map(|c| c.legs.values()).any(|l| l.helper_bridge == retired.helper_bridge) {
+                self.helper_bridges.remove(&retired.helper_bridge);
+                self.seen_members.remove(&retired.helper_bridge);
+            }
             for c in retired.helper_channels {
                 self.helper_channels.remove(&c);
             }
@@ -140,9 +150,31 @@ impl Registry {
         cross.legs.iter().find(|(_, l)| l.helper_bridge == helper).map(|(n, _)| (bridge.clone(), n.clone()))
     }
 
-    /// Every remote member of `bridge`.
-    pub fn members(&self, bridge: &str) -> impl Iterator<Item = &String> {
-        self.bridges.get(bridge).into_iter().flat_map(|c| c.legs.values()).flat_map(|l| l.members.iter())
+    /// Every remote member of `bridge`: of this gateway's legs, and as events showed them.
+    pub fn members(&self, bridge: &str) -> BTreeSet<&String> {
+        let own = self.bridges.get(bridge).into_iter().flat_map(|c| c.legs.values()).flat_map(|l| l.members.iter());
+        let seen = self.seen_members.iter().filter(|(h, _)| self.helper_bridges.get(*h).is_some_and(|b| b == bridge)).flat_map(|(_, m)| m.iter());
+        own.chain(seen).collect()
+    }
+
+    /// Learns a helper bridge from an event: its id and name say what it extends.
+    pub fn see_helper_bridge(&mut self, helper: &str, name: Option<&str>) -> Option<String> {
+        if let Some(bridge) = self.helper_bridges.get(helper) {
+            return Some(bridge.clone());
+        }
+        let bridge = name?.strip_prefix(HELPER_NAME_PREFIX)?.to_string();
+        self.helper_bridges.insert(helper.to_string(), bridge.clone());
+        Some(bridge)
+    }
+
+    /// A helper bridge or call an event said has ended: forgotten after [`RETIRED_FOR`].
+    pub fn retire(&mut self, helper_bridge: Option<&str>, helper_channel: Option<&str>) {
+        self.retired.push_back(Retired {
+            at: Instant::now(),
+            helper_bridge: helper_bridge.unwrap_or_default().to_string(),
+            helper_channels: helper_channel.into_iter().map(str::to_string).collect(),
+            bridge: None,
+        });
     }
 }
 

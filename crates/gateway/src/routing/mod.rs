@@ -297,7 +297,7 @@ fn successes(nodes: &[Node], answers: Vec<Option<Answer>>) -> Result<Vec<(Node, 
 fn merged_answer(gw: &Gateway, merge: Merge, ok: Vec<(Node, serde_json::Value)>) -> Response {
     match merge.merge(ok.into_iter().map(|(_, v)| v).collect()) {
         Some(mut v) => {
-            if gw.bridging.rewrites(matches!(merge, Merge::Applications)) {
+            if gw.bridging.rewrites(matches!(merge, Merge::Applications | Merge::Application | Merge::Channels | Merge::Bridges)) {
                 gw.bridging.rewrite_answer(&mut v);
             }
             Answer::from_json(StatusCode::OK, &v).into_response()

@@ -23,6 +23,24 @@ fn leftovers(node: &Node) -> (Vec<String>, Vec<String>) {
     (ids(&node.ari().get("/channels").json()), ids(&node.ari().get("/bridges").json()))
 }
 
+/// Two nodes with Consul and RabbitMQ, a gateway in front, and the app's event socket on it.
+fn pool_gateway_app(instance_id: &str) -> (Pool, Gateway, AriApp) {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    let gw = Gateway::start(&pool, instance_id, &[]);
+    gw.wait_healthy(2);
+    let app = listen(&pool, &gw);
+    (pool, gw, app)
+}
+
+/// The app's event socket (a plain aiohttp WebSocket printing every event), once every node
+/// has the app.
+fn listen(pool: &Pool, gw: &Gateway) -> AriApp {
+    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
+    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
+    wait_app_on_nodes(pool, APP);
+    app
+}
+
 fn wait_app_on_nodes(pool: &Pool, app: &str) {
     for node in &pool.nodes {
         wait::until(&format!("app {app} on {}", node.name), SECONDS_20, Duration::from_millis(100), || {
@@ -38,18 +56,31 @@ fn call_into_app(node: &Node, id: &str) {
     assert_eq!(r.status, 200, "originate {id} on {}: {}", node.name, r.body);
 }
 
+/// Callers (node index, id) enter the app; the app puts them all in bridge `conf` on node A.
+fn conf_on_a(pool: &Pool, ari: &res_scale_tests::ari::Ari, app: &AriApp, callers: &[(usize, &str)]) {
+    for (node, id) in callers {
+        call_into_app(&pool.nodes[*node], id);
+    }
+    for (_, id) in callers {
+        app.expect(&format!("StasisStart of {id}"), SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == *id);
+    }
+    let r = ari.post(&format!("/bridges/conf?type=mixing&ast_id={}", pool.nodes[0].eid));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (_, id) in callers {
+        let r = ari.post(&format!("/bridges/conf/addChannel?channel={id}"));
+        assert_eq!(r.status, 204, "add {id}: {}", r.body);
+    }
+    let (_, last) = callers.last().expect("a caller");
+    entered(app, last);
+}
+
 fn entered(app: &AriApp, channel: &str) -> Value {
     app.expect(&format!("ChannelEnteredBridge of {channel}"), SECONDS_20, |l| l["type"] == "ChannelEnteredBridge" && l["channel"]["id"] == channel)
 }
 
 #[test]
 fn a_channel_of_another_node_joins_the_bridge_through_one_shared_leg_and_nothing_is_left() {
-    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    let gw = Gateway::start(&pool, "gw-bridging", &[]);
-    gw.wait_healthy(2);
-    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
-    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
-    wait_app_on_nodes(&pool, APP);
+    let (pool, gw, app) = pool_gateway_app("gw-bridging");
     let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
     let ari = gw.ari();
 
@@ -126,22 +157,9 @@ fn a_channel_of_another_node_joins_the_bridge_through_one_shared_leg_and_nothing
 
 #[test]
 fn when_the_bridges_node_dies_its_remote_members_leave_it_and_nothing_stays_on_the_survivor() {
-    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    let gw = Gateway::start(&pool, "gw-bridging-kill", &[]);
-    gw.wait_healthy(2);
-    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
-    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
-    wait_app_on_nodes(&pool, APP);
+    let (mut pool, gw, app) = pool_gateway_app("gw-bridging-kill");
     let ari = gw.ari();
-    call_into_app(&pool.nodes[0], "caller-a");
-    call_into_app(&pool.nodes[1], "caller-b");
-    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
-    assert_eq!(ari.post(&format!("/bridges/conf?type=mixing&ast_id={}", pool.nodes[0].eid)).status, 200);
-    for id in ["caller-a", "caller-b"] {
-        let r = ari.post(&format!("/bridges/conf/addChannel?channel={id}"));
-        assert_eq!(r.status, 204, "add {id}: {}", r.body);
-    }
-    entered(&app, "caller-b");
+    conf_on_a(&pool, &ari, &app, &[(0, "caller-a"), (1, "caller-b")]);
 
     pool.node_mut(0).kill();
     let left = app.expect("ChannelLeftBridge of caller-b", SECONDS_20, |l| l["type"] == "ChannelLeftBridge" && l["channel"]["id"] == "caller-b");
@@ -161,18 +179,9 @@ fn when_the_bridges_node_dies_its_remote_members_leave_it_and_nothing_stays_on_t
 
 #[test]
 fn a_killed_and_restarted_gateway_removes_the_helpers_it_no_longer_knows() {
-    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    let mut gw = Gateway::start(&pool, "gw-bridging-restart", &[]);
-    gw.wait_healthy(2);
-    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
-    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
-    wait_app_on_nodes(&pool, APP);
+    let (pool, mut gw, app) = pool_gateway_app("gw-bridging-restart");
     let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
-    call_into_app(b, "caller-b");
-    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
-    assert_eq!(gw.ari().post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid)).status, 200);
-    let r = gw.ari().post("/bridges/conf/addChannel?channel=caller-b");
-    assert_eq!(r.status, 204, "{}", r.body);
+    conf_on_a(&pool, &gw.ari(), &app, &[(1, "caller-b")]);
     assert_eq!(leftovers(b).1.len(), 1, "a helper bridge on B");
 
     // Killed: no chance to tear its legs down (a SIGTERM does that, see the next test).
@@ -191,17 +200,9 @@ fn a_killed_and_restarted_gateway_removes_the_helpers_it_no_longer_knows() {
 
 #[test]
 fn a_stopping_gateway_takes_its_legs_down_and_the_remote_member_leaves_the_bridge() {
-    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    let mut gw = Gateway::start(&pool, "gw-bridging-stop", &[]);
-    gw.wait_healthy(2);
+    let (pool, mut gw, app) = pool_gateway_app("gw-bridging-stop");
     let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
-    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
-    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
-    wait_app_on_nodes(&pool, APP);
-    call_into_app(b, "caller-b");
-    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
-    assert_eq!(gw.ari().post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid)).status, 200);
-    assert_eq!(gw.ari().post("/bridges/conf/addChannel?channel=caller-b").status, 204);
+    conf_on_a(&pool, &gw.ari(), &app, &[(1, "caller-b")]);
     assert_eq!(gw.stop().map(|s| s.success()), Some(true), "exit 0 after SIGTERM");
     assert!(ids(&a.ari().get("/bridges/conf").json()["channels"]).is_empty(), "no helper call left in A's bridge");
     assert_eq!(leftovers(b), (vec!["caller-b".to_string(), "caller-b;2".to_string()], vec![]), "no helper left on B");
@@ -209,12 +210,7 @@ fn a_stopping_gateway_takes_its_legs_down_and_the_remote_member_leaves_the_bridg
 
 #[test]
 fn a_new_bridge_goes_where_the_app_acted_last_and_ten_callers_over_two_nodes_share_one_leg() {
-    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    let gw = Gateway::start(&pool, "gw-bridging-ten", &[]);
-    gw.wait_healthy(2);
-    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
-    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
-    wait_app_on_nodes(&pool, APP);
+    let (pool, gw, app) = pool_gateway_app("gw-bridging-ten");
     let ari = gw.ari();
     let callers: Vec<String> = (0..10).map(|i| format!("caller-{i}")).collect();
     // Round robin, starting on the second node.
@@ -246,21 +242,9 @@ fn a_new_bridge_goes_where_the_app_acted_last_and_ten_callers_over_two_nodes_sha
 
 #[test]
 fn a_helper_call_that_ends_by_itself_makes_its_members_leave_the_bridge() {
-    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    let gw = Gateway::start(&pool, "gw-bridging-broken", &[]);
-    gw.wait_healthy(2);
-    let app = AriApp::start("ws_events.py", &[&gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
-    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
-    wait_app_on_nodes(&pool, APP);
+    let (pool, gw, app) = pool_gateway_app("gw-bridging-broken");
     let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
-    call_into_app(a, "caller-a");
-    call_into_app(b, "caller-b");
-    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
-    assert_eq!(gw.ari().post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid)).status, 200);
-    for id in ["caller-a", "caller-b"] {
-        assert_eq!(gw.ari().post(&format!("/bridges/conf/addChannel?channel={id}")).status, 204);
-    }
-    entered(&app, "caller-b");
+    conf_on_a(&pool, &gw.ari(), &app, &[(0, "caller-a"), (1, "caller-b")]);
     // Someone hangs the helper call up on A, behind the gateway's back.
     let helper = ids(&a.ari().get("/bridges/conf").json()["channels"]).into_iter().find(|c| c != "caller-a").expect("a helper call in A's bridge");
     assert_eq!(a.ari().delete(&format!("/channels/{helper}")).status, 204);
@@ -278,20 +262,10 @@ fn a_leg_set_up_by_one_replica_is_hidden_from_an_app_on_another() {
     let (events_gw, rest_gw) = (Gateway::start(&pool, "gw-bridging-r1", &[]), Gateway::start(&pool, "gw-bridging-r2", &[]));
     events_gw.wait_healthy(2);
     rest_gw.wait_healthy(2);
-    let app = AriApp::start("ws_events.py", &[&events_gw.url(), APP, CLIENT_USER, CLIENT_PASSWORD, "--idle", "120"]);
-    app.expect("ready", SECONDS_20, |l| l["ready"] == true);
-    wait_app_on_nodes(&pool, APP);
-    let (a, b) = (&pool.nodes[0], &pool.nodes[1]);
-    call_into_app(a, "caller-a");
-    call_into_app(b, "caller-b");
-    app.expect("StasisStart of caller-b", SECONDS_20, |l| l["type"] == "StasisStart" && l["channel"]["id"] == "caller-b");
+    let app = listen(&pool, &events_gw);
     // The app's REST calls go to the other replica (say, a load balancer's choice).
     let rest = rest_gw.ari();
-    assert_eq!(rest.post(&format!("/bridges/conf?type=mixing&ast_id={}", a.eid)).status, 200);
-    for id in ["caller-a", "caller-b"] {
-        let r = rest.post(&format!("/bridges/conf/addChannel?channel={id}"));
-        assert_eq!(r.status, 204, "add {id}: {}", r.body);
-    }
+    conf_on_a(&pool, &rest, &app, &[(0, "caller-a"), (1, "caller-b")]);
     let joined = entered(&app, "caller-b");
     assert_eq!((&joined["bridge"]["id"], ids(&joined["bridge"]["channels"])), (&Value::from("conf"), vec!["caller-a".to_string(), "caller-b".to_string()]), "{joined}");
     let listed: Vec<String> = ids(&events_gw.ari().get("/channels").json()).into_iter().filter(|c| !c.ends_with(";2")).collect();

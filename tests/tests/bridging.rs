@@ -280,3 +280,19 @@ fn a_leg_set_up_by_one_replica_is_hidden_from_an_app_on_another() {
         assert_eq!(event["bridge"]["id"].as_str().unwrap_or("conf"), "conf", "a helper bridge reached the app: {event}");
     }
 }
+
+#[test]
+fn a_consul_agent_that_restarts_empty_leaves_the_legs_and_routing_alone() {
+    let (mut pool, gw, app) = pool_gateway_app("gw-bridging-consul");
+    let ari = gw.ari();
+    conf_on_a(&pool, &ari, &app, &[(0, "caller-a"), (1, "caller-b")]);
+    pool.consul.as_mut().unwrap().restart();
+    // For a moment the agent lists no node: neither the leg nor the calls' routes go.
+    for _ in 0..20 {
+        assert_eq!(ari.get("/channels/caller-b").status, 200, "caller-b stays routable");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(gw.metrics().contains("scale_gateway_bridging_legs 1\n"), "the leg stayed: {}", gw.metrics());
+    assert_eq!(ids(&ari.get("/bridges/conf").json()["channels"]), ["caller-a", "caller-b"]);
+    assert!(!app.events().iter().any(|e| e["type"] == "ChannelLeftBridge"), "nobody left the bridge");
+}

@@ -19,6 +19,8 @@ use crate::metrics::{KindLabels, Metrics};
 use crate::owners::{Eid, Owners};
 
 const WATCH_WAIT: Duration = Duration::from_secs(30);
+/// How long a node Consul stops listing is still believed to be there (see `with_missing`).
+const MISSING_GRACE: Duration = Duration::from_secs(30);
 /// How long a node that failed at the transport level is left out of placement.
 const FAILED_PAUSE: Duration = Duration::from_secs(5);
 
@@ -181,9 +183,10 @@ fn sip_host_port(address: &str, port: u16) -> String {
 /// Keeps the pool's view fresh until shutdown. A node that leaves the pool has its ownership
 /// entries dropped, so requests for its resources answer 404.
 pub async fn watch(pool: Arc<Pool>, consul: Arc<HttpConsul>, service: String, owners: Arc<Owners>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut missing: BTreeMap<Eid, Instant> = BTreeMap::new();
     nodes::follow(&*consul, &service, WATCH_WAIT, Duration::from_secs(5), &shutdown, |answer| match answer {
         Ok(instances) => {
-            let nodes = nodes_of(instances);
+            let nodes = with_missing(&pool.nodes(), nodes_of(instances), &mut missing, Instant::now());
             for state in ["serving", "draining", "down"] {
                 let n = nodes.iter().filter(|n| node_state(n) == state).count();
                 metrics.nodes.get_or_create(&KindLabels { kind: state.into() }).set(n as i64);
@@ -203,6 +206,28 @@ pub async fn watch(pool: Arc<Pool>, consul: Arc<HttpConsul>, service: String, ow
         }
     })
     .await
+}
+
+/// A node missing from a listing stays in the pool for [`MISSING_GRACE`]: most often the
+/// Consul agent restarted without its state and the nodes are registering again (a node that
+/// really died turns critical first and is listed as such); its calls stay routable meanwhile.
+/// `missing` holds since when each known node has been missing.
+fn with_missing(known: &[Node], mut listed: Vec<Node>, missing: &mut BTreeMap<Eid, Instant>, now: Instant) -> Vec<Node> {
+    missing.retain(|eid, _| !listed.iter().any(|n| &n.eid == eid));
+    let absent: Vec<&Node> = known.iter().filter(|k| !listed.iter().any(|n| n.eid == k.eid)).collect();
+    for node in absent {
+        let since = *missing.entry(node.eid.clone()).or_insert_with(|| {
+            tracing::warn!(node = %node.eid, grace = ?MISSING_GRACE, "Consul no longer lists this node; keeping it for a while (an agent that restarted empty?)");
+            now
+        });
+        if now.duration_since(since) < MISSING_GRACE {
+            listed.push(node.clone());
+        } else {
+            missing.remove(&node.eid);
+        }
+    }
+    listed.sort_by(|a, b| a.eid.cmp(&b.eid));
+    listed
 }
 
 fn node_state(n: &Node) -> &'static str {
@@ -248,6 +273,20 @@ mod tests {
                 ("00:03", "http://127.0.0.1:8090/ari", "critical", false, false),
             ]
         );
+    }
+
+    #[test]
+    fn a_node_missing_from_a_listing_stays_for_the_grace() {
+        let both = nodes_of(vec![instance("a", "00:01", "http://127.0.0.1:8088/ari", &[]), instance("b", "00:02", "http://127.0.0.1:8089/ari", &[])]);
+        let only_a = vec![both[0].clone()];
+        let mut missing = BTreeMap::new();
+        let t0 = Instant::now();
+        let eids = |nodes: Vec<Node>| nodes.into_iter().map(|n| n.eid.to_string()).collect::<Vec<_>>();
+        assert_eq!(eids(with_missing(&both, vec![], &mut missing, t0)), ["00:01", "00:02"], "an agent that lists nobody");
+        assert_eq!(eids(with_missing(&both, only_a.clone(), &mut missing, t0 + MISSING_GRACE / 2)), ["00:01", "00:02"], "a came back first");
+        assert_eq!(eids(with_missing(&both, only_a.clone(), &mut missing, t0 + MISSING_GRACE)), ["00:01"], "b believed gone after the grace");
+        assert!(missing.is_empty());
+        assert_eq!(eids(with_missing(&only_a, both.clone(), &mut missing, t0)), ["00:01", "00:02"], "a new node is taken at once");
     }
 
     #[test]

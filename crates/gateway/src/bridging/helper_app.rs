@@ -33,25 +33,19 @@ impl super::Bridging {
     }
 }
 
-/// Keeps one socket per serving node until shutdown.
+/// Keeps one socket per serving node until shutdown. A node that Consul stops listing keeps
+/// its socket while the socket works (an agent that restarted empty lists nobody for a moment;
+/// the legs need not go for that); it ends when the node cannot be reached.
 pub async fn run(gw: Arc<Gateway>) {
-    let mut sockets: HashMap<Eid, CancellationToken> = HashMap::new();
+    let mut sockets: HashMap<Eid, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
-        let nodes = gw.pool.serving();
-        for node in &nodes {
+        sockets.retain(|_, task| !task.is_finished());
+        for node in gw.pool.serving() {
             if !sockets.contains_key(&node.eid) {
-                let stop = gw.shutdown.child_token();
-                sockets.insert(node.eid.clone(), stop.clone());
-                gw.tasks.spawn(socket(gw.clone(), node.clone(), stop));
+                let task = gw.tasks.spawn(socket(gw.clone(), node.clone(), gw.shutdown.child_token()));
+                sockets.insert(node.eid.clone(), task);
             }
         }
-        sockets.retain(|eid, stop| {
-            let keep = nodes.iter().any(|n| &n.eid == eid);
-            if !keep {
-                stop.cancel();
-            }
-            keep
-        });
         tokio::select! {
             _ = gw.shutdown.cancelled() => return,
             _ = tokio::time::sleep(FOLLOW) => {}
@@ -59,9 +53,9 @@ pub async fn run(gw: Arc<Gateway>) {
     }
 }
 
-/// One node's socket: reconnected at once when it drops; when the node cannot be reached, left
-/// the pool, or the gateway stops, the legs that touch it are torn down. On connecting, what a
-/// previous run of this gateway left there is swept away.
+/// One node's socket: reconnected at once when it drops; when the node cannot be reached or
+/// the gateway stops, the legs that touch it are torn down. On connecting, what a previous run
+/// of this gateway left there is swept away.
 async fn socket(gw: Arc<Gateway>, node: Node, stop: CancellationToken) {
     let mut reported = false;
     loop {
@@ -74,8 +68,8 @@ async fn socket(gw: Arc<Gateway>, node: Node, stop: CancellationToken) {
                 gw.tasks.spawn(async move { legs::sweep(&gw2, &node2).await });
                 serve(&gw, &node, ws, &stop).await;
                 if stop.is_cancelled() {
-                    // Stopping (or the node left the pool): the legs go while the node still
-                    // answers, so nothing is left behind for nobody to manage.
+                    // Stopping: the legs go while the node still answers, so nothing is left
+                    // behind for nobody to manage.
                     legs::node_lost(&gw, &node.eid).await;
                     lock(&gw.bridging.connected).remove(&node.eid);
                     return;
@@ -89,6 +83,10 @@ async fn socket(gw: Arc<Gateway>, node: Node, stop: CancellationToken) {
                     reported = true;
                 }
                 legs::node_lost(&gw, &node.eid).await;
+                if gw.pool.node(&node.eid).is_none() {
+                    tracing::info!(node = %node.eid, "bridging: the node left the pool; its helper application socket ends");
+                    return;
+                }
             }
         }
         tokio::select! {

@@ -3,7 +3,9 @@
 
 CARGO        ?= cargo
 MODULE_DIR   ?= /usr/lib/x86_64-linux-gnu/asterisk/modules
+# What `make build` ships; cargo itself writes to CARGO_OUT (CARGO_TARGET_DIR moves it).
 RELEASE      := target/release
+CARGO_OUT    := $(or $(CARGO_TARGET_DIR),target)/release
 TEST_MODULE  := target/test-module/res_scale.so
 
 .PHONY: build gateway install provision test unit-test integration-test run bench mutants clean
@@ -11,12 +13,18 @@ TEST_MODULE  := target/test-module/res_scale.so
 ## build: target/release/res_scale.so and target/release/scale-gateway
 build: gateway
 	$(CARGO) build --release -p res_scale
-	cp $(RELEASE)/libres_scale.so $(RELEASE)/.res_scale.so.tmp
+	mkdir -p $(RELEASE)
+	cp $(CARGO_OUT)/libres_scale.so $(RELEASE)/.res_scale.so.tmp
 	mv -f $(RELEASE)/.res_scale.so.tmp $(RELEASE)/res_scale.so
 
 ## gateway: target/release/scale-gateway (needs no Asterisk headers)
 gateway:
 	$(CARGO) build --release -p scale-gateway
+ifneq ($(CARGO_OUT),$(RELEASE))
+	mkdir -p $(RELEASE)
+	cp $(CARGO_OUT)/scale-gateway $(RELEASE)/.scale-gateway.tmp
+	mv -f $(RELEASE)/.scale-gateway.tmp $(RELEASE)/scale-gateway
+endif
 
 ## install: copy the module into Asterisk's module folder (temp file + rename: overwriting a
 ## mapped .so in place crashes a running Asterisk)
@@ -33,7 +41,7 @@ provision:
 $(TEST_MODULE): FORCE
 	$(CARGO) build --release -p res_scale --features test-hooks
 	mkdir -p $(dir $(TEST_MODULE))
-	cp $(RELEASE)/libres_scale.so $(TEST_MODULE).tmp
+	cp $(CARGO_OUT)/libres_scale.so $(TEST_MODULE).tmp
 	mv -f $(TEST_MODULE).tmp $(TEST_MODULE)
 FORCE:
 

@@ -14,6 +14,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -173,8 +174,9 @@ def main():
             failures += 1
     if failures:
         print(f"call: FAILED ({failures} problem(s)); the conference application says why a caller "
-              f"did not join: docker logs res-scale-demo-conference")
+              f"did not join: docker logs res-scale-demo-conference; SIPp's output: {workdir}")
         sys.exit(1)
+    shutil.rmtree(workdir)
     print(f"call: OK, every caller was in bridge {BRIDGE}, with audio")
 
 

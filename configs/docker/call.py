@@ -30,6 +30,8 @@ GATEWAY = (f"http://{NET}.30:8088/ari", "app", "demo-app-secret")
 NODES = {name: (f"http://{NET}.{host}:8088/ari", "scale-gateway", "demo-ari-secret") for name, host in (("node1", 21), ("node2", 22))}
 BRIDGE = "conf"
 SCENARIO = Path(__file__).with_name("caller.xml")
+# The pool is on a local network: a proxy from the environment must not be asked for it.
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # How long the callers have to show up in the bridge once SIPp runs; the calls last longer, so
 # that what is measured afterwards (audio, each node's view) is measured while they are up.
 JOIN_TIMEOUT = 5.0
@@ -41,7 +43,7 @@ def get(ari, path):
     request = urllib.request.Request(url + path)
     request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
+        with HTTP.open(request, timeout=5) as answer:
             return json.load(answer)
     except urllib.error.HTTPError as e:
         if e.code == 404:
@@ -121,11 +123,14 @@ def main():
         p.error(f"--hold must be at least {JOIN_TIMEOUT + 3:.0f} s")
 
     try:
-        if bridge_members(GATEWAY) is None:
-            sys.exit(f"call: the gateway has no bridge {BRIDGE}: is the conference application up (make run)?")
+        info = get(GATEWAY, "/asterisk/info")
         address = local_address()
-    except OSError as e:
-        sys.exit(f"call: the pool does not answer at {GATEWAY[0]} ({e}): start it with `make run`")
+    except (OSError, ValueError) as e:
+        info = e
+    if not isinstance(info, dict):
+        sys.exit(f"call: the pool's gateway does not answer at {GATEWAY[0]} ({info or 'not found'}): start the pool with `make run`")
+    if bridge_members(GATEWAY) is None:
+        sys.exit(f"call: the gateway has no bridge {BRIDGE}: is the conference application up (docker logs res-scale-demo-conference)?")
 
     workdir = Path(tempfile.mkdtemp(prefix="res-scale-call-"))
     print(f"call: {args.callers} caller(s) from {address} dial sip:8000@{KAMAILIO}:5060, {args.hold:.0f} s each (SIPp output: {workdir})")

@@ -46,7 +46,7 @@ fi
 # Ready for callers: the conference application is connected through the gateway and has made
 # its bridge (GET /ari/bridges/conf answers 200).
 deadline=$(( $(date +%s) + READY_TIMEOUT ))
-until curl -fsS -o /dev/null -u "$CLIENT" "$GATEWAY/ari/bridges/conf" 2>/dev/null; do
+until curl -fsS --noproxy '*' -o /dev/null -u "$CLIENT" "$GATEWAY/ari/bridges/conf" 2>/dev/null; do
     if [ "$(date +%s)" -ge "$deadline" ]; then
         echo "run: the conference application has no bridge conf after ${READY_TIMEOUT}s:" >&2
         compose logs --no-color --tail=30 gateway conference >&2 || true

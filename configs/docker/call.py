@@ -168,9 +168,14 @@ def main():
         print(f"{caller.name}: on {caller.node} (channel {caller.channel['id']}, {caller.channel['name']}), "
               f"{'IN' if joined else 'NOT in'} bridge {BRIDGE}, audio {received} packets in / {sent} out")
         failures += (not joined) + (not audio)
-    print(f"bridge {BRIDGE} through the gateway: {sorted(members) if members else 'no channels'}")
+    names = {c.channel["id"]: c.name for c in callers if c.channel}
+
+    def named(ids):
+        return ", ".join(f"{i} ({names.get(i, 'helper call of another node')})" for i in sorted(ids)) or "no channels"
+
+    print(f"bridge {BRIDGE} through the gateway: {named(members)}")
     for node, held in node_bridges.items():
-        print(f"  {node} itself: " + ("no bridge " + BRIDGE if held is None else f"bridge {BRIDGE} with {sorted(held) or 'no channels'}"))
+        print(f"  {node} itself: " + (f"no bridge {BRIDGE}" if held is None else f"bridge {BRIDGE} with {named(held)}"))
 
     for caller in callers:
         problem = caller.finish(within=args.hold + 25)

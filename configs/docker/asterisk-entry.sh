@@ -13,4 +13,5 @@ fi
 echo "systemname = $name" > /etc/asterisk/asterisk_node.conf
 printf 'sip_address = %s:5060\nari_url = http://%s:8088/ari\n' "$addr" "$addr" > /etc/asterisk/res_scale_node.conf
 echo "asterisk-entry: $name at $addr (SIP $addr:5060, ARI http://$addr:8088/ari)"
-exec /usr/sbin/asterisk -f
+# -n: no terminal colours in the container's log.
+exec /usr/sbin/asterisk -f -n

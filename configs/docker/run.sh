@@ -61,6 +61,8 @@ cat <<EOF
 ==== res_scale pool: ready in ${ready} s ====
 Call in      sip:8000@$NET.20:5060   (Kamailio, round robin to node1 and node2;
              8000 = the conference, 8001 = echo test). \`make call\` places two SIPp callers.
+Phones       register alice or bob with Kamailio (sip:$NET.20:5060, no password): every node
+             learns the registration; dial "alice" or "bob" to call them.
 ARI          $GATEWAY/ari   user app, password demo-app-secret
              (scale-gateway: the pool as one Asterisk; events ws://$NET.30:8088/ari/events?app=<name>,
              health $GATEWAY/healthz, metrics $GATEWAY/metrics)

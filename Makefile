@@ -1,22 +1,33 @@
-# res_scale: build, install, test and run the module and its test pool.
-# `make run` starts a local pool; `make test` runs every test. Both provision what they need.
+# res_scale: build, install, test and run the module and its pool.
+# `make run` brings up the Dockerized pool; `make test` runs every test. Both provision what they
+# need.
 
 CARGO        ?= cargo
 MODULE_DIR   ?= /usr/lib/x86_64-linux-gnu/asterisk/modules
+# What `make build` ships; cargo itself writes to CARGO_OUT (CARGO_TARGET_DIR moves it).
 RELEASE      := target/release
+CARGO_OUT    := $(or $(CARGO_TARGET_DIR),target)/release
 TEST_MODULE  := target/test-module/res_scale.so
+CACHE        := $(or $(RES_SCALE_CACHE),/var/cache/res_scale)
 
-.PHONY: build gateway install provision test unit-test integration-test run bench mutants clean
+.PHONY: build gateway install provision test unit-test integration-test run call stop images \
+        provision-demo demo-bin demo-wheels bench mutants clean
 
 ## build: target/release/res_scale.so and target/release/scale-gateway
 build: gateway
 	$(CARGO) build --release -p res_scale
-	cp $(RELEASE)/libres_scale.so $(RELEASE)/.res_scale.so.tmp
+	mkdir -p $(RELEASE)
+	cp $(CARGO_OUT)/libres_scale.so $(RELEASE)/.res_scale.so.tmp
 	mv -f $(RELEASE)/.res_scale.so.tmp $(RELEASE)/res_scale.so
 
 ## gateway: target/release/scale-gateway (needs no Asterisk headers)
 gateway:
 	$(CARGO) build --release -p scale-gateway
+ifneq ($(CARGO_OUT),$(RELEASE))
+	mkdir -p $(RELEASE)
+	cp $(CARGO_OUT)/scale-gateway $(RELEASE)/.scale-gateway.tmp
+	mv -f $(RELEASE)/.scale-gateway.tmp $(RELEASE)/scale-gateway
+endif
 
 ## install: copy the module into Asterisk's module folder (temp file + rename: overwriting a
 ## mapped .so in place crashes a running Asterisk)
@@ -33,7 +44,7 @@ provision:
 $(TEST_MODULE): FORCE
 	$(CARGO) build --release -p res_scale --features test-hooks
 	mkdir -p $(dir $(TEST_MODULE))
-	cp $(RELEASE)/libres_scale.so $(TEST_MODULE).tmp
+	cp $(CARGO_OUT)/libres_scale.so $(TEST_MODULE).tmp
 	mv -f $(TEST_MODULE).tmp $(TEST_MODULE)
 FORCE:
 
@@ -47,9 +58,58 @@ unit-test:
 integration-test: $(TEST_MODULE) gateway
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) test --release -p res-scale-tests -- --test-threads=2
 
-## run: a local pool (Consul, RabbitMQ, two Asterisk 22 nodes with res_scale loaded)
-run: provision build
-	RES_SCALE_MODULE=$(CURDIR)/$(RELEASE)/res_scale.so $(CARGO) run --release -p res-scale-tests --bin scale-pool
+# The Dockerized pool (configs/docker/): compose project and file. Docker's compose plugin, or
+# the standalone docker-compose.
+COMPOSE      ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
+DEMO_COMPOSE := $(COMPOSE) -p res-scale-demo -f configs/docker/compose.yaml
+# The demo images' base: the Asterisk 22 image that provisioning imports from its debootstrap
+# rootfs (no registry needed). RES_SCALE_DEMO_BASE=debian:sid-slim builds from a registry's.
+export RES_SCALE_DEMO_BASE ?= res_scale/asterisk:22
+DEMO_BIN     := target/demo-bin
+DEMO_WHEELS  := target/demo-wheels
+# The Python of the conference image (Debian sid's), for which the wheels are chosen.
+DEMO_PYTHON  ?= 3.14
+
+## run: the whole pool on this machine, Dockerized (Consul, RabbitMQ, Kamailio, two Asterisk 22
+## nodes with res_scale, scale-gateway, the conference app), in the foreground until Ctrl-C,
+## which removes it again. It prints where everything is; `make call` calls in.
+run: images
+	DEMO_COMPOSE="$(DEMO_COMPOSE)" bash configs/docker/run.sh
+
+## call: two SIPp callers (with audio) dial 8000 through Kamailio; prints the node each landed
+## on and whether it is in bridge conf; fails if one is not. CALLERS=n for another number.
+CALLERS ?= 2
+call:
+	python3 configs/docker/call.py --callers $(CALLERS)
+
+## stop: removes every container and the network of `make run` (by compose project)
+stop:
+	$(DEMO_COMPOSE) down --remove-orphans --timeout 5
+
+## images: the demo images (configs/docker/Dockerfile, one stage per role)
+images: provision-demo demo-bin demo-wheels
+	$(DEMO_COMPOSE) build
+
+# The module and the gateway as the images get them: without debug info (29 MB instead of
+# 174 MB sent to the image build of every role).
+demo-bin: build
+	mkdir -p $(DEMO_BIN)
+	strip --strip-debug -o $(DEMO_BIN)/res_scale.so $(RELEASE)/res_scale.so
+	strip --strip-debug -o $(DEMO_BIN)/scale-gateway $(RELEASE)/scale-gateway
+
+# Only what the Dockerized pool needs (no host Consul, no pjsua2 venv).
+provision-demo:
+	bash tests/provision.sh --demo
+
+## demo-wheels: the Python packages of examples/conference, fetched on the host (the image build
+## installs them without reaching PyPI itself)
+demo-wheels: $(DEMO_WHEELS)/.stamp
+$(DEMO_WHEELS)/.stamp: examples/conference/requirements.txt
+	rm -rf $(DEMO_WHEELS)
+	$(CACHE)/ari-clients-venv/bin/python -m pip download --disable-pip-version-check --no-input -q \
+	    --only-binary=:all: --implementation py --abi none --platform any --python-version $(DEMO_PYTHON) \
+	    -d $(DEMO_WHEELS) -r $<
+	touch $@
 
 ## bench: measurements against a real pool (figures go to BENCHMARKS.md): apps, events,
 ## registrations, then the gateway against the node's own ARI (gateway-bench); `cargo run --release -p res-scale-tests --bin scale-bench -- <name>` runs one

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Provision everything the res_scale integration tests need (Debian 12 host, root).
 #
-#   bash tests/provision.sh
+#   bash tests/provision.sh           everything
+#   bash tests/provision.sh --demo    only what `make run` needs (the Dockerized pool brings its
+#                                     own Consul; no pjsua2 venv; a Docker engine is required)
 #
 # Cache root: ${RES_SCALE_CACHE:-/var/cache/res_scale}. Produces:
 #   $CACHE/rootfs                    debootstrap sid + asterisk asterisk-modules (marker .res_scale-ready)
@@ -25,6 +27,13 @@ T0=$(date +%s.%N)
 
 say() { echo "provision: $*"; }
 die() { echo "provision: ERROR: $*" >&2; exit 1; }
+
+DEMO=0
+case "${1:-}" in
+    "") ;;
+    --demo) DEMO=1 ;;
+    *) die "usage: $0 [--demo]" ;;
+esac
 
 # run NAME CMD...: run quietly, log to $LOGDIR/NAME.log, show the log tail on failure.
 run() {
@@ -219,13 +228,17 @@ if timeout 20 docker info >/dev/null 2>&1; then
         say "docker image $IMAGE imported"
     fi
     IMAGE_ENV=$IMAGE
+elif [ "$DEMO" = 1 ]; then
+    die "no Docker engine answers (docker info): the Dockerized pool needs one"
 else
     say "no Docker engine answers: tests will use chroot"
 fi
 
 # ---------------------------------------------------------------- 5. consul 1.8.7 (bullseye, private apt dir)
 CONSUL=$CACHE/consul/usr/bin/consul
-if [ -x "$CONSUL" ] && "$CONSUL" version >/dev/null 2>&1; then
+if [ "$DEMO" = 1 ]; then
+    say "consul not needed (--demo: the pool's Consul runs in a container)"
+elif [ -x "$CONSUL" ] && "$CONSUL" version >/dev/null 2>&1; then
     say "consul ready (cached)"
 else
     A=$CACHE/apt-bullseye
@@ -253,7 +266,9 @@ fi
 
 # ---------------------------------------------------------------- 6. pjsua2 venv
 VENV=$CACHE/pjsua2-venv
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pjsua2' >/dev/null 2>&1; then
+if [ "$DEMO" = 1 ]; then
+    say "pjsua2 venv not needed (--demo)"
+elif [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pjsua2' >/dev/null 2>&1; then
     say "pjsua2 venv ready (cached)"
 else
     remove_tree "$VENV"

@@ -14,16 +14,18 @@ import sys
 import anyio
 import asyncari
 from asyncari.model import OperationError
+from httpx import HTTPStatusError
 
 log = logging.getLogger("conference")
 
-# How long to wait before connecting again when the ARI server is away.
-RECONNECT_DELAY = 2.0
+# What a refused ARI request raises: asyncari wraps the failures of requests made through the
+# client's repositories (client.bridges...), not of those made through an object (bridge...).
+ARI_ERRORS = (OperationError, HTTPStatusError)
 
 
 def http_status(error):
-    """The HTTP status of a failed ARI request, if it got an answer."""
-    response = getattr(error.__cause__, "response", None)
+    """The HTTP status of a refused ARI request, if it got an answer."""
+    response = getattr(error, "response", None) or getattr(error.__cause__, "response", None)
     return getattr(response, "status_code", None)
 
 
@@ -38,7 +40,7 @@ class Conference:
         async with self.lock:
             try:
                 return await self.client.bridges.get(bridgeId=self.bridge_id)
-            except OperationError as e:
+            except ARI_ERRORS as e:
                 if http_status(e) != 404:
                     raise
             bridge = await self.client.bridges.createWithId(bridgeId=self.bridge_id, type="mixing", name=self.bridge_id)
@@ -52,7 +54,7 @@ class Conference:
             await channel.answer()
             bridge = await self.bridge()
             await bridge.addChannel(channel=channel.id)
-        except OperationError as e:
+        except ARI_ERRORS as e:
             # The caller stays in the application (it hears nothing) until it hangs up.
             log.error("%s could not join %s: %s (HTTP %s)", who, self.bridge_id, e, http_status(e))
             return
@@ -69,19 +71,16 @@ class Conference:
 
 
 async def serve(args):
-    while True:
-        try:
-            async with asyncari.connect(args.url, [args.app], args.user, args.password) as client:
-                log.info("connected to %s as application %s", args.url, args.app)
-                conference = Conference(client, args.bridge)
-                await conference.bridge()
-                await conference.run()
-            log.warning("the event socket closed; connecting again")
-        except OSError as e:
-            log.warning("cannot reach %s (%s); connecting again in %.0f s", args.url, e, RECONNECT_DELAY)
-        except Exception as e:  # a failed connect (HTTP error, bad api-docs) is retried as well
-            log.warning("connection to %s failed (%s: %s); connecting again in %.0f s", args.url, type(e).__name__, e, RECONNECT_DELAY)
-        await anyio.sleep(RECONNECT_DELAY)
+    """Runs until the connection to the ARI server ends. asyncari keeps one object per resource
+    id for the whole process, bound to the client that made it, so a new connection needs a new
+    process: whatever supervises the application (Docker's restart policy, systemd) starts it
+    again."""
+    async with asyncari.connect(args.url, [args.app], args.user, args.password) as client:
+        log.info("connected to %s as application %s", args.url, args.app)
+        conference = Conference(client, args.bridge)
+        await conference.bridge()
+        await conference.run()
+    log.error("the event socket to %s closed", args.url)
 
 
 def parse_args(argv):
@@ -107,8 +106,11 @@ def main(argv):
     try:
         anyio.run(serve, args)
     except KeyboardInterrupt:
-        pass
+        return 0
+    except Exception:
+        log.exception("the application stops")
+    return 1
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

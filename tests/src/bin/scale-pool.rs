@@ -1,6 +1,6 @@
-//! `make run`: a local res_scale pool (Consul, RabbitMQ, two Asterisk 22 nodes with res_scale
-//! loaded, and scale-gateway in front of them) that stays up until Ctrl-C, printing how to
-//! reach each part.
+//! A pool of the test harness (Consul, RabbitMQ, two Asterisk 22 nodes with res_scale loaded,
+//! and scale-gateway in front of them, on loopback ports, no images of its own) that stays up
+//! until Ctrl-C, printing how to reach each part. `make run` is the Dockerized pool instead.
 //!
 //! Options: `--nodes N` (default 2), `--once` (print the status and tear down at once).
 

@@ -124,6 +124,11 @@ fn a_channel_of_another_node_joins_the_bridge_through_one_shared_leg_and_nothing
     let listed: Vec<String> = ids(&ari.get("/channels").json()).into_iter().filter(|c| !c.ends_with(";2")).collect();
     assert_eq!(listed, ["caller-a", "caller-b1", "caller-b2"], "no helper call in the pool-wide listing (B had {b_channels:?})");
     assert!(ids(&ari.get("/bridges").json()) == ["conf"], "no helper bridge in the listing");
+    let apps = ari.get("/applications").json();
+    let names: Vec<&str> = apps.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(names, [APP], "the gateway's own app is not listed: {apps}");
+    let own = ari.get(&format!("/applications/{APP}")).json();
+    assert!(own["bridge_ids"].as_array().unwrap().iter().all(|b| b == "conf"), "no helper bridge in the app's subscriptions: {own}");
     assert!(gw.metrics().contains("scale_gateway_bridging_legs 1"), "{}", gw.metrics());
 
     // Removing one remote caller keeps the leg; hanging up the other takes it down.

@@ -2,19 +2,24 @@
 //! (Asterisk in Docker, RabbitMQ, Consul, the gateway), side by side in one run.
 //!
 //! 1. `joins`: time from an application's `addChannel` request to its ChannelEnteredBridge
-//!    event on the gateway's socket, for a caller on the bridge's node, for the first caller
-//!    of the other node (the helper leg is set up) and for a second one (the leg is reused);
-//!    then, in the same rounds, the time until the helper leg is gone after the last remote
-//!    caller leaves (hang-up or removeChannel, in turns).
+//!    event on the gateway's socket. Each round makes a bridge on node1 and adds, in this
+//!    order, a caller of node1 (empty bridge), the first caller of node2 (the helper leg is
+//!    set up), a second one of node2 (the leg is reused) and a second caller of node1; then
+//!    the time until the helper leg is gone after the last caller of node2 leaves (hang-up or
+//!    removeChannel, in turns).
 //! 2. `load`: SIPp callers through Kamailio dialing 8000 into the shipped conference app, once
 //!    with the app on one node's own ARI (Kamailio sends every call to that node), once through
 //!    the gateway on both nodes: CPU per call of every process, failed calls, INVITE -> 200.
+//! 3. `audio`: mouth-to-ear latency through the conference app on the gateway, talker and
+//!    listener on the bridge's node, then one of them on the other node (through the helper
+//!    leg): `tests/sip-phones/mouth_to_ear.py`, tone bursts timed on one pjsua media clock.
 //!
-//! `cargo run --release -p res-scale-tests --bin conference-bench [-- joins|load]`
+//! `cargo run --release -p res-scale-tests --bin conference-bench [-- joins|load|audio]`
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use res_scale_tests::ari::Ari;
 use res_scale_tests::ari_app::AriApp;
 use res_scale_tests::event_socket::EventSocket;
 use res_scale_tests::gateway::{Gateway, CLIENT_PASSWORD, CLIENT_USER};
@@ -26,13 +31,15 @@ use res_scale_tests::{cpu, wait, Node, Pool};
 
 const SECONDS_20: Duration = Duration::from_secs(20);
 /// Join rounds: each gives one join of each kind and one leg teardown.
-const ROUNDS: usize = 60;
+const ROUNDS: usize = 200;
 /// How often the teardown is polled (the node's bridges, the gateway's metrics).
 const POLL: Duration = Duration::from_millis(2);
 /// The load: calls per second, how many, and how long each caller talks before its BYE.
 const RATE: u32 = 5;
 const CALLS: u32 = 300;
 const TALK_MS: u32 = 6000;
+/// Load runs: this many of each path, in turns.
+const LOAD_PAIRS: usize = 2;
 
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +53,9 @@ fn main() {
     }
     if wants("load") {
         load(&pool, &gw);
+    }
+    if wants("audio") {
+        mouth_to_ear(&pool, &gw);
     }
 }
 
@@ -84,13 +94,18 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 /// The callers of a round, in the order they join.
-const JOINS: [&str; 3] = ["on the bridge's node", "other node, first of its node (leg set up)", "other node, further (leg reused)"];
+const JOINS: [&str; 4] = [
+    "bridge's node, into the empty bridge",
+    "other node, first of its node (leg set up)",
+    "other node, further (leg reused)",
+    "bridge's node, into the bridge of 3",
+];
 
 /// Per kind of join (`JOINS`): until the event, and until the gateway answered addChannel.
 #[derive(Default)]
 struct JoinTimes {
-    entered: [Vec<Duration>; 3],
-    answered: [Vec<Duration>; 3],
+    entered: [Vec<Duration>; 4],
+    answered: [Vec<Duration>; 4],
 }
 
 /// Per way of leaving: (helper bridge gone on the member's node, the gateway's leg count at 0).
@@ -111,7 +126,7 @@ fn joins(pool: &Pool, gw: &Gateway) {
     let started = Instant::now();
     for round in 0..ROUNDS {
         let bridge = format!("cb-{round}");
-        let callers = [(a, format!("{bridge}-a")), (b, format!("{bridge}-b1")), (b, format!("{bridge}-b2"))];
+        let callers = [(a, format!("{bridge}-a1")), (b, format!("{bridge}-b1")), (b, format!("{bridge}-b2")), (a, format!("{bridge}-a2"))];
         for (node, id) in &callers {
             let r = node.ari().post(&format!("/channels?endpoint=Local/101@from-sip&app={APP}&channelId={id}&formats=ulaw"));
             assert_eq!(r.status, 200, "originate {id} on {}: {}", node.name, r.body);
@@ -174,8 +189,14 @@ fn joins(pool: &Pool, gw: &Gateway) {
         println!("| {label} | {} | {p50:.1} | {p99:.1} | {max:.1} | {a50:.1} / {a99:.1} |", times.entered[kind].len());
         entered.push((p50, p99));
     }
-    let [same, first, further] = [entered[0], entered[1], entered[2]];
-    println!("p50 ratio to the same-node join: first remote {:.2}x, further remote {:.2}x (target: within 2x)", first.0 / same.0, further.0 / same.0);
+    let [empty, first, further, occupied] = [entered[0], entered[1], entered[2], entered[3]];
+    println!(
+        "p50 ratio to the same-node join into the empty bridge / into the bridge of 3: first remote {:.2}x / {:.2}x, further remote {:.2}x / {:.2}x (target: within 2x)",
+        first.0 / empty.0,
+        first.0 / occupied.0,
+        further.0 / empty.0,
+        further.0 / occupied.0
+    );
     println!("p99 cross-node: first {:.1} ms, further {:.1} ms (target: under 500 ms)", first.1, further.1);
     if let (Some(sum), Some(count)) = (metric(&metrics, "scale_gateway_bridging_setup_seconds_sum"), metric(&metrics, "scale_gateway_bridging_setup_seconds_count")) {
         println!("the gateway's own scale_gateway_bridging_setup_seconds: {count} legs, mean {:.1} ms", sum / count.max(1.0) * 1e3);
@@ -212,33 +233,46 @@ impl LoadRun {
 fn load(pool: &Pool, gw: &Gateway) {
     let a = &pool.nodes[0];
     let direct_url = format!("http://127.0.0.1:{}/", a.http_port);
-    let direct = load_run(pool, gw, "direct", &[a], [&direct_url, ARI_USER, ARI_PASSWORD]);
-    let through = load_run(pool, gw, "gateway", &pool.nodes.iter().collect::<Vec<_>>(), [&gw.url(), CLIENT_USER, CLIENT_PASSWORD]);
+    let (gw_url, both) = (format!("{}/", gw.url()), pool.nodes.iter().collect::<Vec<_>>());
+    // In turns, so that a slow spell of the machine hits both sides of a ratio.
+    let pairs: Vec<(LoadRun, LoadRun)> = (1..=LOAD_PAIRS)
+        .map(|pair| {
+            let direct = load_run(pool, gw, &format!("direct-{pair}"), &[a], [&direct_url, ARI_USER, ARI_PASSWORD]);
+            let through = load_run(pool, gw, &format!("gateway-{pair}"), &both, [&gw_url, CLIENT_USER, CLIENT_PASSWORD]);
+            (direct, through)
+        })
+        .collect();
 
     println!("\n## The whole stack under load: SIPp -> Kamailio -> 8000 -> conference app, {CALLS} calls at {RATE}/s, each talks {TALK_MS} ms");
     println!("command: cargo run --release -p res-scale-tests --bin conference-bench -- load");
-    println!("| path | successful | failed | joined (app) | INVITE -> 200 p50 / p99 / max ms | CPU s, all processes | CPU ms per call | ratio |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| run | path | successful | failed | joined (app) | INVITE -> 200 p50 / p99 / max ms | CPU s, all processes | CPU ms per call | ratio to the direct run before |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let per_call = |run: &LoadRun| run.total_cpu() / f64::from(CALLS) * 1e3;
-    for (label, run) in [("app on node1's ARI, Kamailio -> node1", &direct), ("app on the gateway, Kamailio -> 2 nodes", &through)] {
-        let (p50, p99, max) = if run.setup.is_empty() { (0.0, 0.0, 0.0) } else { spread(&mut run.setup.clone()) };
-        println!(
-            "| {label} | {} | {} | {} ({} errors) | {p50:.0} / {p99:.0} / {max:.0} | {:.2} | {:.1} | {:.2} |",
-            run.successful,
-            run.failed,
-            run.joined,
-            run.join_errors,
-            run.total_cpu(),
-            per_call(run),
-            per_call(run) / per_call(&direct)
-        );
+    for (pair, (direct, through)) in pairs.iter().enumerate() {
+        for (label, run) in [("app on node1's ARI, Kamailio -> node1", direct), ("app on the gateway, Kamailio -> 2 nodes", through)] {
+            let (p50, p99, max) = if run.setup.is_empty() { (0.0, 0.0, 0.0) } else { spread(&mut run.setup.clone()) };
+            println!(
+                "| {} | {label} | {} | {} | {} ({} errors) | {p50:.0} / {p99:.0} / {max:.0} | {:.2} | {:.1} | {:.2} |",
+                pair + 1,
+                run.successful,
+                run.failed,
+                run.joined,
+                run.join_errors,
+                run.total_cpu(),
+                per_call(run),
+                per_call(run) / per_call(direct)
+            );
+        }
     }
-    println!("CPU seconds by process (direct / gateway):");
-    for ((name, d), (_, g)) in direct.cpu.iter().zip(&through.cpu) {
-        println!("  {name:<10} {d:6.2} / {g:6.2}");
+    let total = |pick: fn(&(LoadRun, LoadRun)) -> &LoadRun| pairs.iter().map(|p| pick(p).total_cpu()).sum::<f64>();
+    println!("all runs: the gateway's CPU per call is {:.2}x the direct one (target: at most 1.3x, no failed call)", total(|p| &p.1) / total(|p| &p.0));
+    println!("CPU seconds by process, direct / gateway, per run:");
+    for (i, (name, _)) in pairs[0].0.cpu.iter().enumerate() {
+        let runs: Vec<String> = pairs.iter().map(|(d, g)| format!("{:.2} / {:.2}", d.cpu[i].1, g.cpu[i].1)).collect();
+        println!("  {name:<10} {}", runs.join("   "));
     }
-    println!("  (SIPp, the load generator, not counted: {:.2} / {:.2})", direct.sipp_cpu, through.sipp_cpu);
-    println!("target: at most 1.3x the direct CPU per call, no failed call");
+    let sipp: Vec<String> = pairs.iter().map(|(d, g)| format!("{:.2} / {:.2}", d.sipp_cpu, g.sipp_cpu)).collect();
+    println!("  (SIPp, the load generator, not counted: {})", sipp.join("   "));
 }
 
 /// One load run: Kamailio in front of `nodes`, the conference app on the ARI server `ari` (url,
@@ -281,8 +315,9 @@ fn load_run(pool: &Pool, gw: &Gateway, label: &str, nodes: &[&Node], ari: [&str;
         "-r",
         &RATE.to_string(),
         "-trace_rtt",
+        // SIPp writes its response times out every this many calls (and not at exit).
         "-rtt_freq",
-        "10000",
+        "1",
         "-trace_stat",
         &format!("127.0.0.1:{}", kamailio.sip_port),
     ]
@@ -303,11 +338,9 @@ fn load_run(pool: &Pool, gw: &Gateway, label: &str, nodes: &[&Node], ari: [&str;
     let logged = |what: &str| lines.iter().filter(|l| l["unparsed"].as_str().is_some_and(|t| t.contains(what))).count();
     let (successful, failed) = sipp_counts(&dir);
     let run = LoadRun { successful, failed, setup: sipp_setup_times(&dir), joined: logged(" joined conf"), join_errors: logged("could not join"), cpu, sipp_cpu: sipp_cpu.as_secs_f64() };
-    // The app's bridge goes with the run, so the next run's app starts from none.
-    let _ = nodes[0].ari().delete("/bridges/conf");
-    for node in &pool.nodes {
-        let _ = node.ari().delete("/bridges/conf");
-    }
+    // The app's bridge goes with the run (through the app's own ARI server), so the next
+    // run's app makes its own.
+    let _ = Ari::new(&format!("{url}ari"), user, password).delete("/bridges/conf");
     run
 }
 
@@ -370,4 +403,75 @@ fn sipp_counts(dir: &Path) -> (u64, u64) {
 fn sipp_setup_times(dir: &Path) -> Vec<Duration> {
     let text = sipp_file(dir, "_rtt.csv").unwrap_or_default();
     text.lines().skip(1).filter_map(|l| l.split(';').nth(1)?.parse::<f64>().ok()).map(|ms| Duration::from_secs_f64(ms / 1e3)).collect()
+}
+
+/// Bursts per path, and the time from one to the next.
+const BURSTS: u32 = 30;
+const BURST_PERIOD_MS: u32 = 400;
+
+fn mouth_to_ear(pool: &Pool, gw: &Gateway) {
+    let app = AriApp::example("conference/conference.py", &["--url", &format!("{}/", gw.url()), "--user", CLIENT_USER, "--password", CLIENT_PASSWORD, "--app", "conference"]);
+    app.expect("the app connected", SECONDS_20, |l| l["unparsed"].as_str().is_some_and(|t| t.contains("connected to")));
+    wait_app_on(&pool.nodes.iter().collect::<Vec<_>>(), "conference");
+    let home = wait::until("the app's bridge conf", SECONDS_20, Duration::from_millis(50), || pool.nodes.iter().position(|n| n.ari().get("/bridges/conf").status == 200));
+    let (bridge_node, other) = (&pool.nodes[home], &pool.nodes[1 - home]);
+    let paths = [
+        ("talker and listener on the bridge's node", bridge_node, bridge_node),
+        ("talker on the bridge's node, listener on the other (helper leg)", bridge_node, other),
+        ("talker on the other node (helper leg), listener on the bridge's node", other, bridge_node),
+    ];
+    let mut rows = Vec::new();
+    for (label, talker, listener) in paths {
+        let (sent, mut heard) = burst_latencies(pool, talker, listener);
+        let (p50, p99, max) = if heard.is_empty() { (f64::NAN, f64::NAN, f64::NAN) } else { spread(&mut heard) };
+        rows.push((label, sent, heard.len(), p50, p99, max));
+        wait_idle(&pool.nodes);
+    }
+    let _ = gw.ari().delete("/bridges/conf");
+
+    println!("\n## Mouth-to-ear latency through the conference app on the gateway ({BURSTS} tone bursts of 10 ms per path, every {BURST_PERIOD_MS} ms, a silent caller on each node)");
+    println!("command: cargo run --release -p res-scale-tests --bin conference-bench -- audio");
+    println!("| path | bursts sent / heard | p50 ms | p99 ms | max ms | p50 added to one node |");
+    println!("|---|---|---|---|---|---|");
+    let one_node = rows[0].3;
+    for (label, sent, heard, p50, p99, max) in rows {
+        println!("| {label} | {sent} / {heard} | {p50:.1} | {p99:.1} | {max:.1} | {:+.1} ms |", p50 - one_node);
+    }
+    println!("target: a helper leg adds under 20 ms");
+}
+
+/// Runs mouth_to_ear.py with the talker calling 8000 on `talker`, the listener on `listener`
+/// and a silent caller on every node; the bursts it sent and the latency of each one heard.
+fn burst_latencies(pool: &Pool, talker: &Node, listener: &Node) -> (u64, Vec<Duration>) {
+    let testbed = res_scale_tests::testbed::Testbed::load();
+    let dir = pool.dir.join(format!("mouth-to-ear-{}-{}", talker.name, listener.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("sip-phones/mouth_to_ear.py");
+    let uri = |node: &Node| format!("sip:8000@127.0.0.1:{}", node.sip_port);
+    let mut child = res_scale_tests::child::tied_command(&testbed.pjsua_python, "KILL")
+        .arg("-u")
+        .arg(&script)
+        .args(["--talker", &uri(talker), "--listener", &uri(listener), "--bursts", &BURSTS.to_string(), "--period-ms", &BURST_PERIOD_MS.to_string()])
+        // A silent caller on every node: each bridge then holds three or more channels and
+        // mixes (softmix), as a conference does; a bridge of two passes frames through as they are.
+        .args(pool.nodes.iter().flat_map(|n| ["--silent".to_string(), uri(n)]))
+        .arg("--record")
+        .arg(dir.join("heard.wav"))
+        .arg("--log")
+        .arg(dir.join("pjsua.log"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("status.txt")).unwrap())
+        .stderr(std::fs::File::create(dir.join("stderr.txt")).unwrap())
+        .spawn()
+        .expect("spawn mouth_to_ear.py");
+    let bound = Duration::from_secs(u64::from(BURSTS * BURST_PERIOD_MS / 1000) + 40);
+    if wait::try_until(bound, Duration::from_millis(50), || child.try_wait().ok().flatten()).is_none() {
+        res_scale_tests::child::terminate(&mut child, Duration::from_secs(3));
+    }
+    let status = std::fs::read_to_string(dir.join("status.txt")).unwrap_or_default();
+    let result: serde_json::Value = status.lines().find_map(|l| l.strip_prefix("RESULT ")).and_then(|r| serde_json::from_str(r).ok()).unwrap_or_else(|| {
+        panic!("mouth_to_ear.py gave no result:\n{status}\n{}", std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default())
+    });
+    let heard = result["latency_ms"].as_array().into_iter().flatten().filter_map(|v| v.as_f64()).map(|ms| Duration::from_secs_f64(ms / 1e3)).collect();
+    (result["bursts"].as_u64().unwrap_or(0), heard)
 }

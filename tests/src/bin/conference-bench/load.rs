@@ -89,6 +89,15 @@ pub fn load(pool: &Pool, gw: &Gateway) {
 /// One load run: Kamailio in front of `nodes`, the conference app on the ARI server `ari` (url,
 /// user, password), SIPp callers until they are all done and every node is idle again.
 fn load_run(pool: &Pool, gw: &Gateway, label: &str, nodes: &[&Node], ari: [&str; 3]) -> LoadRun {
+    // The app of the run before has gone from every node. (A node's own ARI client that takes
+    // an application name res_scale holds and then leaves takes the application with it: the
+    // node has none until the Consul key changes, and its calls to Stasis would fail.)
+    for node in &pool.nodes {
+        wait::until(&format!("no app conference on {}", node.name), SECONDS_20, Duration::from_millis(100), || {
+            let apps = node.ari().get("/applications");
+            (apps.status == 200 && !apps.json().as_array()?.iter().any(|a| a["name"] == "conference")).then_some(())
+        });
+    }
     let dir = pool.dir.join(format!("load-{label}"));
     let kamailio = kamailio_in_front_of(pool, &dir, nodes);
     let [url, user, password] = ari;

@@ -34,7 +34,9 @@ fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
     let wants = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    let gw = Gateway::start(&pool, "conference-bench", &[]);
+    // An app's Consul key goes 1 s after its socket (not 30): a load run on a node's own ARI
+    // must find no node holding the app through res_scale (load.rs).
+    let gw = Gateway::start(&pool, "conference-bench", &[("SCALE_GATEWAY_APPS_LINGER", "1s")]);
     gw.wait_healthy(2);
     println!("conference benchmark, 2 nodes, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     if wants("joins") {

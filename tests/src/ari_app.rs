@@ -91,6 +91,11 @@ impl AriApp {
         self.lines().iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
     }
 
+    /// The script's PID (the interpreter runs it in place of `setpriv`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child, Duration::from_secs(3));

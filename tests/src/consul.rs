@@ -41,6 +41,11 @@ impl Consul {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The agent's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the agent (a dev agent forgets everything: services, checks, KV).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -105,6 +105,11 @@ impl Kamailio {
         kamailio
     }
 
+    /// The main process's PID (its workers are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Runs kamcmd against the control socket; `None` when it fails.
     pub fn kamcmd(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("kamcmd").arg("-s").arg(format!("unix:{}", self.ctl_socket.display())).args(args).output().ok()?;

@@ -10,6 +10,8 @@ pub mod ari;
 pub mod ari_app;
 pub mod child;
 pub mod consul;
+pub mod cpu;
+pub mod event_socket;
 pub mod gateway;
 pub mod kamailio;
 pub mod node;
@@ -17,6 +19,7 @@ pub mod phone;
 pub mod pool;
 pub mod ports;
 pub mod rabbitmq;
+pub mod stats;
 pub mod testbed;
 pub mod wait;
 

@@ -18,7 +18,7 @@ use base64::Engine;
 use res_scale_tests::ari_app::AriApp;
 use res_scale_tests::gateway::{Gateway, CLIENT_PASSWORD, CLIENT_USER};
 use res_scale_tests::node::{ARI_PASSWORD, ARI_USER};
-use res_scale_tests::{wait, Node, Pool};
+use res_scale_tests::{cpu, wait, Node, Pool};
 use serde_json::Value;
 
 fn main() {
@@ -75,14 +75,6 @@ fn micros(text: &str) -> f64 {
     number.trim().parse::<f64>().unwrap_or(0.0) * factor
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 fn rest(node: &Node, gw: &Gateway) {
     let r = node.ari().post("/channels?endpoint=Local/101@from-sip&extension=101&context=from-sip&channelId=bench-live");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -98,9 +90,9 @@ fn rest(node: &Node, gw: &Gateway) {
     for path in ["/asterisk/info", "/channels/bench-live"] {
         for connections in [1, 16] {
             let d = run_wrk(&format!("{direct}{path}"), &node_auth, connections);
-            let cpu_before = cpu_seconds(gw_pid);
+            let cpu_before = cpu::process(gw_pid).as_secs_f64();
             let g = run_wrk(&format!("{through}{path}"), &gw_auth, connections);
-            let cpu = (cpu_seconds(gw_pid) - cpu_before) / g.requests.max(1.0) * 1e6;
+            let cpu = (cpu::process(gw_pid).as_secs_f64() - cpu_before) / g.requests.max(1.0) * 1e6;
             println!(
                 "| GET {path} | {connections} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} | {:.0} / {:.0} | {:+.0} | {:.1} |",
                 d.rps,

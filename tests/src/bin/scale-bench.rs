@@ -14,6 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_tests::amqp::AmqpProbe;
+use res_scale_tests::stats::quantile;
 use res_scale_tests::{wait, Node, Pool};
 
 fn main() {
@@ -38,11 +39,6 @@ fn summary(samples: &mut [Duration]) -> String {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     format!("median {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})", ms(quantile(samples, 0.5)), ms(quantile(samples, 0.99)), ms(*samples.last().unwrap()), samples.len())
-}
-
-/// The `q` quantile of sorted samples.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 /// Time from a KV write (or delete) until every node has (or no longer has) the application,

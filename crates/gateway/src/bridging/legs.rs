@@ -207,21 +207,23 @@ async fn connect(gw: &Gateway, bridge: &str, bridge_node: &Node, member: &Node, 
     let helper = encode_segment(&leg.helper_bridge);
     // Its name says which bridge it extends, so every replica can tell from the events alone.
     let name = format!("{}{bridge}", super::registry::HELPER_NAME_PREFIX);
-    call(gw, member, Method::POST, "bridges".into(), format!("type=mixing&bridgeId={}&name={}", encode_value(&leg.helper_bridge), encode_value(&name))).await?;
     let endpoint = format!("PJSIP/{}/sip:{}~{}@{}", gw.config.bridging.endpoint, leg.id, app, sip);
-    // A created channel enters the app a moment after the answer: bridged only once it has.
+    // The helper bridge and the helper call are made at once. A created channel enters the app
+    // a moment after the answer: it is bridged only once it has.
     let (entered, entry) = oneshot::channel();
     lock(&gw.bridging.waiters).insert(leg.far.clone(), entered);
-    let created = call(gw, member, Method::POST, "channels/create".into(), format!("endpoint={}&app={}&channelId={}", encode_value(&endpoint), encode_value(app), encode_value(&leg.far))).await;
-    let in_app = match created {
-        Ok(_) => tokio::time::timeout(timeout, entry).await.is_ok_and(|r| r.is_ok()),
-        Err(_) => false,
+    let make_bridge = call(gw, member, Method::POST, "bridges".into(), format!("type=mixing&bridgeId={}&name={}", encode_value(&leg.helper_bridge), encode_value(&name)));
+    let make_call = async {
+        call(gw, member, Method::POST, "channels/create".into(), format!("endpoint={}&app={}&channelId={}", encode_value(&endpoint), encode_value(app), encode_value(&leg.far))).await?;
+        match tokio::time::timeout(timeout, entry).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(format!("the helper call on node {} did not enter the gateway's application in {timeout:?}", member.eid)),
+        }
     };
+    let (made_bridge, made_call) = tokio::join!(make_bridge, make_call);
     lock(&gw.bridging.waiters).remove(&leg.far);
-    created?;
-    if !in_app {
-        return Err(format!("the helper call on node {} did not enter the gateway's application in {timeout:?}", member.eid));
-    }
+    made_bridge?;
+    made_call?;
     call(gw, member, Method::POST, format!("bridges/{helper}/addChannel"), format!("channel={}", encode_value(&leg.far))).await?;
     call(gw, member, Method::POST, format!("channels/{}/dial", encode_segment(&leg.far)), format!("timeout={}", timeout.as_secs().max(1))).await?;
     let near = match tokio::time::timeout(timeout, arrival).await {
@@ -230,8 +232,12 @@ async fn connect(gw: &Gateway, bridge: &str, bridge_node: &Node, member: &Node, 
     };
     lock(&gw.bridging.registry).set_near(bridge, &member.eid, &near);
     call(gw, bridge_node, Method::POST, format!("bridges/{}/addChannel", encode_segment(bridge)), format!("channel={}", encode_value(&near))).await?;
-    call(gw, bridge_node, Method::POST, format!("channels/{}/answer", encode_segment(&near)), String::new()).await?;
-    if let Some(snapshot) = call(gw, bridge_node, Method::GET, format!("bridges/{}", encode_segment(bridge)), String::new()).await.ok().and_then(|a| a.json()) {
+    // Answered while the bridge's snapshot (with the helper call in it) is read.
+    let answer = call(gw, bridge_node, Method::POST, format!("channels/{}/answer", encode_segment(&near)), String::new());
+    let snapshot = call(gw, bridge_node, Method::GET, format!("bridges/{}", encode_segment(bridge)), String::new());
+    let (answered, snapshot) = tokio::join!(answer, snapshot);
+    answered?;
+    if let Some(snapshot) = snapshot.ok().and_then(|a| a.json()) {
         lock(&gw.bridging.registry).snapshots.insert(bridge.to_string(), snapshot);
     }
     Ok(())

@@ -8,6 +8,7 @@ pub mod config;
 pub mod consul;
 pub mod duration;
 pub mod node_info;
+pub mod rate_log;
 pub mod registrations;
 pub mod state_log;
 pub mod status;

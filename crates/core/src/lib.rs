@@ -9,6 +9,8 @@ pub mod consul;
 pub mod duration;
 pub mod node_info;
 pub mod rate_log;
+pub mod reasons;
 pub mod registrations;
+pub mod state;
 pub mod state_log;
 pub mod status;

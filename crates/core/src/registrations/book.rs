@@ -733,6 +733,9 @@ mod tests {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (mut book, mut loc, c) = setup();
         tracing::subscriber::with_default(tracing_subscriber::registry().with(Capture(lines.clone())), || {
+            // Other tests reach the same log call concurrently without a subscriber; the
+            // interest tracing cached for it then may predate this one.
+            tracing::callsite::rebuild_interest_cache();
             for _ in 0..3 {
                 book.handle(b"{not json", &mut loc, &no_local, &c, NOW);
             }

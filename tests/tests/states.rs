@@ -115,11 +115,10 @@ fn hostile_messages_are_counted_and_refused_and_the_next_valid_one_applies() {
         counter_line(b, "Rejected:").contains("4 (").then_some(())
     });
     assert_eq!(counter_line(b, "Rejected:").trim(), "Rejected:    4 (too_large=1 bad_json=1 bad_field=1 unknown_state=1)");
-    wait::until("the spoofed message ignored", Duration::from_secs(5), Duration::from_millis(50), || {
-        counter_line(b, "Ignored:").contains("1 own").then_some(())
-    });
-    assert!(b.cli("core show uptime").contains("System uptime"), "Asterisk still answers");
+    // The spoofed message came before the last refused one: it was handled too.
     assert_ne!(device_state(b, "Custom:agent9"), "BUSY", "no refused or spoofed state was applied");
+    assert!(counter_line(b, "Ignored:").contains("1 own"), "{}", counter_line(b, "Ignored:"));
+    assert!(b.cli("core show uptime").contains("System uptime"), "Asterisk still answers");
 
     probe.publish(EXCHANGE, key, &state_message("Custom:agent9", "INUSE", stranger, 5));
     wait_device_state(b, "Custom:agent9", "INUSE");

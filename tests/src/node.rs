@@ -198,7 +198,7 @@ impl Node {
              exten => 8000,1,Stasis(conference)\n same => n,Hangup()\n\
              exten => _X.,1,Stasis(conf)\n same => n,Hangup()\n\
              exten => _[a-z].,1,Dial(PJSIP/${EXTEN},10)\n same => n,Hangup()\n\
-             [hints]\nexten => agent1,hint,Custom:agent1\nexten => alice,hint,PJSIP/alice\n\
+             [hints]\nexten => agent1,hint,Custom:agent1\nexten => dave,hint,PJSIP/dave\n\
              [res-scale-pool]\n\
              exten => _[0-9a-f].,1,Stasis(${CUT(EXTEN,~,2)},${CUT(EXTEN,~,1)})\n same => n,Hangup()\n",
         );

@@ -1,11 +1,13 @@
 //! Device state shared across the pool, end to end: real Asterisk 22 nodes with the module,
-//! a real RabbitMQ and Consul. A state changed on one node (`devstate change`, func_devstate's
-//! Custom: devices) is what the other nodes' DEVICE_STATE() (through ARI) and hints report;
-//! hostile messages are published straight to the exchange.
+//! a real RabbitMQ and Consul. A state changed on one node (`devstate change` of func_devstate's
+//! Custom: devices, or a call to a SIPp phone) is what the other nodes' DEVICE_STATE() (through
+//! ARI) and hints report; hostile messages are published straight to the exchange.
 
 use std::time::Duration;
 
 use res_scale_tests::amqp::{AmqpProbe, Received};
+use res_scale_tests::kamailio::{Register, Sipp};
+use res_scale_tests::ports::free_port;
 use res_scale_tests::{wait, Node, Pool};
 
 const EXCHANGE: &str = "res_scale.state";
@@ -18,7 +20,7 @@ fn wait_bus(node: &Node) {
 
 /// What DEVICE_STATE(<device>) says on the node: the aggregate over every origin.
 fn device_state(node: &Node, device: &str) -> String {
-    let reply = node.ari().get(&format!("/deviceStates/{device}"));
+    let reply = node.ari().get(&format!("/deviceStates/{}", device.replace('/', "%2F")));
     assert_eq!(reply.status, 200, "GET /deviceStates/{device} on {}: {}", node.name, reply.body);
     reply.json()["state"].as_str().unwrap_or("?").to_string()
 }
@@ -148,4 +150,30 @@ fn unloading_the_module_takes_back_what_it_learned_and_hints_follow() {
     wait_bus(b);
     a.cli("devstate change Custom:agent1 BUSY");
     wait_hint(b, "agent1", "Busy");
+}
+
+#[test]
+fn a_call_on_one_node_makes_the_phone_busy_on_the_others_until_it_hangs_up() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let (a, b) = (pool.node(0), pool.node(1));
+    let dir = pool.dir.join("sipp");
+    let port = free_port();
+    let phone = Register { user: "dave".into(), call_id: "dave-state".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: port };
+    phone.send(&dir, a.sip_port).expect("dave registers with node1");
+    wait_hint(b, "dave", "Idle");
+
+    let uas = Sipp::spawn(&dir, "uas-dave", &["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"].map(String::from));
+    let reply = a.ari().post("/channels?endpoint=PJSIP/dave&context=from-sip&extension=101&priority=1&timeout=10");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    wait::until("the call up on node1", Duration::from_secs(8), Duration::from_millis(50), || (a.ari().get(&format!("/channels/{id}")).json()["state"] == "Up").then_some(()));
+    // node2 has no call: what it reports is node1's state of the phone.
+    wait_hint(b, "dave", "InUse");
+    assert_eq!(device_state(b, "PJSIP/dave"), "INUSE");
+
+    assert_eq!(a.ari().delete(&format!("/channels/{id}")).status, 204);
+    uas.wait(Duration::from_secs(10)).expect("the phone saw the call end");
+    wait_hint(b, "dave", "Idle");
+    assert_eq!(device_state(b, "PJSIP/dave"), "NOT_INUSE");
 }

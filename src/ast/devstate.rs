@@ -10,7 +10,7 @@ use std::ffi::{c_int, CStr, CString};
 use std::os::raw::c_char;
 use std::sync::{Arc, RwLock};
 
-use res_scale_core::state::book::DeviceStates;
+use res_scale_core::state::book::{DeviceStates, Refused};
 use res_scale_core::state::message::DeviceState;
 
 use crate::ast::guard::guarded;
@@ -72,16 +72,16 @@ pub fn aggregate(device: &str) -> String {
 pub struct AsteriskDeviceStates;
 
 impl DeviceStates for AsteriskDeviceStates {
-    fn apply(&mut self, s: &DeviceState) -> Result<(), ()> {
+    fn apply(&mut self, s: &DeviceState) -> Result<(), Refused> {
         let (Ok(device), Ok(state), Ok(origin)) = (CString::new(s.device.as_str()), CString::new(s.state), CString::new(s.origin.as_str())) else {
-            return Err(());
+            return Err(Refused);
         };
         // SAFETY: live C strings for the duration of the call.
         let rc = unsafe { sys::res_scale_devstate_apply(device.as_ptr(), state.as_ptr(), c_int::from(s.cachable), origin.as_ptr()) };
         if rc == 0 {
             Ok(())
         } else {
-            Err(())
+            Err(Refused)
         }
     }
 

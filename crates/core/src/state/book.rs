@@ -17,12 +17,15 @@ use super::message::{self, DeviceState};
 use crate::rate_log::RateLimitedLog;
 use crate::reasons::ByReason;
 
+/// Asterisk did not take a state (it could not parse the origin's EID, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused;
+
 /// Asterisk's device states, as the book changes them. The module's implementation publishes
 /// them with `ast_publish_device_state_full` and the origin's EID.
 pub trait DeviceStates {
-    /// Publishes another node's state of a device under that node's EID; Err when Asterisk
-    /// refused it.
-    fn apply(&mut self, state: &DeviceState) -> Result<(), ()>;
+    /// Publishes another node's state of a device under that node's EID.
+    fn apply(&mut self, state: &DeviceState) -> Result<(), Refused>;
     /// Takes back what `apply` put there for (device, origin), and has Asterisk work the
     /// device's aggregate out again.
     fn forget(&mut self, device: &str, origin: &str);
@@ -181,9 +184,9 @@ mod tests {
     }
 
     impl DeviceStates for FakeStates {
-        fn apply(&mut self, s: &DeviceState) -> Result<(), ()> {
+        fn apply(&mut self, s: &DeviceState) -> Result<(), Refused> {
             if s.device.starts_with("refuse") {
-                return Err(());
+                return Err(Refused);
             }
             self.slots.insert((s.device.clone(), s.origin.clone()), s.state);
             Ok(())

@@ -187,6 +187,7 @@ impl Applier {
             }
             match input {
                 Input::Bus(Inbound::Delivery { body, .. }) => lock(&self.book).handle(&body, &mut asterisk, &self.counters),
+                // States travel only as they change: nothing to catch up on at a (re)connect.
                 Input::Bus(Inbound::Connected { .. }) => {}
                 Input::Stop => break,
             }

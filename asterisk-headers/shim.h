@@ -90,4 +90,25 @@ int res_scale_contact_observe(int on);
 /* Calls rs_scale_contact_changed(RES_SCALE_CONTACT_EXISTS, ..) for every contact there is. */
 void res_scale_contact_report_all(void);
 
+/* Device state (devstate.c). States are Asterisk's parseable names (ast_devstate_str), origins
+ * entity IDs as text. */
+
+/* Subscribes to the device state topic; rs_scale_device_state_changed() then hears of every
+ * state this node itself published. Subscribing twice does nothing. */
+int res_scale_devstate_subscribe(void);
+
+/* Ends the subscription and waits until its callback no longer runs. */
+void res_scale_devstate_unsubscribe(void);
+
+/* Publishes another node's state of a device under its EID (ast_publish_device_state_full);
+ * non-zero when refused (an unparsable origin, or this node's own EID). */
+int res_scale_devstate_apply(const char *device, const char *state, int cachable, const char *origin);
+
+/* Removes the cached state of `origin` for the device and has Asterisk publish the device's
+ * aggregate again. */
+void res_scale_devstate_forget(const char *device, const char *origin);
+
+/* The device's aggregate over every origin, as Asterisk's hints see it. */
+const char *res_scale_devstate_aggregate(const char *device);
+
 #endif

@@ -4,17 +4,18 @@
 use res_scale_core::amqp::show::{self as amqp_show, AmqpView};
 use res_scale_core::consul::show;
 use res_scale_core::registrations::show::{self as registrations_show, RegistrationsView};
+use res_scale_core::state::show::{self as states_show, StatesView};
 use res_scale_core::status::{StatusReport, SubsystemLine};
 
 use crate::ast::cli::{no_completion, Command, Outcome};
-use crate::ast::identity;
+use crate::ast::{devstate, identity};
 use crate::lifecycle::{self, Running};
 
 #[cfg(not(feature = "test-hooks"))]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SHOW_STATES, SET_DRAIN];
 
 #[cfg(feature = "test-hooks")]
-pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SET_DRAIN, TEST_PANIC, TEST_EVENTS, TEST_HOLD, TEST_FAIL];
+pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SHOW_STATES, SET_DRAIN, TEST_PANIC, TEST_EVENTS, TEST_HOLD, TEST_FAIL];
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
@@ -36,7 +37,7 @@ fn show(args: &[String], f: impl FnOnce(&Running) -> Outcome) -> Outcome {
 const SHOW_STATUS: Command = Command {
     words: c"scale show status",
     summary: c"Show the state of res_scale on this node",
-    usage: c"Usage: scale show status\n       Shows res_scale's version, this node's identity, the configuration in\n       effect (secrets masked), uptime, and one line per subsystem (consul, amqp,\n       registrations) with its state and counters.\n",
+    usage: c"Usage: scale show status\n       Shows res_scale's version, this node's identity, the configuration in\n       effect (secrets masked), uptime, and one line per subsystem (consul, amqp,\n       registrations, state) with its state and counters.\n",
     run: |args| show(args, show_status),
     complete: no_completion,
 };
@@ -64,7 +65,7 @@ fn show_status(running: &Running) -> Outcome {
         uptime: running.started.elapsed(),
         config_source: running.config_source.clone(),
         config: config.summary(),
-        subsystems: vec![consul, amqp_line(running), registrations_line(running)],
+        subsystems: vec![consul, amqp_line(running), registrations_line(running), states_line(running)],
     };
     let mut out = report.render();
     if let Some(c) = &running.consul {
@@ -146,6 +147,47 @@ const SHOW_REGISTRATIONS: Command = Command {
         with_running(|running| match with_registrations(running, |view| registrations_show::render(view, aor.as_deref())) {
             Some(text) => Outcome::Output(text),
             None => Outcome::Failed("Registrations are disabled in res_scale.conf\n".into()),
+        })
+    },
+    complete: no_completion,
+};
+
+/// Runs `f` on a snapshot of the state subsystem, if it runs.
+fn with_states<R>(running: &Running, f: impl FnOnce(&StatesView<'_>) -> R) -> Option<R> {
+    let s = running.states.as_ref()?;
+    let status = s.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let local = s.local.lock().unwrap_or_else(|e| e.into_inner()).states().clone();
+    let remote = s.book.lock().unwrap_or_else(|e| e.into_inner()).remote().clone();
+    let view = StatesView {
+        status: &status,
+        counters: &s.counters,
+        reconnects: s.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        exchange: &s.exchange,
+        devices: &s.devices,
+        local,
+        remote,
+        aggregate: &devstate::aggregate,
+    };
+    Some(f(&view))
+}
+
+fn states_line(running: &Running) -> SubsystemLine {
+    with_states(running, states_show::status_line).unwrap_or(SubsystemLine { name: "state", state: "disabled".into(), counters: vec![] })
+}
+
+const SHOW_STATES: Command = Command {
+    words: c"scale show states",
+    summary: c"List the device states shared across the pool",
+    usage: c"Usage: scale show states [<device>]\n       Lists the devices whose state this node shares, all or one: this node's\n       own state, the state each other node (by EID) published, and the\n       aggregate Asterisk makes of them (what hints and DEVICE_STATE() see).\n       Then the counters: published (and dropped: queue full), applied,\n       ignored (own messages, duplicates or old, devices not shared), rejected\n       by reason, and the connection to the state exchange.\n",
+    run: |args| {
+        let device = match args {
+            [] => None,
+            [device] => Some(device.clone()),
+            _ => return Outcome::ShowUsage,
+        };
+        with_running(|running| match with_states(running, |view| states_show::render(view, device.as_deref())) {
+            Some(text) => Outcome::Output(text),
+            None => Outcome::Failed("Device state sharing is disabled in res_scale.conf\n".into()),
         })
     },
     complete: no_completion,

@@ -13,5 +13,6 @@ mod events;
 mod lifecycle;
 mod node;
 mod registrations;
+mod states;
 mod sys;
 mod tasks;

@@ -17,6 +17,7 @@ use crate::consul::Consul;
 use crate::events::Forwarder;
 use crate::node;
 use crate::registrations::Registrations;
+use crate::states::States;
 
 /// Everything that exists while the module is loaded.
 pub struct Running {
@@ -33,6 +34,7 @@ pub struct Running {
     pub consul: Option<Consul>,
     pub amqp: Option<Amqp>,
     pub registrations: Option<Registrations>,
+    pub states: Option<States>,
     /// The event queue while the publisher is being restarted by a reload.
     parked_pipe: Option<EventPipe>,
     forwarder: Arc<Forwarder>,
@@ -85,6 +87,7 @@ pub fn load() -> Result<(), ()> {
         consul: None,
         amqp: None,
         registrations: None,
+        states: None,
         parked_pipe: None,
         forwarder,
         runtime: Some(runtime),
@@ -129,7 +132,23 @@ impl Running {
     fn start_subsystems(&mut self) -> Result<(), String> {
         self.start_consul()?;
         self.start_amqp();
-        self.start_registrations()
+        self.start_registrations()?;
+        self.start_states()
+    }
+
+    /// Device state uses the brokers of [amqp].
+    fn start_states(&mut self) -> Result<(), String> {
+        let config = &self.config;
+        if config.state.is_enabled(&config.amqp) {
+            self.states = Some(States::start(self.runtime().handle(), &config.amqp, &config.state, &self.node)?);
+        }
+        Ok(())
+    }
+
+    fn stop_states(&mut self) {
+        if let Some(states) = self.states.take() {
+            states.stop(self.runtime());
+        }
     }
 
     /// Registrations use the brokers of [amqp] and, for node loss, Consul's view of the pool.
@@ -190,10 +209,12 @@ impl Running {
     }
 
     /// Everything down, in the order that keeps Asterisk safe and loses nothing avoidable: no
-    /// CLI, no registrations (their learned contacts removed), no Consul tasks, no Stasis applications, no callback in flight, then the publisher
+    /// CLI, no shared device state (learned states taken back), no registrations (their
+    /// learned contacts removed), no Consul tasks, no Stasis applications, no callback in flight, then the publisher
     /// flushes what was queued, then the threads.
     fn stop(&mut self) {
         drop(self.cli.take());
+        self.stop_states();
         self.stop_registrations();
         self.stop_consul();
         apps::close(&self.apps, &AsteriskStasis, &self.counters);
@@ -219,6 +240,11 @@ impl Running {
         let amqp_changed = identity_changed || old.amqp != self.config.amqp;
         // Registrations hold Consul's pool view and [amqp]'s brokers: they restart with either.
         let registrations_changed = consul_changed || amqp_changed || old.registrations != self.config.registrations;
+        // Device state holds [amqp]'s brokers and the node's identity.
+        let states_changed = amqp_changed || old.state != self.config.state;
+        if states_changed {
+            self.stop_states();
+        }
         if registrations_changed {
             self.stop_registrations();
         }
@@ -232,6 +258,9 @@ impl Running {
         }
         if registrations_changed {
             self.start_registrations()?;
+        }
+        if states_changed {
+            self.start_states()?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The registrations subsystem of a loaded module: SIP registrations shared across the pool.
 //!
-//! - The bus task (core `registrations::bus`) consumes this node's queue and publishes.
+//! - The bus task (core `amqp::bus`) consumes this node's queue and publishes.
 //! - The applier thread owns the [`Book`]: it decodes every message and applies it to PJSIP
 //!   (blocking Asterisk calls, hence a thread of its own and not a tokio worker), answers SYNC
 //!   requests, re-announces this node's phones and asks for a SYNC after every connect, and
@@ -20,14 +20,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use res_scale_core::amqp::bus::{Bus, BusSettings, Destination, Inbound, Outgoing};
 use res_scale_core::amqp::publisher::AmqpStatus;
 use res_scale_core::config;
 use res_scale_core::consul::api::{ServiceInstance, MAINTENANCE_CHECK_PREFIX};
 use res_scale_core::consul::nodes::PoolView;
 use res_scale_core::consul::registration::NodeIdentity;
 use res_scale_core::registrations::book::{Book, Counters, Entry, Handled, Key, LocalBook, LocalChange};
-use res_scale_core::registrations::bus::{routing_key, Bus, BusSettings, Destination, Inbound, Outgoing};
-use res_scale_core::registrations::message::{self, Contact, MAX_MESSAGE_BYTES};
+use res_scale_core::registrations::message::{self, routing_key, Contact, MAX_MESSAGE_BYTES};
 use tokio::sync::mpsc;
 
 use crate::ast::contacts::{self, AsteriskLocation, ContactSink};
@@ -189,8 +189,11 @@ impl Registrations {
         let tasks = Tasks::new();
         let bus = Bus {
             settings: BusSettings {
+                subsystem: "registrations",
+                meanwhile: "registrations wait",
                 urls: amqp.urls.clone(),
                 exchange: settings.exchange.clone(),
+                binding: "registration.#".into(),
                 connection_name: format!("res_scale {} ({}) registrations", node.node_id, node.system_name),
                 heartbeat: amqp.heartbeat,
                 extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("registrations: cannot read ca_file {path}: {e}")).ok()),

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod contacts;
+pub mod devstate;
 mod entry;
 mod event_json;
 mod gate;

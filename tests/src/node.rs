@@ -24,7 +24,7 @@ const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
 
 /// Every module a node loads (autoload=no does not pull in dependencies).
 const MODULES: &[&str] = &[
-    "pbx_config", "app_dial", "app_playback", "app_echo", "app_stasis", "func_callerid", "func_channel", "func_cut",
+    "pbx_config", "app_dial", "app_playback", "app_echo", "app_stasis", "func_callerid", "func_channel", "func_cut", "func_devstate",
     "codec_ulaw", "codec_alaw", "format_wav", "format_gsm", "format_pcm", "res_timing_timerfd",
     "bridge_simple", "bridge_native_rtp", "bridge_softmix", "bridge_holding", "chan_bridge_media", "res_pjproject",
     "res_sorcery_config", "res_sorcery_memory", "res_sorcery_astdb", "res_rtp_asterisk", "res_pjsip",
@@ -198,6 +198,7 @@ impl Node {
              exten => 8000,1,Stasis(conference)\n same => n,Hangup()\n\
              exten => _X.,1,Stasis(conf)\n same => n,Hangup()\n\
              exten => _[a-z].,1,Dial(PJSIP/${EXTEN},10)\n same => n,Hangup()\n\
+             [hints]\nexten => agent1,hint,Custom:agent1\nexten => dave,hint,PJSIP/dave\n\
              [res-scale-pool]\n\
              exten => _[0-9a-f].,1,Stasis(${CUT(EXTEN,~,2)},${CUT(EXTEN,~,1)})\n same => n,Hangup()\n",
         );

@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::duration;
+use crate::state::devices::DevicePatterns;
 
 /// The file name Asterisk looks up in its config directory.
 pub const FILE_NAME: &str = "res_scale.conf";
@@ -147,6 +148,29 @@ impl Default for Registrations {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// None: on when [amqp] is (see [`State::is_enabled`]).
+    pub enabled: Option<bool>,
+    pub exchange: String,
+    /// The devices whose state is shared (published and applied).
+    pub devices: DevicePatterns,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { enabled: None, exchange: "res_scale.state".into(), devices: DevicePatterns::default() }
+    }
+}
+
+impl State {
+    /// Device state travels over the brokers of [amqp]: without a setting of its own it is on
+    /// when [amqp] is.
+    pub fn is_enabled(&self, amqp: &Amqp) -> bool {
+        self.enabled.unwrap_or(amqp.enabled)
+    }
+}
+
 /// Everything `res_scale.conf` configures. `Default` is what an absent file means.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
@@ -154,6 +178,7 @@ pub struct Config {
     pub consul: Consul,
     pub amqp: Amqp,
     pub registrations: Registrations,
+    pub state: State,
 }
 
 /// Why a single `key = value` was not accepted.
@@ -199,6 +224,7 @@ impl Config {
                 "registrations" => {
                     apply(section, &mut config.registrations, set_registrations, &mut errors)
                 }
+                "state" => apply(section, &mut config.state, set_state, &mut errors),
                 _ => Err(()),
             };
             if outcome.is_err() {
@@ -207,7 +233,7 @@ impl Config {
                     key: None,
                     value: None,
                     line: None,
-                    reason: "unknown section (known: general, consul, amqp, registrations)".into(),
+                    reason: "unknown section (known: general, consul, amqp, registrations, state)".into(),
                 });
             }
         }
@@ -225,6 +251,7 @@ impl Config {
         let c = &self.consul;
         let a = &self.amqp;
         let r = &self.registrations;
+        let st = &self.state;
         let g = &self.general;
         let auto = |v: &Option<String>| v.clone().unwrap_or_else(|| "(auto)".into());
         vec![
@@ -273,6 +300,18 @@ impl Config {
                     on_off(r.publish_local),
                     on_off(r.sync_on_start),
                     on_off(r.withdraw_on_node_loss)
+                ),
+            ),
+            (
+                "state",
+                format!(
+                    "enabled={} exchange={} devices={}",
+                    match st.enabled {
+                        Some(enabled) => on_off(enabled).to_string(),
+                        None => format!("{} (as [amqp])", on_off(st.is_enabled(a))),
+                    },
+                    st.exchange,
+                    st.devices
                 ),
             ),
         ]
@@ -384,9 +423,31 @@ fn set_registrations(r: &mut Registrations, key: &str, v: &str) -> Result<(), Re
     Ok(())
 }
 
+fn set_state(s: &mut State, key: &str, v: &str) -> Result<(), Reject> {
+    match key {
+        "enabled" if v.is_empty() => s.enabled = None,
+        "enabled" => s.enabled = Some(boolean(v)?),
+        "exchange" => s.exchange = exchange_name(v)?,
+        "devices" => s.devices = DevicePatterns::parse(v)?,
+        _ => return Err(Reject::UnknownKey),
+    }
+    Ok(())
+}
+
 /// Rules that involve more than one key.
 fn check_relations(config: &Config, errors: &mut Vec<ConfigError>) {
     let amqp = &config.amqp;
+    let state = &config.state;
+    let others = [(amqp.enabled, "[amqp] events_exchange", &amqp.events_exchange), (config.registrations.enabled, "[registrations] exchange", &config.registrations.exchange)];
+    for (_, name, _) in others.iter().filter(|(on, _, exchange)| *on && state.is_enabled(amqp) && **exchange == state.exchange) {
+        errors.push(ConfigError {
+            section: "state".into(),
+            key: Some("exchange".into()),
+            value: Some(state.exchange.clone()),
+            line: None,
+            reason: format!("must differ from {name}"),
+        });
+    }
     if amqp.enabled && config.registrations.enabled && amqp.events_exchange == config.registrations.exchange
     {
         errors.push(ConfigError {
@@ -601,7 +662,7 @@ mod tests {
         assert!(text.iter().any(|t| t.contains("[amqp] enabled = 'maybe' (line 7): expected yes or no")));
         assert!(text.iter().any(|t| t.contains("[amqp] events_exchange = 'amq.topic' (line 8): names starting with 'amq.'")));
         assert!(text.iter().any(|t| t.contains("[general] sip_address = 'nohost' (line 10): expected host:port")));
-        assert!(text.iter().any(|t| t == "res_scale.conf [extra]: unknown section (known: general, consul, amqp, registrations)"));
+        assert!(text.iter().any(|t| t == "res_scale.conf [extra]: unknown section (known: general, consul, amqp, registrations, state)"));
     }
 
     #[test]
@@ -618,6 +679,19 @@ mod tests {
         let e = Config::from_raw(&raw("[amqp]\npersistent = yes\n[amqp]\npersistent = no\n")).unwrap_err();
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].to_string(), "res_scale.conf [amqp] persistent = 'no' (line 4): given more than once (first on line 2)");
+    }
+
+    #[test]
+    fn state_follows_amqp_unless_set_and_needs_its_own_exchange() {
+        let c = Config::from_raw(&raw("[state]\ndevices = PJSIP/*, !Local/*\n")).unwrap();
+        assert!(c.state.is_enabled(&c.amqp) && c.state.devices.shares("PJSIP/alice") && !c.state.devices.shares("Local/x"));
+        let c = Config::from_raw(&raw("[amqp]\nenabled = no\n")).unwrap();
+        assert!(!c.state.is_enabled(&c.amqp), "off with [amqp]");
+        let c = Config::from_raw(&raw("[amqp]\nenabled = no\n[state]\nenabled = yes\n")).unwrap();
+        assert!(c.state.is_enabled(&c.amqp), "on by its own setting");
+        let e = Config::from_raw(&raw("[state]\nexchange = res_scale.registrations\n")).unwrap_err();
+        assert_eq!(e[0].to_string(), "res_scale.conf [state] exchange = 'res_scale.registrations': must differ from [registrations] exchange");
+        assert!(Config::from_raw(&raw("[state]\ndevices = PJSIP/*, !\n")).is_err());
     }
 
     #[test]

@@ -16,10 +16,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::message::{self, Contact, Kind, Message, Rejection, Update};
 use super::seq::SeqTracker;
+use crate::rate_log::RateLimitedLog;
 
 /// PJSIP's contacts, as the book changes them. The module's implementation calls the location
 /// API of res_pjsip.
@@ -144,44 +145,6 @@ pub enum Handled {
     SyncRequest { origin: String },
 }
 
-/// At most one log line per reason in this time; the next one says how many were not logged.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Default)]
-struct RateLimitedLog {
-    last: BTreeMap<&'static str, (Instant, u64)>,
-}
-
-impl RateLimitedLog {
-    fn warn(&mut self, reason: &'static str, text: impl FnOnce() -> String) {
-        match self.due(reason, Instant::now()) {
-            Some(None) => tracing::warn!("registrations: {}", text()),
-            Some(Some(more)) => tracing::warn!("registrations: {} ({more} more '{reason}' since the last such line)", text()),
-            None => {}
-        }
-    }
-
-    /// Whether a line for `reason` is due at `now`: `None` while the last one is less than
-    /// LOG_EVERY old (this one is counted instead), else `Some` of how many were not logged
-    /// since the last line (`None` for the first line of that reason).
-    fn due(&mut self, reason: &'static str, now: Instant) -> Option<Option<u64>> {
-        match self.last.get_mut(reason) {
-            Some((at, suppressed)) if now.duration_since(*at) < LOG_EVERY => {
-                *suppressed += 1;
-                None
-            }
-            Some((at, suppressed)) => {
-                *at = now;
-                Some(Some(std::mem::take(suppressed)))
-            }
-            None => {
-                self.last.insert(reason, (now, 0));
-                Some(None)
-            }
-        }
-    }
-}
-
 /// The contacts applied from other origins; owned by the thread that applies messages.
 #[derive(Debug)]
 pub struct Book {
@@ -194,7 +157,7 @@ pub struct Book {
 impl Book {
     /// `origin` is this node's own (its EID).
     pub fn new(origin: &str) -> Book {
-        Book { origin: origin.to_string(), remote: BTreeMap::new(), seq: SeqTracker::default(), log: RateLimitedLog::default() }
+        Book { origin: origin.to_string(), remote: BTreeMap::new(), seq: SeqTracker::default(), log: RateLimitedLog::new("registrations") }
     }
 
     pub fn entries(&self) -> &BTreeMap<Key, Entry> {
@@ -490,6 +453,7 @@ impl LocalBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// PJSIP as a map, with the AORs it knows.
     #[derive(Default)]
@@ -689,21 +653,6 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_logged_at_most_once_per_reason_every_ten_seconds() {
-        let mut log = RateLimitedLog::default();
-        let t0 = Instant::now();
-        let at = |secs: u64| t0 + Duration::from_secs(secs);
-        assert_eq!(log.due("bad_json", t0), Some(None));
-        assert_eq!(log.due("bad_json", at(1)), None);
-        assert_eq!(log.due("expired", at(1)), Some(None), "each reason has its own limit");
-        assert_eq!(log.due("bad_json", at(9)), None);
-        assert_eq!(log.due("bad_json", at(10)), Some(Some(2)), "10 s after the last line, with the count of those not logged");
-        assert_eq!(log.due("bad_json", at(11)), None);
-        assert_eq!(log.due("bad_json", at(20)), Some(Some(1)));
-        assert_eq!(log.due("bad_json", at(30)), Some(Some(0)));
-    }
-
-    #[test]
     fn rejections_are_counted_by_reason_and_in_total() {
         let c = Counters::default();
         for reason in ["bad_json", "bad_json", "expired", "not_a_reason"] {
@@ -784,6 +733,9 @@ mod tests {
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (mut book, mut loc, c) = setup();
         tracing::subscriber::with_default(tracing_subscriber::registry().with(Capture(lines.clone())), || {
+            // Other tests reach the same log call concurrently without a subscriber; the
+            // interest tracing cached for it then may predate this one.
+            tracing::callsite::rebuild_interest_cache();
             for _ in 0..3 {
                 book.handle(b"{not json", &mut loc, &no_local, &c, NOW);
             }

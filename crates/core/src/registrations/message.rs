@@ -89,6 +89,11 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// The routing key of a message about `aor`.
+pub fn routing_key(aor: &str) -> String {
+    format!("registration.{aor}")
+}
+
 pub fn decode(body: &[u8]) -> Result<Message, Rejection> {
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::TooLarge(body.len()));

@@ -3,7 +3,6 @@
 //! messages harmless. Applying them to PJSIP contacts is the module's side.
 
 pub mod book;
-pub mod bus;
 pub mod message;
 pub mod seq;
 pub mod show;

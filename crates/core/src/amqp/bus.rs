@@ -1,6 +1,7 @@
-//! The node's link to the registrations exchange: one connection that consumes the node's own
-//! exclusive queue (bound to every `registration.#` key) and publishes what the node has to say.
-//! It only moves bytes; what they mean is the applier's business ([`super::book`]).
+//! A node's link to one of the pool's exchanges (registrations, state): one connection that
+//! consumes the node's own exclusive queue (bound with the subsystem's key, e.g.
+//! `registration.#`) and publishes what the node has to say. It only moves bytes; what they
+//! mean is the subsystem's applier's business.
 //!
 //! On every (re)connect it reports [`Inbound::Connected`] with the queue's name, so that the
 //! applier re-announces this node's phones and asks the pool for a SYNC (replies come to that
@@ -30,8 +31,14 @@ const ACK_EVERY: u64 = 200;
 const ACK_WHEN_QUIET: Duration = Duration::from_millis(20);
 
 pub struct BusSettings {
+    /// Names the subsystem in logs and in the status of `first_reachable`.
+    pub subsystem: &'static str,
+    /// What happens while no broker answers, for the log line (e.g. "registrations wait").
+    pub meanwhile: &'static str,
     pub urls: Vec<String>,
     pub exchange: String,
+    /// What the node's queue is bound with, e.g. `registration.#`.
+    pub binding: String,
     pub connection_name: String,
     pub heartbeat: Duration,
     pub extra_ca: Option<String>,
@@ -60,11 +67,6 @@ pub enum Destination {
     Queue(String),
 }
 
-/// The routing key of a message about `aor`.
-pub fn routing_key(aor: &str) -> String {
-    format!("registration.{aor}")
-}
-
 struct Link {
     connection: Connection,
     channel: Channel,
@@ -81,13 +83,13 @@ pub struct Bus {
 impl Bus {
     /// Runs until shutdown; `inbound` receives what arrives (in the caller's own type).
     pub async fn run<T: From<Inbound> + Send + 'static>(self, inbound: mpsc::Sender<T>, mut outbound: mpsc::Receiver<Outgoing>, shutdown: CancellationToken) {
-        let mut log = StateLog::new("registrations");
+        let mut log = StateLog::new(self.settings.subsystem);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut first = true;
         loop {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                link = first_reachable(&self.settings.urls, &mut log, &self.status, "registrations wait", |url| self.connect(url)) => link,
+                link = first_reachable(&self.settings.urls, &mut log, &self.status, self.settings.meanwhile, |url| self.connect(url)) => link,
             };
             let Some((link, queue)) = connected else {
                 tokio::select! {
@@ -119,7 +121,7 @@ impl Bus {
         let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(text)?;
         let name = queue.name().clone();
         channel
-            .queue_bind(name.clone(), s.exchange.as_str().into(), "registration.#".into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(name.clone(), s.exchange.as_str().into(), s.binding.as_str().into(), QueueBindOptions::default(), FieldTable::default())
             .await
             .map_err(text)?;
         channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(text)?;

@@ -1,0 +1,189 @@
+//! The device state message (DESIGN.md section 5) and a decoder that accepts exactly that and
+//! says precisely why it refuses anything else. Every input is untrusted: any client of the
+//! broker that may publish to the exchange can send one.
+//!
+//! ```text
+//! {"type":"DEVICE_STATE","device":"PJSIP/alice","state":"INUSE","cachable":true,
+//!  "origin":"02:00:00:00:00:01","seq":42}
+//! ```
+//!
+//! `state` is one of Asterisk's parseable names (`ast_devstate_str`), `origin` the entity ID
+//! of the node where the state changed, `seq` a per-origin counter.
+
+use std::fmt;
+
+use serde_json::{json, Map, Value};
+
+/// Larger bodies are refused before parsing (a state message is about 150 bytes; the bound
+/// leaves room for the batches of a later SYNC).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Longer device names are refused: the routing key (`device.<device>`) must stay under
+/// AMQP's 255 bytes, and Asterisk keeps device names far shorter.
+pub const MAX_DEVICE_BYTES: usize = 200;
+
+/// Asterisk's parseable device state names, in the order of `enum ast_device_state`.
+pub const STATES: [&str; 9] = ["UNKNOWN", "NOT_INUSE", "INUSE", "BUSY", "INVALID", "UNAVAILABLE", "RINGING", "RINGINUSE", "ONHOLD"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    pub device: String,
+    /// One of [`STATES`].
+    pub state: &'static str,
+    /// Asterisk caches (and aggregates) only cachable states; a non-cachable one replaces
+    /// the aggregate until the next change.
+    pub cachable: bool,
+    /// The origin's entity ID, lower case (`02:00:00:00:00:01`).
+    pub origin: String,
+    pub seq: u64,
+}
+
+/// Why a message was refused; `reason()` names the counter it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    TooLarge(usize),
+    NotJson(String),
+    UnknownType(String),
+    MissingField(&'static str),
+    BadField { field: &'static str, why: &'static str },
+    UnknownState(String),
+}
+
+impl Rejection {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::TooLarge(_) => "too_large",
+            Rejection::NotJson(_) => "bad_json",
+            Rejection::UnknownType(_) => "unknown_type",
+            Rejection::MissingField(_) => "missing_field",
+            Rejection::BadField { .. } => "bad_field",
+            Rejection::UnknownState(_) => "unknown_state",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::TooLarge(n) => write!(f, "message of {n} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"),
+            Rejection::NotJson(e) => write!(f, "not a JSON object: {e}"),
+            Rejection::UnknownType(t) => write!(f, "unknown type '{t}' (DEVICE_STATE)"),
+            Rejection::MissingField(field) => write!(f, "missing field '{field}'"),
+            Rejection::BadField { field, why } => write!(f, "field '{field}': {why}"),
+            Rejection::UnknownState(s) => write!(f, "unknown state '{s}' (one of {})", STATES.join(", ")),
+        }
+    }
+}
+
+/// The routing key of a message about `device`.
+pub fn routing_key(device: &str) -> String {
+    format!("device.{device}")
+}
+
+pub fn encode(s: &DeviceState) -> Vec<u8> {
+    json!({"type": "DEVICE_STATE", "device": s.device, "state": s.state, "cachable": s.cachable, "origin": s.origin, "seq": s.seq})
+        .to_string()
+        .into_bytes()
+}
+
+pub fn decode(body: &[u8]) -> Result<DeviceState, Rejection> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(Rejection::TooLarge(body.len()));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()))?;
+    let object = value.as_object().ok_or_else(|| Rejection::NotJson("the top level is not an object".into()))?;
+    let kind = string(object, "type")?;
+    if kind != "DEVICE_STATE" {
+        return Err(Rejection::UnknownType(kind.chars().take(64).collect()));
+    }
+    let device = string(object, "device")?;
+    if !valid_device(device) {
+        return Err(Rejection::BadField { field: "device", why: "1 to 200 printable characters without spaces" });
+    }
+    let name = string(object, "state")?;
+    let state = state_name(name).ok_or_else(|| Rejection::UnknownState(name.chars().take(64).collect()))?;
+    let cachable = match object.get("cachable") {
+        None | Some(Value::Null) => return Err(Rejection::MissingField("cachable")),
+        Some(v) => v.as_bool().ok_or(Rejection::BadField { field: "cachable", why: "expected true or false" })?,
+    };
+    let origin = eid(string(object, "origin")?).ok_or(Rejection::BadField { field: "origin", why: "expected an entity ID such as 02:00:00:00:00:01" })?;
+    let seq = match object.get("seq") {
+        None | Some(Value::Null) => return Err(Rejection::MissingField("seq")),
+        Some(v) => v.as_u64().ok_or(Rejection::BadField { field: "seq", why: "expected a non-negative integer" })?,
+    };
+    Ok(DeviceState { device: device.to_string(), state, cachable, origin, seq })
+}
+
+/// The state's name as Asterisk spells it, if it is one.
+pub fn state_name(name: &str) -> Option<&'static str> {
+    STATES.iter().copied().find(|s| *s == name)
+}
+
+/// An entity ID in Asterisk's form (six hex pairs joined by ':'), lower-cased: Asterisk
+/// parses either case as the same EID, so comparing the text must too.
+pub fn eid(text: &str) -> Option<String> {
+    let pairs: Vec<&str> = text.split(':').collect();
+    let ok = pairs.len() == 6 && pairs.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| text.to_ascii_lowercase())
+}
+
+pub fn valid_device(device: &str) -> bool {
+    !device.is_empty() && device.len() <= MAX_DEVICE_BYTES && device.chars().all(|c| c.is_ascii_graphic())
+}
+
+fn string<'a>(object: &'a Map<String, Value>, key: &'static str) -> Result<&'a str, Rejection> {
+    match object.get(key) {
+        None | Some(Value::Null) => Err(Rejection::MissingField(key)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(Rejection::BadField { field: key, why: "expected a string" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INUSE: &str = r#"{"type":"DEVICE_STATE","device":"PJSIP/alice","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:0A","seq":42}"#;
+
+    #[test]
+    fn decodes_the_contract_form_with_the_origin_in_lower_case() {
+        let s = decode(INUSE.as_bytes()).unwrap();
+        assert_eq!(s, DeviceState { device: "PJSIP/alice".into(), state: "INUSE", cachable: true, origin: "02:00:00:00:00:0a".into(), seq: 42 });
+        assert_eq!(decode(&encode(&s)), Ok(s));
+        assert_eq!(routing_key("Custom:agent1"), "device.Custom:agent1");
+    }
+
+    #[test]
+    fn refuses_with_a_reason_for_each_kind_of_bad_input() {
+        let long = format!(r#"{{"type":"DEVICE_STATE","device":"{}","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01","seq":1}}"#, "x".repeat(MAX_DEVICE_BYTES + 1));
+        let cases: &[(&str, &str)] = &[
+            ("{not json", "bad_json"),
+            ("[1]", "bad_json"),
+            (r#"{"type":"MWI"}"#, "unknown_type"),
+            (r#"{"device":"a"}"#, "missing_field"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"SLEEPING","cachable":true,"origin":"02:00:00:00:00:01","seq":1}"#, "unknown_state"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"inuse","cachable":true,"origin":"02:00:00:00:00:01","seq":1}"#, "unknown_state"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a b","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01","seq":1}"#, "bad_field"),
+            (r#"{"type":"DEVICE_STATE","device":"","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01","seq":1}"#, "bad_field"),
+            (&long, "bad_field"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"INUSE","cachable":1,"origin":"02:00:00:00:00:01","seq":1}"#, "bad_field"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"INUSE","origin":"02:00:00:00:00:01","seq":1}"#, "missing_field"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"INUSE","cachable":true,"origin":"node-a","seq":1}"#, "bad_field"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01:02","seq":1}"#, "bad_field"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01","seq":-1}"#, "bad_field"),
+            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01"}"#, "missing_field"),
+        ];
+        for (input, reason) in cases {
+            let e = decode(input.as_bytes()).unwrap_err();
+            assert_eq!(e.reason(), *reason, "{input}: {e}");
+        }
+        assert_eq!(decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn every_asterisk_state_name_is_known_and_nothing_else() {
+        assert!(STATES.iter().all(|s| state_name(s) == Some(*s)));
+        assert_eq!(state_name("Not in use"), None);
+        assert_eq!(eid("02:AB:00:00:00:01").as_deref(), Some("02:ab:00:00:00:01"));
+        assert_eq!(eid("2:ab:00:00:00:01"), None);
+    }
+}

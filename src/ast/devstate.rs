@@ -1,0 +1,93 @@
+//! Device state, through `asterisk-headers/devstate.c`: the subscription that hears of every
+//! state this node itself publishes (per-EID states with this node's EID: never aggregates,
+//! never states that came from other nodes), and the calls that hand other nodes' states to
+//! Asterisk under their EIDs.
+//!
+//! The subscription's callback runs on a Stasis thread, an Asterisk thread: the sink it calls
+//! must only copy and queue. Unsubscribing waits until the callback no longer runs.
+
+use std::ffi::{c_int, CStr, CString};
+use std::os::raw::c_char;
+use std::sync::{Arc, RwLock};
+
+use res_scale_core::state::book::{DeviceStates, Refused};
+use res_scale_core::state::message::DeviceState;
+
+use crate::ast::guard::guarded;
+use crate::sys;
+
+/// Receives every change of this node's own device states.
+pub trait StateSink: Send + Sync {
+    fn changed(&self, device: &str, state: &str, cachable: bool);
+}
+
+static SINK: RwLock<Option<Arc<dyn StateSink>>> = RwLock::new(None);
+
+/// Subscribes and delivers to `sink` from now on.
+pub fn subscribe(sink: Arc<dyn StateSink>) -> Result<(), String> {
+    *SINK.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    // SAFETY: subscribes a plain C function of the shim to Asterisk's device state topic.
+    if unsafe { sys::res_scale_devstate_subscribe() } != 0 {
+        unsubscribe();
+        return Err("could not subscribe to Asterisk's device state topic".into());
+    }
+    Ok(())
+}
+
+/// Ends the subscription (waiting for a callback under way), then forgets the sink.
+pub fn unsubscribe() {
+    // SAFETY: ends our subscription if there is one; joins its last callback.
+    unsafe { sys::res_scale_devstate_unsubscribe() };
+    *SINK.write().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// # Safety
+/// `p` must be NULL or a NUL-terminated string alive for the call.
+unsafe fn text(p: *const c_char) -> Option<String> {
+    // SAFETY: guaranteed by the caller.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_device_state_changed(device: *const c_char, state: *const c_char, cachable: c_int) {
+    guarded("the device state callback", (), || {
+        // SAFETY: the shim passes the message's device name and ast_devstate_str's static
+        // name, both alive for the call (or NULL).
+        let (Some(device), Some(state)) = (unsafe { text(device) }, unsafe { text(state) }) else { return };
+        let sink = SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sink) = sink {
+            sink.changed(&device, &state, cachable != 0);
+        }
+    });
+}
+
+/// What Asterisk makes of a device over every origin (what hints and DEVICE_STATE() see).
+pub fn aggregate(device: &str) -> String {
+    let Ok(device) = CString::new(device) else { return "UNKNOWN".into() };
+    // SAFETY: a live C string; the answer is one of ast_devstate_str's static names.
+    unsafe { text(sys::res_scale_devstate_aggregate(device.as_ptr())) }.unwrap_or_else(|| "UNKNOWN".into())
+}
+
+/// Asterisk's device states.
+pub struct AsteriskDeviceStates;
+
+impl DeviceStates for AsteriskDeviceStates {
+    fn apply(&mut self, s: &DeviceState) -> Result<(), Refused> {
+        let (Ok(device), Ok(state), Ok(origin)) = (CString::new(s.device.as_str()), CString::new(s.state), CString::new(s.origin.as_str())) else {
+            return Err(Refused);
+        };
+        // SAFETY: live C strings for the duration of the call.
+        let rc = unsafe { sys::res_scale_devstate_apply(device.as_ptr(), state.as_ptr(), c_int::from(s.cachable), origin.as_ptr()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Refused)
+        }
+    }
+
+    fn forget(&mut self, device: &str, origin: &str) {
+        let (Ok(device), Ok(origin)) = (CString::new(device), CString::new(origin)) else { return };
+        // SAFETY: live C strings for the duration of the call.
+        unsafe { sys::res_scale_devstate_forget(device.as_ptr(), origin.as_ptr()) };
+    }
+}

@@ -1,0 +1,179 @@
+//! Device state shared across the pool, end to end: real Asterisk 22 nodes with the module,
+//! a real RabbitMQ and Consul. A state changed on one node (`devstate change` of func_devstate's
+//! Custom: devices, or a call to a SIPp phone) is what the other nodes' DEVICE_STATE() (through
+//! ARI) and hints report; hostile messages are published straight to the exchange.
+
+use std::time::Duration;
+
+use res_scale_tests::amqp::{AmqpProbe, Received};
+use res_scale_tests::kamailio::{Register, Sipp};
+use res_scale_tests::ports::free_port;
+use res_scale_tests::{wait, Node, Pool};
+
+const EXCHANGE: &str = "res_scale.state";
+
+fn wait_bus(node: &Node) {
+    wait::until(&format!("state connected on {}", node.name), Duration::from_secs(15), Duration::from_millis(50), || {
+        node.cli("scale show states").contains("State:       connected").then_some(())
+    });
+}
+
+/// What DEVICE_STATE(<device>) says on the node: the aggregate over every origin.
+fn device_state(node: &Node, device: &str) -> String {
+    let reply = node.ari().get(&format!("/deviceStates/{}", device.replace('/', "%2F")));
+    assert_eq!(reply.status, 200, "GET /deviceStates/{device} on {}: {}", node.name, reply.body);
+    reply.json()["state"].as_str().unwrap_or("?").to_string()
+}
+
+fn wait_device_state(node: &Node, device: &str, state: &str) {
+    wait::until(&format!("{device} {state} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || {
+        (device_state(node, device) == state).then_some(())
+    });
+}
+
+/// The state `core show hint` reports for extension `exten` of context hints (e.g. InUse).
+fn hint_state(node: &Node, exten: &str) -> String {
+    let text = node.cli(&format!("core show hint {exten}"));
+    text.split("State:").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("no hint state in: {text}")).to_string()
+}
+
+fn wait_hint(node: &Node, exten: &str, state: &str) {
+    wait::until(&format!("hint {exten} {state} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || {
+        (hint_state(node, exten) == state).then_some(())
+    });
+}
+
+fn counter_line(node: &Node, label: &str) -> String {
+    let text = node.cli("scale show states");
+    text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}")).to_string()
+}
+
+fn state_message(device: &str, state: &str, origin: &str, seq: u64) -> Vec<u8> {
+    format!(r#"{{"type":"DEVICE_STATE","device":"{device}","state":"{state}","cachable":true,"origin":"{origin}","seq":{seq}}}"#).into_bytes()
+}
+
+/// The messages about `device`, as (origin, state).
+fn about(messages: &[Received], device: &str) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .filter(|m| m.json["device"] == device)
+        .map(|m| (m.json["origin"].as_str().unwrap_or("?").to_string(), m.json["state"].as_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+#[test]
+fn a_state_changed_on_one_node_is_what_every_node_sees_and_it_is_published_once() {
+    let pool = Pool::builder().nodes(3).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.bind_queue_to_existing("watch", EXCHANGE, "device.#");
+    let (a, others) = (pool.node(0), [pool.node(1), pool.node(2)]);
+
+    a.cli("devstate change Custom:agent1 INUSE");
+    for node in others {
+        wait_device_state(node, "Custom:agent1", "INUSE");
+        wait_hint(node, "agent1", "InUse");
+        let shown = node.cli("scale show states Custom:agent1");
+        assert!(shown.contains(&format!("{}=INUSE", a.eid)), "{shown}");
+    }
+    a.cli("devstate change Custom:agent1 NOT_INUSE");
+    for node in others {
+        wait_device_state(node, "Custom:agent1", "NOT_INUSE");
+        wait_hint(node, "agent1", "Idle");
+    }
+
+    // Each change went out once, from the node it happened on: the others applied it under
+    // that node's EID and never sent it on.
+    let messages = probe.drain("watch", 2, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let late = probe.drain("watch", 0, Duration::ZERO);
+    let all: Vec<Received> = messages.into_iter().chain(late).collect();
+    let expected = vec![(a.eid.clone(), "INUSE".to_string()), (a.eid.clone(), "NOT_INUSE".to_string())];
+    assert_eq!(about(&all, "Custom:agent1"), expected, "{:#?}", all.iter().map(|m| &m.body).collect::<Vec<_>>());
+    let status = others[0].cli("scale show status");
+    let line = status.lines().find(|l| l.trim_start().starts_with("state ")).unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains("connected") && line.contains("applied=2"), "{line}");
+}
+
+#[test]
+fn hostile_messages_are_counted_and_refused_and_the_next_valid_one_applies() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let b = pool.node(1);
+    let key = "device.Custom:agent9";
+    let stranger = "02:00:00:00:00:99";
+
+    probe.publish(EXCHANGE, key, b"{not json");
+    probe.publish(EXCHANGE, key, &state_message("Custom:agent9", "SLEEPING", stranger, 1));
+    probe.publish(EXCHANGE, key, &state_message(&format!("Custom:{}", "x".repeat(10_000)), "INUSE", stranger, 2));
+    // This node's own EID, in capitals: Asterisk would take it for the local state.
+    probe.publish(EXCHANGE, key, &state_message("Custom:agent9", "BUSY", &b.eid.to_uppercase(), 3));
+    let mut huge = state_message("Custom:agent9", "BUSY", stranger, 4);
+    huge.resize(1024 * 1024, b' ');
+    probe.publish(EXCHANGE, key, &huge);
+
+    wait::until("the four refusals counted", Duration::from_secs(5), Duration::from_millis(50), || {
+        counter_line(b, "Rejected:").contains("4 (").then_some(())
+    });
+    assert_eq!(counter_line(b, "Rejected:").trim(), "Rejected:    4 (too_large=1 bad_json=1 bad_field=1 unknown_state=1)");
+    // The spoofed message came before the last refused one: it was handled too.
+    assert_ne!(device_state(b, "Custom:agent9"), "BUSY", "no refused or spoofed state was applied");
+    assert!(counter_line(b, "Ignored:").contains("1 own"), "{}", counter_line(b, "Ignored:"));
+    assert!(b.cli("core show uptime").contains("System uptime"), "Asterisk still answers");
+
+    probe.publish(EXCHANGE, key, &state_message("Custom:agent9", "INUSE", stranger, 5));
+    wait_device_state(b, "Custom:agent9", "INUSE");
+    // An older one (seq 4 < 5) changes nothing.
+    probe.publish(EXCHANGE, key, &state_message("Custom:agent9", "NOT_INUSE", stranger, 4));
+    wait::until("the old message ignored", Duration::from_secs(5), Duration::from_millis(50), || {
+        counter_line(b, "Ignored:").contains("1 duplicate/old").then_some(())
+    });
+    assert_eq!(device_state(b, "Custom:agent9"), "INUSE");
+}
+
+#[test]
+fn unloading_the_module_takes_back_what_it_learned_and_hints_follow() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let (a, b) = (pool.node(0), pool.node(1));
+    a.cli("devstate change Custom:agent1 INUSE");
+    wait_hint(b, "agent1", "InUse");
+
+    b.cli("module unload res_scale.so");
+    // Custom:agent1 has no state of node2's own: taking node1's back leaves nothing to
+    // aggregate, so unless the module has Asterisk work it out again the hint stays InUse.
+    wait_hint(b, "agent1", "Idle");
+    assert_ne!(device_state(b, "Custom:agent1"), "INUSE");
+
+    b.cli("module load res_scale.so");
+    wait_bus(b);
+    a.cli("devstate change Custom:agent1 BUSY");
+    wait_hint(b, "agent1", "Busy");
+}
+
+#[test]
+fn a_call_on_one_node_makes_the_phone_busy_on_the_others_until_it_hangs_up() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let (a, b) = (pool.node(0), pool.node(1));
+    let dir = pool.dir.join("sipp");
+    let port = free_port();
+    let phone = Register { user: "dave".into(), call_id: "dave-state".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: port };
+    phone.send(&dir, a.sip_port).expect("dave registers with node1");
+    wait_hint(b, "dave", "Idle");
+
+    let uas = Sipp::spawn(&dir, "uas-dave", &["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"].map(String::from));
+    let reply = a.ari().post("/channels?endpoint=PJSIP/dave&context=from-sip&extension=101&priority=1&timeout=10");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    wait::until("the call up on node1", Duration::from_secs(8), Duration::from_millis(50), || (a.ari().get(&format!("/channels/{id}")).json()["state"] == "Up").then_some(()));
+    // node2 has no call: what it reports is node1's state of the phone.
+    wait_hint(b, "dave", "InUse");
+    assert_eq!(device_state(b, "PJSIP/dave"), "INUSE");
+
+    assert_eq!(a.ari().delete(&format!("/channels/{id}")).status, 204);
+    uas.wait(Duration::from_secs(10)).expect("the phone saw the call end");
+    wait_hint(b, "dave", "Idle");
+    assert_eq!(device_state(b, "PJSIP/dave"), "NOT_INUSE");
+}

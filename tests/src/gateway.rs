@@ -17,10 +17,11 @@ use crate::Pool;
 pub const CLIENT_USER: &str = "app";
 pub const CLIENT_PASSWORD: &str = "app-secret";
 
-/// The binary under test: `SCALE_GATEWAY_BIN`, else the workspace's release build.
+/// The binary under test: `RES_SCALE_GATEWAY`, else the workspace's release build. (Not a
+/// `SCALE_GATEWAY_*` name: the gateway reads those as its own configuration.)
 pub fn binary() -> PathBuf {
-    let path = std::env::var("SCALE_GATEWAY_BIN").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/scale-gateway"));
-    assert!(path.is_file(), "gateway under test {} not found: run `make test` (it builds it), or set SCALE_GATEWAY_BIN", path.display());
+    let path = std::env::var("RES_SCALE_GATEWAY").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/scale-gateway"));
+    assert!(path.is_file(), "gateway under test {} not found: run `make test` (it builds it), or set RES_SCALE_GATEWAY", path.display());
     path
 }
 

@@ -59,7 +59,7 @@ fn main() {
         .allowlist_function("ast_log|ast_cli|__ast_cli_register_multiple|ast_cli_unregister_multiple")
         .allowlist_function("ast_config_destroy|ast_category_browse_filtered|ast_category_first|ast_category_get_name")
         .allowlist_function("ast_eid_to_str|ast_get_version|ast_debug_get_by_module")
-        .allowlist_function("stasis_app_register|stasis_app_unregister")
+        .allowlist_function("stasis_app_register|stasis_app_unregister|stasis_app_is_registered")
         .allowlist_function("ast_json_typeof|ast_json_object_iter|ast_json_object_iter_next|ast_json_object_iter_key|ast_json_object_iter_value")
         .allowlist_function("ast_json_object_get|ast_json_string_get|ast_json_integer_get|ast_json_real_get|ast_json_array_size|ast_json_array_get")
         // Only the test-hooks build injects events (scale test events).

@@ -5,7 +5,8 @@
 //! An ARI client (a WebSocket, say) can register an application of the same name after us.
 //! res_stasis then replaces our handler, and tells us with an `ApplicationReplaced` event only
 //! because our registration carries data (a token). From then on the application is the
-//! client's: we never unregister it, which would deactivate the client's handler.
+//! client's: we never unregister it, which would deactivate the client's handler. Once the
+//! client lets it go (res_stasis unregisters it with the client's socket), we take it back.
 
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
@@ -136,6 +137,18 @@ impl StasisApps for AsteriskStasis {
         // Ours again (re-registering our own app replaces our previous handler, too).
         replaced().remove(name);
         Ok(())
+    }
+
+    fn reclaim(&self, name: &str) -> bool {
+        if !replaced().contains(name) {
+            return false;
+        }
+        let Ok(c_name) = CString::new(name) else { return false };
+        // SAFETY: valid C string; a lookup in res_stasis's registry, under its lock.
+        if unsafe { sys::stasis_app_is_registered(c_name.as_ptr()) } != 0 {
+            return false;
+        }
+        self.register(name).is_ok()
     }
 
     fn unregister(&self, name: &str) {

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use res_scale_tests::ari_app::AriApp;
+use res_scale_tests::node::{ARI_PASSWORD, ARI_USER};
 use res_scale_tests::{wait, Node, Pool};
 use serde_json::Value;
 
@@ -269,4 +271,25 @@ fn an_acl_token_is_used_and_a_wrong_one_is_reported() {
     assert!(!status.contains("not-a-token"), "the token is never shown: {status}");
     node.wait_logged("Consul refused the token");
     assert!(ari_apps(node).contains(&"acl-app".to_string()), "apps stay registered");
+}
+
+#[test]
+fn an_app_an_ari_client_took_over_and_left_is_registered_again() {
+    let pool = Pool::builder().nodes(1).with_consul().start();
+    let node = &pool.nodes[0];
+    wait_registered(&pool, Duration::from_secs(5));
+    pool.consul.as_ref().unwrap().put_kv("res_scale/apps/conf", "{\"name\":\"conf\"}");
+    wait::until("conf on the node", Duration::from_secs(5), Duration::from_millis(50), || ari_apps(node).contains(&"conf".to_string()).then_some(()));
+
+    // A client of the node's own ARI takes the app (newest wins, as ARI has it) for 5 s...
+    let base = format!("http://127.0.0.1:{}", node.http_port);
+    let client = AriApp::start("ws_events.py", &[&base, "conf", ARI_USER, ARI_PASSWORD, "--idle", "5"]);
+    client.expect("the client connected", Duration::from_secs(10), |l| l["ready"] == true);
+    node.wait_logged("was taken over by another client");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!node.log().contains("registered again for res_scale"), "res_scale must not take the app back from a live client");
+    // ... then leaves: res_stasis unregisters the app with its socket, and res_scale takes it back.
+    client.expect("the client left", Duration::from_secs(15), |l| l.get("summary").is_some());
+    node.wait_logged("'conf' was let go by the client that took it over; registered again for res_scale");
+    wait::until("conf on the node again", Duration::from_secs(5), Duration::from_millis(50), || ari_apps(node).contains(&"conf".to_string()).then_some(()));
 }

@@ -24,7 +24,13 @@ const WATCH_WAIT: Duration = Duration::from_secs(60);
 pub trait StasisApps: Send + Sync + 'static {
     fn register(&self, name: &str) -> Result<(), String>;
     fn unregister(&self, name: &str);
+    /// Registers `name` again when an ARI client took it over and has let it go since
+    /// (res_stasis unregisters an app with its client's socket); whether it did.
+    fn reclaim(&self, name: &str) -> bool;
 }
+
+/// How often the applications a client took over are looked at again.
+const RECLAIM_EVERY: Duration = Duration::from_secs(2);
 
 /// Events seen per application; the Stasis callback bumps these without taking a lock that
 /// anything slow holds. Each count is also the event's place in its application's sequence.
@@ -114,7 +120,14 @@ pub struct AppsWatcher<C, S> {
 }
 
 impl<C: ConsulApi, S: StasisApps> AppsWatcher<C, S> {
+    /// Follows the KV prefix until shutdown, and meanwhile takes back the applications that a
+    /// client took over and left.
     pub async fn run(self, shutdown: CancellationToken) {
+        let reclaim = reclaim_left_apps(self.table.clone(), self.stasis.clone(), shutdown.clone());
+        tokio::join!(self.watch(shutdown), reclaim);
+    }
+
+    async fn watch(&self, shutdown: CancellationToken) {
         let mut log = StateLog::new("consul apps");
         let mut index = 0;
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -177,6 +190,32 @@ impl<C: ConsulApi, S: StasisApps> AppsWatcher<C, S> {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AppsTable> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every [`RECLAIM_EVERY`], each of our applications that a client took over and left is
+/// registered again: without this the node would lack it until its Consul key changed.
+async fn reclaim_left_apps<S: StasisApps>(table: Arc<Mutex<AppsTable>>, stasis: Arc<S>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RECLAIM_EVERY) => {}
+        }
+        let (table, stasis) = (table.clone(), stasis.clone());
+        let _ = tokio::task::spawn_blocking(move || reclaim(&table, stasis.as_ref())).await;
+    }
+}
+
+/// Under the table lock, as [`apply`], so that an unload in progress never races it.
+pub fn reclaim(table: &Mutex<AppsTable>, stasis: &dyn StasisApps) {
+    let t = table.lock().unwrap_or_else(|e| e.into_inner());
+    if t.closed {
+        return;
+    }
+    for name in t.apps.keys() {
+        if stasis.reclaim(name) {
+            tracing::warn!("consul apps: Stasis application '{name}' was let go by the client that took it over; registered again for res_scale");
+        }
     }
 }
 
@@ -247,10 +286,29 @@ mod tests {
         fn unregister(&self, name: &str) {
             self.calls.lock().unwrap().push(format!("-{name}"));
         }
+        fn reclaim(&self, name: &str) -> bool {
+            self.calls.lock().unwrap().push(format!("?{name}"));
+            false
+        }
     }
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_app_is_looked_at_for_reclaiming_until_unload() {
+        let stasis = FakeStasis::default();
+        let table = Mutex::new(AppsTable::default());
+        let counters = EventCounters::default();
+        apply(&table, &stasis, &counters, &set(&["a", "b"]));
+        stasis.calls.lock().unwrap().clear();
+        reclaim(&table, &stasis);
+        assert_eq!(*stasis.calls.lock().unwrap(), ["?a", "?b"]);
+        close(&table, &stasis, &counters);
+        stasis.calls.lock().unwrap().clear();
+        reclaim(&table, &stasis);
+        assert!(stasis.calls.lock().unwrap().is_empty(), "nothing is taken back after unload");
     }
 
     #[test]

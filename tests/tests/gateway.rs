@@ -241,7 +241,9 @@ fn a_slow_socket_gets_every_event_or_an_exact_loss_count_and_slows_no_other_app(
     let pool = Pool::builder().nodes(1).with_consul().with_rabbitmq().res_scale_conf(conf).start();
     let gw = Gateway::start(&pool, "gw-a", &[("SCALE_GATEWAY_AMQP_QUEUE_MAX_LENGTH", "5000")]);
     gw.wait_healthy(1);
-    let slow = AriApp::start("ws_events.py", &[&gw.url(), "slow-app", CLIENT_USER, CLIENT_PASSWORD, "--expect", "50000", "--idle", "30", "--slow", "50:5", "--report-gaps"]);
+    // At most 2,500 frames/s: slower than the node publishes even on a busy machine (at 10,000/s
+    // a burst slowed by other processes' builds fitted into the queue, and nothing was lost).
+    let slow = AriApp::start("ws_events.py", &[&gw.url(), "slow-app", CLIENT_USER, CLIENT_PASSWORD, "--expect", "50000", "--idle", "30", "--slow", "50:20", "--report-gaps"]);
     let fast = AriApp::start("ws_events.py", &[&gw.url(), "fast-app", CLIENT_USER, CLIENT_PASSWORD, "--expect", "2000", "--idle", "30"]);
     slow.expect("ready", SECONDS_20, |l| l["ready"] == true);
     fast.expect("ready", SECONDS_20, |l| l["ready"] == true);

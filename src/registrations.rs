@@ -31,7 +31,7 @@ use res_scale_core::registrations::message::{self, routing_key, Contact, MAX_MES
 use tokio::sync::mpsc;
 
 use crate::ast::contacts::{self, AsteriskLocation, ContactSink};
-use crate::tasks::Tasks;
+use crate::tasks::{Applying, Tasks};
 
 /// Messages waiting to be published (this node's phones, SYNC replies).
 const OUTBOX: usize = 10_000;
@@ -82,12 +82,6 @@ pub struct Registrations {
     stopping: Arc<AtomicBool>,
     applier: Option<Applying>,
     tasks: Tasks,
-}
-
-/// The applier thread, and the channel that disconnects when it ends.
-struct Applying {
-    thread: std::thread::JoinHandle<()>,
-    ended: std::sync::mpsc::Receiver<()>,
 }
 
 /// Contacts without endpoint whose change the observer reported, latest report per contact:
@@ -216,15 +210,8 @@ impl Registrations {
         // Wakes an idle applier; a busy one (inbox full) sees `stopping` after the message at
         // hand.
         let _ = self.inbox.try_send(Input::Stop);
-        let Some(applier) = self.applier.take() else { return };
-        let limit = STOP_TIMEOUT + CLEAR_TIME;
-        match applier.ended.recv_timeout(limit) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                tracing::warn!("registrations: the registrations thread was still busy after {limit:?}; left to finish on its own");
-            }
-            _ => {
-                let _ = applier.thread.join();
-            }
+        if let Some(applier) = self.applier.take() {
+            applier.join(STOP_TIMEOUT + CLEAR_TIME, "registrations");
         }
     }
 }

@@ -28,7 +28,7 @@ use res_scale_core::state::message::{self, routing_key};
 use tokio::sync::mpsc;
 
 use crate::ast::devstate::{self, AsteriskDeviceStates, StateSink};
-use crate::tasks::Tasks;
+use crate::tasks::{Applying, Tasks};
 
 /// Changes waiting to be published.
 const OUTBOX: usize = 10_000;
@@ -67,12 +67,6 @@ pub struct States {
     stopping: Arc<AtomicBool>,
     applier: Option<Applying>,
     tasks: Tasks,
-}
-
-/// The applier thread, and the channel that disconnects when it ends.
-struct Applying {
-    thread: std::thread::JoinHandle<()>,
-    ended: std::sync::mpsc::Receiver<()>,
 }
 
 /// Where the subscription delivers this node's changes.
@@ -118,7 +112,7 @@ impl States {
         let applying = Applying { thread, ended };
         if let Err(e) = devstate::subscribe(Arc::new(LocalSink { local: local.clone(), outbox, counters: counters.clone() })) {
             let _ = inbox.try_send(Input::Stop);
-            applying.join();
+            applying.join(STOP_TIMEOUT + CLEAR_TIME, "state");
             return Err(e);
         }
 
@@ -152,22 +146,7 @@ impl States {
         // Wakes an idle applier; a busy one sees `stopping` after the message at hand.
         let _ = self.inbox.try_send(Input::Stop);
         if let Some(applier) = self.applier.take() {
-            applier.join();
-        }
-    }
-}
-
-impl Applying {
-    /// Waits a bounded time for the thread to end.
-    fn join(self) {
-        let limit = STOP_TIMEOUT + CLEAR_TIME;
-        match self.ended.recv_timeout(limit) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                tracing::warn!("state: the state thread was still busy after {limit:?}; left to finish on its own");
-            }
-            _ => {
-                let _ = self.thread.join();
-            }
+            applier.join(STOP_TIMEOUT + CLEAR_TIME, "state");
         }
     }
 }

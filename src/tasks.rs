@@ -1,5 +1,6 @@
 //! The background tasks of one subsystem (Consul, AMQP): spawned on the module's runtime with a
-//! shared shutdown token, and stopped together with a bounded wait.
+//! shared shutdown token, and stopped together with a bounded wait; and the thread a subsystem
+//! applies its messages on (registrations, device state), joined with a bounded wait too.
 
 use std::future::Future;
 use std::time::Duration;
@@ -33,6 +34,26 @@ impl Tasks {
         // The timer must be created inside the runtime, hence the async block.
         if runtime.block_on(async { tokio::time::timeout(within, self.tracker.wait()).await }).is_err() {
             tracing::warn!("{what}: tasks did not stop within {within:?}");
+        }
+    }
+}
+
+/// A subsystem's applier thread, and the channel that disconnects when it ends.
+pub struct Applying {
+    pub thread: std::thread::JoinHandle<()>,
+    pub ended: std::sync::mpsc::Receiver<()>,
+}
+
+impl Applying {
+    /// Waits at most `limit` for the thread to end; `what` names the subsystem in the warning.
+    pub fn join(self, limit: Duration, what: &str) {
+        match self.ended.recv_timeout(limit) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!("{what}: the {what} thread was still busy after {limit:?}; left to finish on its own");
+            }
+            _ => {
+                let _ = self.thread.join();
+            }
         }
     }
 }

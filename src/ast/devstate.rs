@@ -19,6 +19,8 @@ use crate::sys;
 /// Receives every change of this node's own device states.
 pub trait StateSink: Send + Sync {
     fn changed(&self, device: &str, state: &str, cachable: bool);
+    /// A state this node holds, as [`report_local`] finds it.
+    fn held(&self, device: &str, state: &str, cachable: bool);
 }
 
 static SINK: RwLock<Option<Arc<dyn StateSink>>> = RwLock::new(None);
@@ -48,17 +50,37 @@ unsafe fn text(p: *const c_char) -> Option<String> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-#[no_mangle]
-extern "C" fn rs_scale_device_state_changed(device: *const c_char, state: *const c_char, cachable: c_int) {
-    guarded("the device state callback", (), || {
-        // SAFETY: the shim passes the message's device name and ast_devstate_str's static
-        // name, both alive for the call (or NULL).
+/// Hands every state of this node's own that Asterisk holds to the sink's `held` (states set
+/// before the module was loaded are known to nobody else yet).
+pub fn report_local() {
+    // SAFETY: walks Asterisk's device state cache; calls rs_scale_device_state_held.
+    unsafe { sys::res_scale_devstate_report_local() };
+}
+
+/// # Safety
+/// `device` and `state` must be NULL or NUL-terminated strings alive for the call.
+unsafe fn to_sink(what: &str, device: *const c_char, state: *const c_char, deliver: impl FnOnce(&dyn StateSink, &str, &str)) {
+    guarded(what, (), || {
+        // SAFETY: guaranteed by the caller.
         let (Some(device), Some(state)) = (unsafe { text(device) }, unsafe { text(state) }) else { return };
         let sink = SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(sink) = sink {
-            sink.changed(&device, &state, cachable != 0);
+            deliver(&*sink, &device, &state);
         }
     });
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_device_state_changed(device: *const c_char, state: *const c_char, cachable: c_int) {
+    // SAFETY: the shim passes the message's device name and ast_devstate_str's static name,
+    // both alive for the call (or NULL).
+    unsafe { to_sink("the device state callback", device, state, |sink, d, s| sink.changed(d, s, cachable != 0)) };
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_device_state_held(device: *const c_char, state: *const c_char, cachable: c_int) {
+    // SAFETY: as above, from the cached message being reported.
+    unsafe { to_sink("the device state report", device, state, |sink, d, s| sink.held(d, s, cachable != 0)) };
 }
 
 /// What Asterisk makes of a device over every origin (what hints and DEVICE_STATE() see).

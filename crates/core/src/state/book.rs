@@ -6,14 +6,15 @@
 //! - per (origin, device), only a message newer than the last one applied counts;
 //! - devices this node does not share (`[state] devices`) are left alone;
 //! - bad input is refused with a reason, counted, logged (rate-limited), and the next message
-//!   still applies.
+//!   still applies;
+//! - when a node leaves the pool, everything it said is taken back.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::devices::DevicePatterns;
-use super::message::{self, DeviceState};
+use super::message::{self, DeviceState, Message, Update};
 use crate::rate_log::RateLimitedLog;
 use crate::reasons::ByReason;
 
@@ -34,6 +35,14 @@ pub trait DeviceStates {
 /// The reasons a message is rejected, each with its counter.
 pub const REASONS: [&str; 8] = ["too_large", "bad_json", "unknown_type", "missing_field", "bad_field", "unknown_state", "too_many", "refused"];
 
+/// What [`StateBook::handle`] leaves to its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Applied,
+    /// Another node asks for this node's own states.
+    SyncRequest { origin: String },
+}
+
 /// (device, origin) pairs kept at most: every one is also an entry in Asterisk's cache, and
 /// a publisher that makes up device names must not fill the node's memory.
 pub const MAX_REMOTE: usize = 50_000;
@@ -52,6 +61,12 @@ pub struct Counters {
     pub ignored_stale: AtomicU64,
     /// Devices this node does not share.
     pub ignored_not_shared: AtomicU64,
+    /// SYNC requests of other nodes answered.
+    pub sync_answered: AtomicU64,
+    /// SYNC requests this node sent (after a (re)connect, or when a node came back).
+    pub sync_requested: AtomicU64,
+    /// States taken back because the node they came from left the pool.
+    pub cleared_lost: AtomicU64,
     pub rejected: ByReason<{ REASONS.len() }>,
 }
 
@@ -64,6 +79,9 @@ impl Default for Counters {
             ignored_own: AtomicU64::new(0),
             ignored_stale: AtomicU64::new(0),
             ignored_not_shared: AtomicU64::new(0),
+            sync_answered: AtomicU64::new(0),
+            sync_requested: AtomicU64::new(0),
+            cleared_lost: AtomicU64::new(0),
             rejected: ByReason::new(REASONS),
         }
     }
@@ -109,15 +127,30 @@ impl StateBook {
         &self.remote
     }
 
-    /// Decodes one message body and applies it.
-    pub fn handle(&mut self, body: &[u8], target: &mut impl DeviceStates, counters: &Counters) {
+    /// Decodes one message body and applies what it says; a SYNC request is the caller's to
+    /// answer (it knows where the reply goes).
+    pub fn handle(&mut self, body: &[u8], target: &mut impl DeviceStates, counters: &Counters) -> Handled {
         match message::decode(body) {
-            Ok(state) => self.apply(state, target, counters),
-            Err(rejection) => {
-                let reason = rejection.reason();
-                self.refuse(counters, reason, || format!("message refused ({reason}): {rejection}"));
+            Ok(Message::Update(update)) => self.apply(update, target, counters),
+            Ok(Message::Batch { items, .. }) => {
+                for item in items {
+                    match item {
+                        Ok(update) => self.apply(update, target, counters),
+                        Err(rejection) => self.rejected(counters, &rejection),
+                    }
+                }
             }
+            // Its own request comes back to the asker too.
+            Ok(Message::SyncRequest { origin }) if origin == self.origin => {}
+            Ok(Message::SyncRequest { origin }) => return Handled::SyncRequest { origin },
+            Err(rejection) => self.rejected(counters, &rejection),
         }
+        Handled::Applied
+    }
+
+    fn rejected(&mut self, counters: &Counters, rejection: &message::Rejection) {
+        let reason = rejection.reason();
+        self.refuse(counters, reason, || format!("message refused ({reason}): {rejection}"));
     }
 
     fn refuse(&mut self, counters: &Counters, reason: &'static str, text: impl FnOnce() -> String) {
@@ -125,7 +158,13 @@ impl StateBook {
         self.log.warn(reason, text);
     }
 
-    fn apply(&mut self, state: DeviceState, target: &mut impl DeviceStates, counters: &Counters) {
+    fn apply(&mut self, update: Update, target: &mut impl DeviceStates, counters: &Counters) {
+        match update {
+            Update::Device(state) => self.apply_device(state, target, counters),
+        }
+    }
+
+    fn apply_device(&mut self, state: DeviceState, target: &mut impl DeviceStates, counters: &Counters) {
         if state.origin == self.origin {
             return Counters::count(&counters.ignored_own);
         }
@@ -149,6 +188,22 @@ impl StateBook {
         if self.remote.entry(state.device).or_default().insert(state.origin, remote).is_none() {
             self.count += 1;
         }
+    }
+
+    /// Takes back every state that `origin` (a node that left the pool) said; returns how many.
+    /// Its seq numbers go too: a restarted node starts from a new clock anyway.
+    pub fn forget_origin(&mut self, origin: &str, target: &mut impl DeviceStates, counters: &Counters) -> usize {
+        let mut cleared = 0;
+        self.remote.retain(|device, origins| {
+            if origins.remove(origin).is_some() {
+                target.forget(device, origin);
+                cleared += 1;
+            }
+            !origins.is_empty()
+        });
+        self.count -= cleared;
+        counters.cleared_lost.fetch_add(cleared as u64, Ordering::Relaxed);
+        cleared
     }
 
     /// Takes back every state learned from others (at unload: nothing would keep them right),
@@ -267,6 +322,35 @@ mod tests {
         assert_eq!(c.rejected.get("too_many"), 1);
         book.handle(&msg("Custom:d0", "NOT_INUSE", A, 2), &mut ast, &c);
         assert_eq!(Counters::get(&c.applied), MAX_REMOTE as u64 + 1, "known ones still change");
+    }
+
+    #[test]
+    fn batches_apply_item_by_item_and_sync_requests_go_to_the_caller() {
+        let (mut book, mut ast, c) = setup("");
+        let batch = format!(
+            r#"{{"type":"STATE_BATCH","origin":"{A}","states":[{},{{"type":"DEVICE_STATE"}},{}]}}"#,
+            String::from_utf8(msg("Custom:agent1", "INUSE", A, 1)).unwrap(),
+            String::from_utf8(msg("Custom:agent2", "BUSY", A, 2)).unwrap()
+        );
+        assert_eq!(book.handle(batch.as_bytes(), &mut ast, &c), Handled::Applied);
+        assert_eq!((ast.slots.len(), c.rejected.by_reason()), (2, "missing_field=1".to_string()));
+        let ask = |origin: &str| format!(r#"{{"type":"STATE_SYNC","origin":"{origin}"}}"#).into_bytes();
+        assert_eq!(book.handle(&ask(B), &mut ast, &c), Handled::SyncRequest { origin: B.into() });
+        assert_eq!(book.handle(&ask(ME), &mut ast, &c), Handled::Applied, "its own request, back from the exchange");
+    }
+
+    #[test]
+    fn a_lost_nodes_states_are_taken_back_and_only_its_own() {
+        let (mut book, mut ast, c) = setup("");
+        book.handle(&msg("Custom:agent1", "INUSE", A, 1), &mut ast, &c);
+        book.handle(&msg("Custom:agent1", "NOT_INUSE", B, 1), &mut ast, &c);
+        book.handle(&msg("PJSIP/alice", "INUSE", A, 2), &mut ast, &c);
+        assert_eq!(book.forget_origin(A, &mut ast, &c), 2);
+        assert_eq!(ast.slots.keys().cloned().collect::<Vec<_>>(), [("Custom:agent1".to_string(), B.to_string())]);
+        assert_eq!(book.remote().len(), 1, "devices without any origin left are forgotten");
+        assert_eq!(Counters::get(&c.cleared_lost), 2);
+        book.handle(&msg("PJSIP/alice", "INUSE", A, 1), &mut ast, &c);
+        assert_eq!(ast.slots.len(), 2, "back with a seq from before: it counts again");
     }
 
     #[test]

@@ -90,6 +90,10 @@ int res_scale_contact_observe(int on);
 /* Calls rs_scale_contact_changed(RES_SCALE_CONTACT_EXISTS, ..) for every contact there is. */
 void res_scale_contact_report_all(void);
 
+/* Tasks queued for sorcery's contact observers (res_pjsip's and ours), or -1 before the first
+ * contact was created while observing (the queue is found from inside an observer call). */
+long res_scale_contact_backlog(void);
+
 /* Device state (devstate.c). States are Asterisk's parseable names (ast_devstate_str), origins
  * entity IDs as text. */
 

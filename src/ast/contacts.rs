@@ -16,7 +16,7 @@
 //! there within milliseconds, so every change waits while more than [`MAX_BACKLOG`] tasks are
 //! queued there.
 
-use std::ffi::{c_int, c_void, CStr, CString};
+use std::ffi::{c_int, c_long, c_void, CStr, CString};
 use std::os::raw::c_char;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -42,15 +42,15 @@ static GATE: Gate = Gate::new();
 
 /// Tasks queued for sorcery's contact observers at most before the next change waits: two
 /// thirds of the serializer's high-water mark, which leaves room for the registrar's changes.
-pub const MAX_BACKLOG: i64 = 1_000;
+pub const MAX_BACKLOG: c_long = 1_000;
 /// How long one change waits for the queue at most: a serializer that does not move is
 /// Asterisk's trouble, and applying stalls no longer than this per change.
 const MAX_PAUSE: Duration = Duration::from_millis(500);
 static PACE_LOG: Mutex<Option<RateLimitedLog>> = Mutex::new(None);
 
-fn backlog() -> i64 {
+fn backlog() -> c_long {
     // SAFETY: reads the size of the queue the shim holds a reference to, under its lock.
-    i64::from(unsafe { sys::res_scale_contact_backlog() })
+    unsafe { sys::res_scale_contact_backlog() }
 }
 
 /// Waits until the observers' queue has room for one more change (see the module's doc).

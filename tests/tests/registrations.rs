@@ -32,9 +32,7 @@ fn withdraw(aor: &str, uri: &str, origin: &str, seq: u64) -> Vec<u8> {
 }
 
 fn wait_bus(node: &Node) {
-    wait::until(&format!("registrations connected on {}", node.name), Duration::from_secs(15), Duration::from_millis(50), || {
-        node.cli("scale show registrations").contains("State:       connected").then_some(())
-    });
+    node.wait_connected("registrations");
 }
 
 /// Whether `pjsip show aor <aor>` on the node lists a contact with this URI.

@@ -12,12 +12,6 @@ use res_scale_tests::{wait, Node, Pool};
 
 const EXCHANGE: &str = "res_scale.state";
 
-fn wait_bus(node: &Node) {
-    wait::until(&format!("state connected on {}", node.name), Duration::from_secs(15), Duration::from_millis(50), || {
-        node.cli("scale show states").contains("State:       connected").then_some(())
-    });
-}
-
 /// What DEVICE_STATE(<device>) says on the node: the aggregate over every origin.
 fn device_state(node: &Node, device: &str) -> String {
     let reply = node.ari().get(&format!("/deviceStates/{}", device.replace('/', "%2F")));
@@ -28,18 +22,6 @@ fn device_state(node: &Node, device: &str) -> String {
 fn wait_device_state(node: &Node, device: &str, state: &str) {
     wait::until(&format!("{device} {state} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || {
         (device_state(node, device) == state).then_some(())
-    });
-}
-
-/// The state `core show hint` reports for extension `exten` of context hints (e.g. InUse).
-fn hint_state(node: &Node, exten: &str) -> String {
-    let text = node.cli(&format!("core show hint {exten}"));
-    text.split("State:").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("no hint state in: {text}")).to_string()
-}
-
-fn wait_hint(node: &Node, exten: &str, state: &str) {
-    wait::until(&format!("hint {exten} {state} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || {
-        (hint_state(node, exten) == state).then_some(())
     });
 }
 
@@ -64,7 +46,7 @@ fn about(messages: &[Received], device: &str) -> Vec<(String, String)> {
 #[test]
 fn a_state_changed_on_one_node_is_what_every_node_sees_and_it_is_published_once() {
     let pool = Pool::builder().nodes(3).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
     probe.bind_queue_to_existing("watch", EXCHANGE, "device.#");
     let (a, others) = (pool.node(0), [pool.node(1), pool.node(2)]);
@@ -72,14 +54,14 @@ fn a_state_changed_on_one_node_is_what_every_node_sees_and_it_is_published_once(
     a.cli("devstate change Custom:agent1 INUSE");
     for node in others {
         wait_device_state(node, "Custom:agent1", "INUSE");
-        wait_hint(node, "agent1", "InUse");
+        node.wait_hint("agent1", "InUse");
         let shown = node.cli("scale show states Custom:agent1");
         assert!(shown.contains(&format!("{}=INUSE", a.eid)), "{shown}");
     }
     a.cli("devstate change Custom:agent1 NOT_INUSE");
     for node in others {
         wait_device_state(node, "Custom:agent1", "NOT_INUSE");
-        wait_hint(node, "agent1", "Idle");
+        node.wait_hint("agent1", "Idle");
     }
 
     // Each change went out once, from the node it happened on: the others applied it under
@@ -116,7 +98,7 @@ fn own_ignored(node: &Node) -> u64 {
 #[test]
 fn hostile_messages_are_counted_and_refused_and_the_next_valid_one_applies() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
     let b = pool.node(1);
     let key = "device.Custom:agent9";
@@ -155,33 +137,33 @@ fn hostile_messages_are_counted_and_refused_and_the_next_valid_one_applies() {
 #[test]
 fn unloading_the_module_takes_back_what_it_learned_and_hints_follow() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let (a, b) = (pool.node(0), pool.node(1));
     a.cli("devstate change Custom:agent1 INUSE");
-    wait_hint(b, "agent1", "InUse");
+    b.wait_hint("agent1", "InUse");
 
     b.cli("module unload res_scale.so");
     // Custom:agent1 has no state of node2's own: taking node1's back leaves nothing to
     // aggregate, so unless the module has Asterisk work it out again the hint stays InUse.
-    wait_hint(b, "agent1", "Idle");
+    b.wait_hint("agent1", "Idle");
     assert_ne!(device_state(b, "Custom:agent1"), "INUSE");
 
     b.cli("module load res_scale.so");
-    wait_bus(b);
+    b.wait_connected("states");
     a.cli("devstate change Custom:agent1 BUSY");
-    wait_hint(b, "agent1", "Busy");
+    b.wait_hint("agent1", "Busy");
 }
 
 #[test]
 fn a_call_on_one_node_makes_the_phone_busy_on_the_others_until_it_hangs_up() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let (a, b) = (pool.node(0), pool.node(1));
     let dir = pool.dir.join("sipp");
     let port = free_port();
     let phone = Register { user: "dave".into(), call_id: "dave-state".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: port };
     phone.send(&dir, a.sip_port).expect("dave registers with node1");
-    wait_hint(b, "dave", "Idle");
+    b.wait_hint("dave", "Idle");
 
     let uas = Sipp::spawn(&dir, "uas-dave", &["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"].map(String::from));
     let reply = a.ari().post("/channels?endpoint=PJSIP/dave&context=from-sip&extension=101&priority=1&timeout=10");
@@ -189,12 +171,12 @@ fn a_call_on_one_node_makes_the_phone_busy_on_the_others_until_it_hangs_up() {
     let id = reply.json()["id"].as_str().unwrap().to_string();
     wait::until("the call up on node1", Duration::from_secs(8), Duration::from_millis(50), || (a.ari().get(&format!("/channels/{id}")).json()["state"] == "Up").then_some(()));
     // node2 has no call: what it reports is node1's state of the phone.
-    wait_hint(b, "dave", "InUse");
+    b.wait_hint("dave", "InUse");
     assert_eq!(device_state(b, "PJSIP/dave"), "INUSE");
 
     assert_eq!(a.ari().delete(&format!("/channels/{id}")).status, 204);
     uas.wait(Duration::from_secs(10)).expect("the phone saw the call end");
-    wait_hint(b, "dave", "Idle");
+    b.wait_hint("dave", "Idle");
     assert_eq!(device_state(b, "PJSIP/dave"), "NOT_INUSE");
 }
 

@@ -183,18 +183,18 @@ fn a_call_on_one_node_makes_the_phone_busy_on_the_others_until_it_hangs_up() {
 #[test]
 fn a_node_that_reconnects_gets_the_pools_states_by_sync_and_tells_its_own() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let (a, b) = (pool.node(0), pool.node(1));
     a.cli("devstate change Custom:agent1 INUSE");
-    wait_hint(b, "agent1", "InUse");
+    b.wait_hint("agent1", "InUse");
 
     // node2 away: what changes meanwhile on node1 it can only learn by asking.
     b.cli("module unload res_scale.so");
-    wait_hint(b, "agent1", "Idle");
+    b.wait_hint("agent1", "Idle");
     a.cli("devstate change Custom:agent2 BUSY");
     let (_, answered, _) = sync_counts(a);
     b.cli("module load res_scale.so");
-    wait_hint(b, "agent1", "InUse");
+    b.wait_hint("agent1", "InUse");
     wait_device_state(b, "Custom:agent2", "BUSY");
     assert_eq!(sync_counts(a).1, answered + 1, "node1 answered node2's SYNC");
 
@@ -210,31 +210,31 @@ fn a_node_that_reconnects_gets_the_pools_states_by_sync_and_tells_its_own() {
 #[test]
 fn the_states_of_a_node_that_leaves_the_pool_are_cleared_and_it_catches_up_when_back() {
     let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let dir = pool.dir.join("sipp");
     let port = free_port();
     // dave is registered with node2, so node2 has a state of its own for him (Idle): when
     // node1's InUse goes, that is what is left.
     let phone = Register { user: "dave".into(), call_id: "dave-loss".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: port };
     phone.send(&dir, pool.node(1).sip_port).expect("dave registers with node2");
-    wait_hint(pool.node(0), "dave", "Idle");
+    pool.node(0).wait_hint("dave", "Idle");
     wait::until("both nodes in Consul", Duration::from_secs(10), Duration::from_millis(100), || pool.node(1).cli("scale show nodes").contains(&pool.node(0).eid).then_some(()));
 
     let _uas = Sipp::spawn(&dir, "uas-dave", &["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"].map(String::from));
     let reply = pool.node(0).ari().post("/channels?endpoint=PJSIP/dave&context=from-sip&extension=101&priority=1&timeout=10");
     assert_eq!(reply.status, 200, "{}", reply.body);
-    wait_hint(pool.node(1), "dave", "InUse");
+    pool.node(1).wait_hint("dave", "InUse");
 
     // node1 dies with the call up: nothing will ever say the call ended.
     pool.node_mut(0).kill();
     let b = pool.node(1);
-    wait::until("node2's hint back to Idle", Duration::from_secs(30), Duration::from_millis(100), || (hint_state(b, "dave") == "Idle").then_some(()));
+    wait::until("node2's hint back to Idle", Duration::from_secs(30), Duration::from_millis(100), || (b.hint_state("dave") == "Idle").then_some(()));
     assert!(sync_counts(b).2 >= 1, "{}", counter_line(b, "SYNC:"));
 
     // While node1 is down, node2 changes a state; node1, restarted, has it by SYNC.
     b.cli("devstate change Custom:agent1 BUSY");
     pool.node_mut(0).start();
     let a = pool.node(0);
-    wait_bus(a);
-    wait_hint(a, "agent1", "Busy");
+    a.wait_connected("states");
+    a.wait_hint("agent1", "Busy");
 }

@@ -77,6 +77,12 @@ impl Counters {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Counts a refused message under `reason` and says why in the log (rate-limited).
+    pub fn refuse(&self, log: &mut RateLimitedLog, reason: &'static str, text: impl FnOnce() -> String) {
+        self.rejected.count(reason);
+        log.warn(reason, text);
+    }
 }
 
 /// The last state applied for one origin of one device.
@@ -115,14 +121,9 @@ impl StateBook {
             Ok(state) => self.apply(state, target, counters),
             Err(rejection) => {
                 let reason = rejection.reason();
-                self.refuse(counters, reason, || format!("message refused ({reason}): {rejection}"));
+                counters.refuse(&mut self.log, reason, || format!("message refused ({reason}): {rejection}"));
             }
         }
-    }
-
-    fn refuse(&mut self, counters: &Counters, reason: &'static str, text: impl FnOnce() -> String) {
-        counters.rejected.count(reason);
-        self.log.warn(reason, text);
     }
 
     fn apply(&mut self, state: DeviceState, target: &mut impl DeviceStates, counters: &Counters) {
@@ -138,11 +139,11 @@ impl StateBook {
         }
         if known.is_none() && self.count >= MAX_REMOTE {
             let device = state.device.clone();
-            return self.refuse(counters, "too_many", || format!("state of {device} from {} not applied (too_many): this node already keeps {MAX_REMOTE} remote device states", state.origin));
+            return counters.refuse(&mut self.log, "too_many", || format!("state of {device} from {} not applied (too_many): this node already keeps {MAX_REMOTE} remote device states", state.origin));
         }
         if target.apply(&state).is_err() {
             let device = state.device.clone();
-            return self.refuse(counters, "refused", || format!("state {} of {device} from {} not applied (refused): Asterisk refused it", state.state, state.origin));
+            return counters.refuse(&mut self.log, "refused", || format!("state {} of {device} from {} not applied (refused): Asterisk refused it", state.state, state.origin));
         }
         Counters::count(&counters.applied);
         let remote = Remote { state: state.state, cachable: state.cachable, seq: state.seq };

@@ -17,9 +17,9 @@ use serde_json::{json, Map, Value};
 /// Larger bodies are refused before parsing (a state message is about 150 bytes; the bound
 /// leaves room for the batches of a later SYNC).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// Longer device names are refused: the routing key (`device.<device>`) must stay under
-/// AMQP's 255 bytes, and Asterisk keeps device names far shorter.
-pub const MAX_DEVICE_BYTES: usize = 200;
+/// Longer device or mailbox names are refused: the routing key (`device.<device>`,
+/// `mwi.<mailbox>`) must stay under AMQP's 255 bytes, and Asterisk keeps names far shorter.
+pub const MAX_NAME_BYTES: usize = 200;
 
 /// Asterisk's parseable device state names, in the order of `enum ast_device_state`.
 pub const STATES: [&str; 9] = ["UNKNOWN", "NOT_INUSE", "INUSE", "BUSY", "INVALID", "UNAVAILABLE", "RINGING", "RINGINUSE", "ONHOLD"];
@@ -66,7 +66,7 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::TooLarge(n) => write!(f, "message of {n} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"),
             Rejection::NotJson(e) => write!(f, "not a JSON object: {e}"),
-            Rejection::UnknownType(t) => write!(f, "unknown type '{t}' (DEVICE_STATE)"),
+            Rejection::UnknownType(t) => write!(f, "unknown type '{t}' (DEVICE_STATE on device.*, MWI on mwi.*)"),
             Rejection::MissingField(field) => write!(f, "missing field '{field}'"),
             Rejection::BadField { field, why } => write!(f, "field '{field}': {why}"),
             Rejection::UnknownState(s) => write!(f, "unknown state '{s}' (one of {})", STATES.join(", ")),
@@ -86,31 +86,46 @@ pub fn encode(s: &DeviceState) -> Vec<u8> {
 }
 
 pub fn decode(body: &[u8]) -> Result<DeviceState, Rejection> {
-    if body.len() > MAX_MESSAGE_BYTES {
-        return Err(Rejection::TooLarge(body.len()));
-    }
-    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()))?;
-    let object = value.as_object().ok_or_else(|| Rejection::NotJson("the top level is not an object".into()))?;
-    let kind = string(object, "type")?;
-    if kind != "DEVICE_STATE" {
-        return Err(Rejection::UnknownType(kind.chars().take(64).collect()));
-    }
-    let device = string(object, "device")?;
-    if !valid_device(device) {
+    let object = object(body, "DEVICE_STATE")?;
+    let device = string(&object, "device")?;
+    if !valid_name(device) {
         return Err(Rejection::BadField { field: "device", why: "1 to 200 printable characters without spaces" });
     }
-    let name = string(object, "state")?;
+    let name = string(&object, "state")?;
     let state = state_name(name).ok_or_else(|| Rejection::UnknownState(name.chars().take(64).collect()))?;
     let cachable = match object.get("cachable") {
         None | Some(Value::Null) => return Err(Rejection::MissingField("cachable")),
         Some(v) => v.as_bool().ok_or(Rejection::BadField { field: "cachable", why: "expected true or false" })?,
     };
-    let origin = eid(string(object, "origin")?).ok_or(Rejection::BadField { field: "origin", why: "expected an entity ID such as 02:00:00:00:00:01" })?;
-    let seq = match object.get("seq") {
-        None | Some(Value::Null) => return Err(Rejection::MissingField("seq")),
-        Some(v) => v.as_u64().ok_or(Rejection::BadField { field: "seq", why: "expected a non-negative integer" })?,
-    };
+    let origin = origin(&object)?;
+    let seq = unsigned(&object, "seq")?;
     Ok(DeviceState { device: device.to_string(), state, cachable, origin, seq })
+}
+
+/// The JSON object of a message body of type `kind`, or why it is not one.
+pub(crate) fn object(body: &[u8], kind: &str) -> Result<Map<String, Value>, Rejection> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(Rejection::TooLarge(body.len()));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson(e.to_string()))?;
+    let Value::Object(object) = value else { return Err(Rejection::NotJson("the top level is not an object".into())) };
+    let found = string(&object, "type")?;
+    if found != kind {
+        return Err(Rejection::UnknownType(found.chars().take(64).collect()));
+    }
+    Ok(object)
+}
+
+/// The `origin` field: the entity ID of the node the message is about.
+pub(crate) fn origin(object: &Map<String, Value>) -> Result<String, Rejection> {
+    eid(string(object, "origin")?).ok_or(Rejection::BadField { field: "origin", why: "expected an entity ID such as 02:00:00:00:00:01" })
+}
+
+pub(crate) fn unsigned(object: &Map<String, Value>, key: &'static str) -> Result<u64, Rejection> {
+    match object.get(key) {
+        None | Some(Value::Null) => Err(Rejection::MissingField(key)),
+        Some(v) => v.as_u64().ok_or(Rejection::BadField { field: key, why: "expected a non-negative integer" }),
+    }
 }
 
 /// The state's name as Asterisk spells it, if it is one.
@@ -126,11 +141,12 @@ pub fn eid(text: &str) -> Option<String> {
     ok.then(|| text.to_ascii_lowercase())
 }
 
-pub fn valid_device(device: &str) -> bool {
-    !device.is_empty() && device.len() <= MAX_DEVICE_BYTES && device.chars().all(|c| c.is_ascii_graphic())
+/// A device or mailbox name that fits a routing key and that Asterisk could have made.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && name.chars().all(|c| c.is_ascii_graphic())
 }
 
-fn string<'a>(object: &'a Map<String, Value>, key: &'static str) -> Result<&'a str, Rejection> {
+pub(crate) fn string<'a>(object: &'a Map<String, Value>, key: &'static str) -> Result<&'a str, Rejection> {
     match object.get(key) {
         None | Some(Value::Null) => Err(Rejection::MissingField(key)),
         Some(Value::String(s)) => Ok(s),
@@ -154,7 +170,7 @@ mod tests {
 
     #[test]
     fn refuses_with_a_reason_for_each_kind_of_bad_input() {
-        let long = format!(r#"{{"type":"DEVICE_STATE","device":"{}","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01","seq":1}}"#, "x".repeat(MAX_DEVICE_BYTES + 1));
+        let long = format!(r#"{{"type":"DEVICE_STATE","device":"{}","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01","seq":1}}"#, "x".repeat(MAX_NAME_BYTES + 1));
         let cases: &[(&str, &str)] = &[
             ("{not json", "bad_json"),
             ("[1]", "bad_json"),

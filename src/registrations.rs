@@ -187,7 +187,7 @@ impl Registrations {
                 meanwhile: "registrations wait",
                 urls: amqp.urls.clone(),
                 exchange: settings.exchange.clone(),
-                binding: "registration.#".into(),
+                bindings: vec!["registration.#".into()],
                 connection_name: format!("res_scale {} ({}) registrations", node.node_id, node.system_name),
                 heartbeat: amqp.heartbeat,
                 extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("registrations: cannot read ca_file {path}: {e}")).ok()),
@@ -292,7 +292,7 @@ impl Applier {
             }
             self.check_refreshed(&mut location);
             match input {
-                Input::Bus(Inbound::Delivery { body, reply_to }) => {
+                Input::Bus(Inbound::Delivery { body, reply_to, .. }) => {
                     let registered_here = |key: &Key| lock(&self.local).contains(key);
                     let handled = Book::handle_shared(&self.book, &body, &mut location, &registered_here, &self.counters, unix_now());
                     if let (Handled::SyncRequest { origin }, Some(queue)) = (handled, reply_to) {

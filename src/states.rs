@@ -1,13 +1,15 @@
-//! The state subsystem of a loaded module: device state shared across the pool.
+//! The state subsystem of a loaded module: device state and mailbox (MWI) state shared across
+//! the pool.
 //!
-//! - The subscription (on a Stasis thread) hears of every state this node itself published,
-//!   numbers it in [`LocalStates`] and queues its message without waiting: a full queue drops
-//!   it and counts.
-//! - The bus task (core `amqp::bus`) consumes this node's queue (bound to `device.#`) and
-//!   publishes what was queued.
-//! - The applier thread owns the [`StateBook`]: it decodes every message and hands other
-//!   nodes' states to Asterisk under their EIDs (Asterisk calls, hence a thread of its own and
-//!   not a tokio worker). When it stops, it takes back everything learned from others.
+//! - The subscriptions (on Stasis threads) hear of every state this node itself published,
+//!   number it in [`LocalStates`] / [`LocalMailboxes`] and queue its message without waiting:
+//!   a full queue drops it and counts.
+//! - The bus task (core `amqp::bus`) consumes this node's queue (bound to `device.#`, and to
+//!   `mwi.#` with `[state] mwi`) and publishes what was queued.
+//! - The applier thread owns the [`StateBook`] and the [`MwiBook`]: it decodes every message
+//!   (by its routing key's first word) and hands other nodes' states to Asterisk under their
+//!   EIDs (Asterisk calls, hence a thread of its own and not a tokio worker). When it stops,
+//!   it takes back everything learned from others.
 //!
 //! Stopping (unload, or a reload that restarts the subsystem) runs while Asterisk holds its
 //! module list lock, so every step is bounded: messages still queued are dropped, and taking
@@ -25,9 +27,13 @@ use res_scale_core::state::book::{Counters, StateBook};
 use res_scale_core::state::devices::DevicePatterns;
 use res_scale_core::state::local::LocalStates;
 use res_scale_core::state::message::{self, routing_key};
+use res_scale_core::state::mwi::book::MwiBook;
+use res_scale_core::state::mwi::local::LocalMailboxes;
+use res_scale_core::state::mwi::message as mwi_message;
 use tokio::sync::mpsc;
 
 use crate::ast::devstate::{self, AsteriskDeviceStates, StateSink};
+use crate::ast::mwi::{self, AsteriskMailboxes, MwiSink};
 use crate::tasks::{Applying, Tasks};
 
 /// Changes waiting to be published.
@@ -62,6 +68,8 @@ pub struct States {
     pub local: Arc<Mutex<LocalStates>>,
     pub exchange: String,
     pub devices: DevicePatterns,
+    /// None with `[state] mwi = no`.
+    pub mwi: Option<Arc<MwiParts>>,
     inbox: mpsc::Sender<Input>,
     /// Set when stopping begins: the applier drops what is still queued.
     stopping: Arc<AtomicBool>,
@@ -69,7 +77,23 @@ pub struct States {
     tasks: Tasks,
 }
 
-/// Where the subscription delivers this node's changes.
+/// The mailbox half of the subsystem.
+pub struct MwiParts {
+    pub counters: Arc<Counters>,
+    pub book: Arc<Mutex<MwiBook>>,
+    pub local: Arc<Mutex<LocalMailboxes>>,
+    pub mailboxes: DevicePatterns,
+}
+
+/// Queues a message for the exchange without waiting; a full queue drops it and counts.
+fn queue(outbox: &mpsc::Sender<Outgoing>, counters: &Counters, routing_key: String, body: Vec<u8>) {
+    match outbox.try_send(Outgoing { to: Destination::Exchange { routing_key }, body, reply_to: None }) {
+        Ok(()) => Counters::count(&counters.published),
+        Err(_) => Counters::count(&counters.publish_dropped),
+    }
+}
+
+/// Where the device state subscription delivers this node's changes.
 struct LocalSink {
     local: Arc<Mutex<LocalStates>>,
     outbox: mpsc::Sender<Outgoing>,
@@ -79,11 +103,20 @@ struct LocalSink {
 impl StateSink for LocalSink {
     fn changed(&self, device: &str, state: &str, cachable: bool) {
         let Some(change) = lock(&self.local).changed(device, state, cachable) else { return };
-        let message = Outgoing { to: Destination::Exchange { routing_key: routing_key(&change.device) }, body: message::encode(&change), reply_to: None };
-        match self.outbox.try_send(message) {
-            Ok(()) => Counters::count(&self.counters.published),
-            Err(_) => Counters::count(&self.counters.publish_dropped),
-        }
+        queue(&self.outbox, &self.counters, routing_key(&change.device), message::encode(&change));
+    }
+}
+
+/// Where the MWI subscription delivers this node's changes.
+struct MailboxSink {
+    mwi: Arc<MwiParts>,
+    outbox: mpsc::Sender<Outgoing>,
+}
+
+impl MwiSink for MailboxSink {
+    fn changed(&self, mailbox: &str, new: i32, old: i32, deleted: bool) {
+        let Some(change) = lock(&self.mwi.local).changed(mailbox, new, old, deleted) else { return };
+        queue(&self.outbox, &self.mwi.counters, mwi_message::routing_key(&change.mailbox), mwi_message::encode(&change));
     }
 }
 
@@ -96,11 +129,19 @@ impl States {
         // Microseconds since the epoch: larger than any seq this node used before a restart.
         let first_seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
         let local = Arc::new(Mutex::new(LocalStates::new(&node.eid, settings.devices.clone(), first_seq)));
+        let mwi = settings.mwi.then(|| {
+            Arc::new(MwiParts {
+                counters: Arc::new(Counters::default()),
+                book: Arc::new(Mutex::new(MwiBook::new(&node.eid, settings.mailboxes.clone()))),
+                local: Arc::new(Mutex::new(LocalMailboxes::new(&node.eid, settings.mailboxes.clone(), first_seq))),
+                mailboxes: settings.mailboxes.clone(),
+            })
+        });
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         let (inbox, inbox_rx) = mpsc::channel(INBOX);
         let stopping = Arc::new(AtomicBool::new(false));
 
-        let applier = Applier { book: book.clone(), stopping: stopping.clone(), counters: counters.clone() };
+        let applier = Applier { book: book.clone(), mwi: mwi.clone(), stopping: stopping.clone(), counters: counters.clone() };
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("res_scale-state".into())
@@ -110,10 +151,17 @@ impl States {
             })
             .map_err(|e| format!("cannot start the state thread: {e}"))?;
         let applying = Applying { thread, ended };
-        if let Err(e) = devstate::subscribe(Arc::new(LocalSink { local: local.clone(), outbox, counters: counters.clone() })) {
+        let subscribed = devstate::subscribe(Arc::new(LocalSink { local: local.clone(), outbox: outbox.clone(), counters: counters.clone() }))
+            .and_then(|()| mwi.as_ref().map_or(Ok(()), |mwi| mwi::subscribe(Arc::new(MailboxSink { mwi: mwi.clone(), outbox }))));
+        if let Err(e) = subscribed {
+            devstate::unsubscribe();
             let _ = inbox.try_send(Input::Stop);
             applying.join(STOP_TIMEOUT + CLEAR_TIME, "state");
             return Err(e);
+        }
+        let mut bindings = vec!["device.#".to_string()];
+        if mwi.is_some() {
+            bindings.push("mwi.#".into());
         }
 
         let tasks = Tasks::new();
@@ -123,7 +171,7 @@ impl States {
                 meanwhile: "state changes wait",
                 urls: amqp.urls.clone(),
                 exchange: settings.exchange.clone(),
-                binding: "device.#".into(),
+                bindings,
                 connection_name: format!("res_scale {} ({}) state", node.node_id, node.system_name),
                 heartbeat: amqp.heartbeat,
                 extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("state: cannot read ca_file {path}: {e}")).ok()),
@@ -132,7 +180,7 @@ impl States {
             reconnects: reconnects.clone(),
         };
         tasks.spawn(runtime, bus.run(inbox.clone(), outbox_rx, tasks.shutdown()));
-        Ok(States { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), devices: settings.devices.clone(), inbox, stopping, applier: Some(applying), tasks })
+        Ok(States { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), devices: settings.devices.clone(), mwi, inbox, stopping, applier: Some(applying), tasks })
     }
 
     /// Stops hearing and consuming, then takes back the states applied from others: without
@@ -141,6 +189,7 @@ impl States {
         // First, so that taking states back (which has Asterisk publish local states again)
         // sends nothing to the pool.
         devstate::unsubscribe();
+        mwi::unsubscribe();
         self.stopping.store(true, Ordering::Relaxed);
         self.tasks.stop(runtime, STOP_TIMEOUT, "state");
         // Wakes an idle applier; a busy one sees `stopping` after the message at hand.
@@ -153,6 +202,7 @@ impl States {
 
 struct Applier {
     book: Arc<Mutex<StateBook>>,
+    mwi: Option<Arc<MwiParts>>,
     stopping: Arc<AtomicBool>,
     counters: Arc<Counters>,
 }
@@ -165,18 +215,32 @@ impl Applier {
                 break;
             }
             match input {
-                Input::Bus(Inbound::Delivery { body, .. }) => lock(&self.book).handle(&body, &mut asterisk, &self.counters),
+                Input::Bus(Inbound::Delivery { body, routing_key, .. }) => match &self.mwi {
+                    Some(mwi) if routing_key.starts_with("mwi.") => lock(&mwi.book).handle(&body, &mut AsteriskMailboxes, &mwi.counters),
+                    _ => lock(&self.book).handle(&body, &mut asterisk, &self.counters),
+                },
                 // States travel only as they change: nothing to catch up on at a (re)connect.
                 Input::Bus(Inbound::Connected { .. }) => {}
                 Input::Stop => break,
             }
         }
-        let (cleared, left) = lock(&self.book).clear(&mut asterisk, Instant::now() + CLEAR_TIME);
+        // One deadline for both kinds: stopping waits for this thread at most that long.
+        let deadline = Instant::now() + CLEAR_TIME;
+        let (cleared, left) = lock(&self.book).clear(&mut asterisk, deadline);
         if cleared > 0 {
             tracing::info!("state: took back the {cleared} device state(s) learned from other nodes");
         }
         if left > 0 {
             tracing::warn!("state: {left} device state(s) learned from other nodes left in place after {CLEAR_TIME:?} of taking them back");
+        }
+        if let Some(mwi) = &self.mwi {
+            let done = lock(&mwi.book).clear(&mut AsteriskMailboxes, deadline);
+            if done.taken + done.kept > 0 {
+                tracing::info!("state: took back {} mailbox state(s) learned from other nodes ({} kept: a later state of this node or another had replaced them)", done.taken, done.kept);
+            }
+            if done.left > 0 {
+                tracing::warn!("state: {} mailbox state(s) learned from other nodes left in place after {CLEAR_TIME:?} of taking them back", done.left);
+            }
         }
     }
 }

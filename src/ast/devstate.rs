@@ -8,12 +8,13 @@
 
 use std::ffi::{c_int, CStr, CString};
 use std::os::raw::c_char;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use res_scale_core::state::book::{DeviceStates, Refused};
 use res_scale_core::state::message::DeviceState;
 
 use crate::ast::guard::guarded;
+use crate::ast::sink::Sink;
 use crate::sys;
 
 /// Receives every change of this node's own device states.
@@ -21,11 +22,11 @@ pub trait StateSink: Send + Sync {
     fn changed(&self, device: &str, state: &str, cachable: bool);
 }
 
-static SINK: RwLock<Option<Arc<dyn StateSink>>> = RwLock::new(None);
+static SINK: Sink<dyn StateSink> = Sink::new();
 
 /// Subscribes and delivers to `sink` from now on.
 pub fn subscribe(sink: Arc<dyn StateSink>) -> Result<(), String> {
-    *SINK.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    SINK.set(Some(sink));
     // SAFETY: subscribes a plain C function of the shim to Asterisk's device state topic.
     if unsafe { sys::res_scale_devstate_subscribe() } != 0 {
         unsubscribe();
@@ -38,12 +39,12 @@ pub fn subscribe(sink: Arc<dyn StateSink>) -> Result<(), String> {
 pub fn unsubscribe() {
     // SAFETY: ends our subscription if there is one; joins its last callback.
     unsafe { sys::res_scale_devstate_unsubscribe() };
-    *SINK.write().unwrap_or_else(|e| e.into_inner()) = None;
+    SINK.set(None);
 }
 
 /// # Safety
 /// `p` must be NULL or a NUL-terminated string alive for the call.
-unsafe fn text(p: *const c_char) -> Option<String> {
+pub(super) unsafe fn text(p: *const c_char) -> Option<String> {
     // SAFETY: guaranteed by the caller.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
@@ -54,8 +55,7 @@ extern "C" fn rs_scale_device_state_changed(device: *const c_char, state: *const
         // SAFETY: the shim passes the message's device name and ast_devstate_str's static
         // name, both alive for the call (or NULL).
         let (Some(device), Some(state)) = (unsafe { text(device) }, unsafe { text(state) }) else { return };
-        let sink = SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(sink) = sink {
+        if let Some(sink) = SINK.get() {
             sink.changed(&device, &state, cachable != 0);
         }
     });

@@ -38,7 +38,7 @@ pub struct BusSettings {
     pub urls: Vec<String>,
     pub exchange: String,
     /// What the node's queue is bound with, e.g. `registration.#`.
-    pub binding: String,
+    pub bindings: Vec<String>,
     pub connection_name: String,
     pub heartbeat: Duration,
     pub extra_ca: Option<String>,
@@ -49,7 +49,7 @@ pub struct BusSettings {
 pub enum Inbound {
     /// A (new) connection is up; replies to this node go to `queue`.
     Connected { queue: String },
-    Delivery { body: Vec<u8>, reply_to: Option<String> },
+    Delivery { body: Vec<u8>, reply_to: Option<String>, routing_key: String },
 }
 
 /// A message to send: to the exchange under `routing_key`, or straight to a queue.
@@ -120,10 +120,9 @@ impl Bus {
         let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(text)?;
         let name = queue.name().clone();
-        channel
-            .queue_bind(name.clone(), s.exchange.as_str().into(), s.binding.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .map_err(text)?;
+        for binding in &s.bindings {
+            channel.queue_bind(name.clone(), s.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(text)?;
+        }
         channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(text)?;
         let consumer = channel
             .basic_consume(name.clone(), "res_scale".into(), BasicConsumeOptions::default(), FieldTable::default())
@@ -146,7 +145,7 @@ impl Bus {
                         None => break Err("the broker cancelled the consumer".into()),
                     };
                     let reply_to = delivery.properties.reply_to().as_ref().map(|q| q.to_string());
-                    let message = Inbound::Delivery { body: delivery.data, reply_to };
+                    let message = Inbound::Delivery { body: delivery.data, reply_to, routing_key: delivery.routing_key.to_string() };
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
                         sent = inbound.send(message.into()) => if sent.is_err() { break Ok(()) },

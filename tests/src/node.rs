@@ -35,7 +35,10 @@ const MODULES: &[&str] = &[
     "res_ari_applications", "res_ari_asterisk", "res_ari_bridges", "res_ari_channels",
     "res_ari_device_states", "res_ari_endpoints", "res_ari_events", "res_ari_playbacks",
     "res_ari_recordings", "res_ari_sounds", "res_stasis_answer", "res_stasis_playback",
-    "res_stasis_recording", "res_stasis_snoop", "res_stasis_device_state"
+    "res_stasis_recording", "res_stasis_snoop", "res_stasis_device_state",
+    // MWI: SUBSCRIBE/NOTIFY message-summary, and MinivmMWI (run by `channel originate`) to set a
+    // mailbox's counts.
+    "res_pjsip_mwi", "res_pjsip_mwi_body_generator", "app_minivm", "res_clioriginate"
 ];
 
 /// How a node is set up before it boots.
@@ -178,6 +181,8 @@ impl Node {
         }
         // dave registers without authentication: the registration tests' SIPp phone.
         pjsip.push_str("[dave]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = dave\ndirect_media = no\n[dave]\ntype = aor\nmax_contacts = 5\n");
+        // erin subscribes for MWI (SIPp, no authentication) to mailbox 1001@default.
+        pjsip.push_str("[erin]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = erin\n[erin]\ntype = aor\nmax_contacts = 5\nmailboxes = 1001@default\n");
         pjsip.push_str("[sipp]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\ndirect_media = no\n");
         // The pool's own members: scale-gateway's helper legs between nodes (see
         // configs/asterisk/pjsip.conf for the same endpoint as operators configure it).

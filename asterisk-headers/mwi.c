@@ -23,6 +23,8 @@
 
 /* Implemented in Rust: this node's own state of a mailbox changed, or was deleted. */
 void rs_scale_mwi_changed(const char *mailbox, int new_msgs, int old_msgs, int deleted);
+/* Implemented in Rust: a state of this node's own that Asterisk holds (res_scale_mwi_report_local). */
+void rs_scale_mwi_held(const char *mailbox, int new_msgs, int old_msgs);
 
 static struct stasis_subscription *subscription;
 
@@ -49,6 +51,30 @@ static void on_mwi(void *data, struct stasis_subscription *sub, struct stasis_me
 		return;
 	}
 	rs_scale_mwi_changed(state->uniqueid, state->new_msgs, state->old_msgs, deleted);
+}
+
+void res_scale_mwi_report_local(void)
+{
+	struct ao2_container *held;
+	struct ao2_iterator i;
+	struct stasis_message *msg;
+
+	/* Every MWI message is local to Stasis: the origin is the EID inside the state. */
+	held = stasis_cache_dump(ast_mwi_state_cache(), ast_mwi_state_type());
+	if (!held) {
+		return;
+	}
+	i = ao2_iterator_init(held, 0);
+	while ((msg = ao2_iterator_next(&i))) {
+		struct ast_mwi_state *state = stasis_message_data(msg);
+
+		if (!ast_eid_cmp(&ast_eid_default, &state->eid)) {
+			rs_scale_mwi_held(state->uniqueid, state->new_msgs, state->old_msgs);
+		}
+		ao2_ref(msg, -1);
+	}
+	ao2_iterator_destroy(&i);
+	ao2_ref(held, -1);
 }
 
 int res_scale_mwi_subscribe(void)

@@ -107,6 +107,10 @@ int res_scale_devstate_subscribe(void);
 /* Ends the subscription and waits until its callback no longer runs. */
 void res_scale_devstate_unsubscribe(void);
 
+/* Calls rs_scale_device_state_held() for every state of this node's own that Asterisk holds
+ * (those set before the module was loaded too). */
+void res_scale_devstate_report_local(void);
+
 /* Publishes another node's state of a device under its EID (ast_publish_device_state_full);
  * non-zero when refused (an unparsable origin, or this node's own EID). */
 int res_scale_devstate_apply(const char *device, const char *state, int cachable, const char *origin);
@@ -127,6 +131,9 @@ int res_scale_mwi_subscribe(void);
 
 /* Ends the subscription and waits until its callback no longer runs. */
 void res_scale_mwi_unsubscribe(void);
+
+/* Calls rs_scale_mwi_held() for every mailbox state of this node's own that Asterisk holds. */
+void res_scale_mwi_report_local(void);
 
 /* Publishes another node's state of a mailbox under its EID (ast_publish_mwi_state_full);
  * non-zero when refused (an unparsable origin, or this node's own EID). */

@@ -177,7 +177,7 @@ fn mwi_text(running: &Running, mailbox: Option<&str>) -> Option<String> {
     let s = running.states.as_ref()?;
     let mwi = s.mwi.as_ref()?;
     let local = mwi.local.lock().unwrap_or_else(|e| e.into_inner()).states().clone();
-    let remote = mwi.book.lock().unwrap_or_else(|e| e.into_inner()).remote().clone();
+    let remote = s.book.lock().unwrap_or_else(|e| e.into_inner()).mwi().map(|book| book.remote().clone()).unwrap_or_default();
     let view = MwiView { counters: &mwi.counters, mailboxes: &mwi.mailboxes, eid: &running.node.eid, local, remote, held: &ast_mwi::held };
     Some(mwi_show::render(&view, mailbox))
 }

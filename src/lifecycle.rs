@@ -140,7 +140,8 @@ impl Running {
     fn start_states(&mut self) -> Result<(), String> {
         let config = &self.config;
         if config.state.is_enabled(&config.amqp) {
-            self.states = Some(States::start(self.runtime().handle(), &config.amqp, &config.state, &self.node)?);
+            let pool = self.consul.as_ref().map(|c| c.view.clone());
+            self.states = Some(States::start(self.runtime().handle(), &config.amqp, &config.state, &self.node, pool)?);
         }
         Ok(())
     }

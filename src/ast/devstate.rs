@@ -20,6 +20,8 @@ use crate::sys;
 /// Receives every change of this node's own device states.
 pub trait StateSink: Send + Sync {
     fn changed(&self, device: &str, state: &str, cachable: bool);
+    /// A state this node holds, as [`report_local`] finds it.
+    fn held(&self, device: &str, state: &str, cachable: bool);
 }
 
 static SINK: Sink<dyn StateSink> = Sink::new();
@@ -49,16 +51,36 @@ pub(super) unsafe fn text(p: *const c_char) -> Option<String> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-#[no_mangle]
-extern "C" fn rs_scale_device_state_changed(device: *const c_char, state: *const c_char, cachable: c_int) {
-    guarded("the device state callback", (), || {
-        // SAFETY: the shim passes the message's device name and ast_devstate_str's static
-        // name, both alive for the call (or NULL).
+/// Hands every state of this node's own that Asterisk holds to the sink's `held` (states set
+/// before the module was loaded are known to nobody else yet).
+pub fn report_local() {
+    // SAFETY: walks Asterisk's device state cache; calls rs_scale_device_state_held.
+    unsafe { sys::res_scale_devstate_report_local() };
+}
+
+/// # Safety
+/// `device` and `state` must be NULL or NUL-terminated strings alive for the call.
+unsafe fn to_sink(what: &str, device: *const c_char, state: *const c_char, deliver: impl FnOnce(&dyn StateSink, &str, &str)) {
+    guarded(what, (), || {
+        // SAFETY: guaranteed by the caller.
         let (Some(device), Some(state)) = (unsafe { text(device) }, unsafe { text(state) }) else { return };
         if let Some(sink) = SINK.get() {
-            sink.changed(&device, &state, cachable != 0);
+            deliver(&*sink, &device, &state);
         }
     });
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_device_state_changed(device: *const c_char, state: *const c_char, cachable: c_int) {
+    // SAFETY: the shim passes the message's device name and ast_devstate_str's static name,
+    // both alive for the call (or NULL).
+    unsafe { to_sink("the device state callback", device, state, |sink, d, s| sink.changed(d, s, cachable != 0)) };
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_device_state_held(device: *const c_char, state: *const c_char, cachable: c_int) {
+    // SAFETY: as above, from the cached message being reported.
+    unsafe { to_sink("the device state report", device, state, |sink, d, s| sink.held(d, s, cachable != 0)) };
 }
 
 /// What Asterisk makes of a device over every origin (what hints and DEVICE_STATE() see).
@@ -68,10 +90,10 @@ pub fn aggregate(device: &str) -> String {
     unsafe { text(sys::res_scale_devstate_aggregate(device.as_ptr())) }.unwrap_or_else(|| "UNKNOWN".into())
 }
 
-/// Asterisk's device states.
-pub struct AsteriskDeviceStates;
+/// Asterisk's device and (in `ast::mwi`) mailbox states.
+pub struct AsteriskStates;
 
-impl DeviceStates for AsteriskDeviceStates {
+impl DeviceStates for AsteriskStates {
     fn apply(&mut self, s: &DeviceState) -> Result<(), Refused> {
         let (Ok(device), Ok(state), Ok(origin)) = (CString::new(s.device.as_str()), CString::new(s.state), CString::new(s.origin.as_str())) else {
             return Err(Refused);

@@ -16,7 +16,7 @@ use res_scale_core::state::mwi::local::Counts;
 use res_scale_core::state::mwi::message::MwiState;
 use res_scale_core::state::mwi::show::Held;
 
-use crate::ast::devstate::text;
+use crate::ast::devstate::{text, AsteriskStates};
 use crate::ast::guard::guarded;
 use crate::ast::sink::Sink;
 use crate::sys;
@@ -24,6 +24,8 @@ use crate::sys;
 /// Receives every change (or deletion) of this node's own mailbox states.
 pub trait MwiSink: Send + Sync {
     fn changed(&self, mailbox: &str, new: i32, old: i32, deleted: bool);
+    /// A state this node holds, as [`report_local`] finds it.
+    fn held(&self, mailbox: &str, new: i32, old: i32);
 }
 
 static SINK: Sink<dyn MwiSink> = Sink::new();
@@ -46,15 +48,35 @@ pub fn unsubscribe() {
     SINK.set(None);
 }
 
-#[no_mangle]
-extern "C" fn rs_scale_mwi_changed(mailbox: *const c_char, new: c_int, old: c_int, deleted: c_int) {
-    guarded("the MWI callback", (), || {
-        // SAFETY: the shim passes the state's unique id, alive for the call (or NULL).
+/// Hands every state of this node's own that Asterisk holds to the sink's `held` (states set
+/// before the module was loaded are known to nobody else yet).
+pub fn report_local() {
+    // SAFETY: walks Asterisk's MWI cache; calls rs_scale_mwi_held.
+    unsafe { sys::res_scale_mwi_report_local() };
+}
+
+/// # Safety
+/// `mailbox` must be NULL or a NUL-terminated string alive for the call.
+unsafe fn to_sink(what: &str, mailbox: *const c_char, deliver: impl FnOnce(&dyn MwiSink, &str)) {
+    guarded(what, (), || {
+        // SAFETY: guaranteed by the caller.
         let Some(mailbox) = (unsafe { text(mailbox) }) else { return };
         if let Some(sink) = SINK.get() {
-            sink.changed(&mailbox, new, old, deleted != 0);
+            deliver(&*sink, &mailbox);
         }
     });
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_mwi_changed(mailbox: *const c_char, new: c_int, old: c_int, deleted: c_int) {
+    // SAFETY: the shim passes the state's unique id, alive for the call (or NULL).
+    unsafe { to_sink("the MWI callback", mailbox, |sink, mailbox| sink.changed(mailbox, new, old, deleted != 0)) };
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_mwi_held(mailbox: *const c_char, new: c_int, old: c_int) {
+    // SAFETY: the shim passes the cached state's unique id, alive for the call (or NULL).
+    unsafe { to_sink("the MWI report", mailbox, |sink, mailbox| sink.held(mailbox, new, old)) };
 }
 
 /// What Asterisk holds for a mailbox (its one state, from whichever node).
@@ -73,10 +95,7 @@ pub fn held(mailbox: &str) -> Held {
     Some((Counts { new: new.max(0) as u32, old: old.max(0) as u32 }, origin))
 }
 
-/// Asterisk's mailbox states.
-pub struct AsteriskMailboxes;
-
-impl Mailboxes for AsteriskMailboxes {
+impl Mailboxes for AsteriskStates {
     fn apply(&mut self, s: &MwiState) -> Result<(), Refused> {
         let (Ok(mailbox), Ok(origin)) = (CString::new(s.mailbox.as_str()), CString::new(s.origin.as_str())) else { return Err(Refused) };
         // The decoder took counts up to i32::MAX only.

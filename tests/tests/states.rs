@@ -95,7 +95,19 @@ fn a_state_changed_on_one_node_is_what_every_node_sees_and_it_is_published_once(
     assert_eq!(about(&all, "Custom:agent1"), expected, "{:#?}", all.iter().map(|m| &m.body).collect::<Vec<_>>());
     let status = others[0].cli("scale show status");
     let line = status.lines().find(|l| l.trim_start().starts_with("state ")).unwrap_or_else(|| panic!("{status}"));
-    assert!(line.contains("connected") && line.contains("applied=2"), "{line}");
+    // Applied: these two changes, and what node1 and node3 told by SYNC at start.
+    let applied: u64 = line.split("applied=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(line.contains("connected") && applied >= 2, "{line}");
+}
+
+/// The SYNC line's counts: (asked, answered, cleared for nodes that left).
+fn sync_counts(node: &Node) -> (u64, u64, u64) {
+    let line = counter_line(node, "SYNC:");
+    let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    match numbers[..] {
+        [asked, answered, cleared] => (asked, answered, cleared),
+        _ => panic!("{line}"),
+    }
 }
 
 /// The count of the node's own messages it ignored (`Ignored:     6 own, ...`).
@@ -338,4 +350,62 @@ fn unloading_takes_back_a_mailbox_state_learned_but_not_one_written_here_since()
     let (late, late_trace) = mwi_phone(&dir, b, "mwi-erin-late", 1);
     assert_eq!(wait_notify(&late_trace, 1), notify("no", "0/4"));
     late.wait(Duration::from_secs(10)).expect("the late phone got its NOTIFY");
+
+#[test]
+fn a_node_that_reconnects_gets_the_pools_states_by_sync_and_tells_its_own() {
+    let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let (a, b) = (pool.node(0), pool.node(1));
+    a.cli("devstate change Custom:agent1 INUSE");
+    wait_hint(b, "agent1", "InUse");
+
+    // node2 away: what changes meanwhile on node1 it can only learn by asking.
+    b.cli("module unload res_scale.so");
+    wait_hint(b, "agent1", "Idle");
+    a.cli("devstate change Custom:agent2 BUSY");
+    let (_, answered, _) = sync_counts(a);
+    b.cli("module load res_scale.so");
+    wait_hint(b, "agent1", "InUse");
+    wait_device_state(b, "Custom:agent2", "BUSY");
+    assert_eq!(sync_counts(a).1, answered + 1, "node1 answered node2's SYNC");
+
+    // A state set on node1 while its module was not loaded: nobody heard of it, so node1 tells
+    // the pool when it is back.
+    a.cli("module unload res_scale.so");
+    a.cli("devstate change Custom:agent3 RINGING");
+    a.cli("module load res_scale.so");
+    wait_device_state(b, "Custom:agent3", "RINGING");
+    wait_device_state(b, "Custom:agent2", "BUSY");
+}
+
+#[test]
+fn the_states_of_a_node_that_leaves_the_pool_are_cleared_and_it_catches_up_when_back() {
+    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let dir = pool.dir.join("sipp");
+    let port = free_port();
+    // dave is registered with node2, so node2 has a state of its own for him (Idle): when
+    // node1's InUse goes, that is what is left.
+    let phone = Register { user: "dave".into(), call_id: "dave-loss".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: port };
+    phone.send(&dir, pool.node(1).sip_port).expect("dave registers with node2");
+    wait_hint(pool.node(0), "dave", "Idle");
+    wait::until("both nodes in Consul", Duration::from_secs(10), Duration::from_millis(100), || pool.node(1).cli("scale show nodes").contains(&pool.node(0).eid).then_some(()));
+
+    let _uas = Sipp::spawn(&dir, "uas-dave", &["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string(), "-m", "1"].map(String::from));
+    let reply = pool.node(0).ari().post("/channels?endpoint=PJSIP/dave&context=from-sip&extension=101&priority=1&timeout=10");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    wait_hint(pool.node(1), "dave", "InUse");
+
+    // node1 dies with the call up: nothing will ever say the call ended.
+    pool.node_mut(0).kill();
+    let b = pool.node(1);
+    wait::until("node2's hint back to Idle", Duration::from_secs(30), Duration::from_millis(100), || (hint_state(b, "dave") == "Idle").then_some(()));
+    assert!(sync_counts(b).2 >= 1, "{}", counter_line(b, "SYNC:"));
+
+    // While node1 is down, node2 changes a state; node1, restarted, has it by SYNC.
+    b.cli("devstate change Custom:agent1 BUSY");
+    pool.node_mut(0).start();
+    let a = pool.node(0);
+    wait_bus(a);
+    wait_hint(a, "agent1", "Busy");
 }

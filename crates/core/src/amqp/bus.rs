@@ -1,5 +1,5 @@
 //! A node's link to one of the pool's exchanges (registrations, state): one connection that
-//! consumes the node's own exclusive queue (bound with the subsystem's key, e.g.
+//! consumes the node's own exclusive queue (bound with the subsystem's keys, e.g.
 //! `registration.#`) and publishes what the node has to say. It only moves bytes; what they
 //! mean is the subsystem's applier's business.
 //!
@@ -49,7 +49,7 @@ pub struct BusSettings {
 pub enum Inbound {
     /// A (new) connection is up; replies to this node go to `queue`.
     Connected { queue: String },
-    Delivery { body: Vec<u8>, reply_to: Option<String>, routing_key: String },
+    Delivery { body: Vec<u8>, reply_to: Option<String> },
 }
 
 /// A message to send: to the exchange under `routing_key`, or straight to a queue.
@@ -121,7 +121,10 @@ impl Bus {
         let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(text)?;
         let name = queue.name().clone();
         for binding in &s.bindings {
-            channel.queue_bind(name.clone(), s.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(text)?;
+            channel
+                .queue_bind(name.clone(), s.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .await
+                .map_err(text)?;
         }
         channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(text)?;
         let consumer = channel
@@ -145,7 +148,7 @@ impl Bus {
                         None => break Err("the broker cancelled the consumer".into()),
                     };
                     let reply_to = delivery.properties.reply_to().as_ref().map(|q| q.to_string());
-                    let message = Inbound::Delivery { body: delivery.data, reply_to, routing_key: delivery.routing_key.to_string() };
+                    let message = Inbound::Delivery { body: delivery.data, reply_to };
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
                         sent = inbound.send(message.into()) => if sent.is_err() { break Ok(()) },

@@ -64,7 +64,7 @@ pub fn render(v: &StatesView<'_>, device: Option<&str>) -> String {
     let _ = writeln!(out, "{} device(s): {local} with a state of this node, {remote} with states of others.", names.len());
     let c = v.counters;
     let _ = writeln!(out);
-    let lines: [(&str, String); 8] = [
+    let lines: [(&str, String); 9] = [
         ("State", format!("{} (exchange {})", v.status.state, v.exchange)),
         ("Broker", if v.status.broker.is_empty() { "-".into() } else { v.status.broker.clone() }),
         ("Devices", format!("{} shared", v.devices)),
@@ -72,6 +72,7 @@ pub fn render(v: &StatesView<'_>, device: Option<&str>) -> String {
         ("Applied", Counters::get(&c.applied).to_string()),
         ("Ignored", format!("{} own, {} duplicate/old, {} not shared", Counters::get(&c.ignored_own), Counters::get(&c.ignored_stale), Counters::get(&c.ignored_not_shared))),
         ("Rejected", format!("{} ({})", c.rejected.total(), c.rejected.by_reason())),
+        ("SYNC", format!("{} asked, {} answered; {} state(s) cleared for nodes that left", Counters::get(&c.sync_requested), Counters::get(&c.sync_answered), Counters::get(&c.cleared_lost))),
         ("Last error", v.status.last_error.clone().unwrap_or_else(|| "-".into())),
     ];
     fields(&mut out, 12, &lines);
@@ -125,7 +126,7 @@ mod tests {
         let mut remote = RemoteStates::new();
         remote.entry("Custom:agent1".into()).or_default().insert("02:00:00:00:00:0a".into(), Remote { state: "INUSE", cachable: true, seq: 1 });
         remote.entry("Local/x".into()).or_default().insert("02:00:00:00:00:0b".into(), Remote { state: "RINGING", cachable: false, seq: 1 });
-        let local = BTreeMap::from([("Custom:agent1".to_string(), LocalState { state: "NOT_INUSE", cachable: true }), ("PJSIP/bob".to_string(), LocalState { state: "UNAVAILABLE", cachable: true })]);
+        let local = BTreeMap::from([("Custom:agent1".to_string(), LocalState { state: "NOT_INUSE", cachable: true, seq: 1 }), ("PJSIP/bob".to_string(), LocalState { state: "UNAVAILABLE", cachable: true, seq: 2 })]);
         let aggregate = |d: &str| if d == "Custom:agent1" { "INUSE".to_string() } else { "UNKNOWN".to_string() };
         let view = StatesView { status: &status, counters: &counters, reconnects: 0, exchange: "res_scale.state", devices: &devices, local, remote, aggregate: &aggregate };
         let text = render(&view, None);

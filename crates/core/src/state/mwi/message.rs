@@ -1,5 +1,6 @@
-//! The MWI message (DESIGN.md section 5), routing key `mwi.<mailbox>`, and its decoder. The
-//! mailbox is Asterisk's unique id of it, `mailbox@context`.
+//! The MWI message (DESIGN.md section 5), routing key `mwi.<mailbox>`, and its decoder (the
+//! exchange's decoder, `state::message::decode`, hands it the objects of type MWI, alone or
+//! in a batch). The mailbox is Asterisk's unique id of it, `mailbox@context`.
 //!
 //! ```text
 //! {"type":"MWI","mailbox":"1001@default","new":2,"old":1,"origin":"02:00:00:00:00:01","seq":7}
@@ -12,7 +13,10 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::state::message::{object, origin, string, unsigned, valid_name, Rejection};
+use crate::state::message::{origin, string, unsigned, valid_name, Rejection};
+
+/// What a node's state queue is bound with to hear of mailboxes.
+pub const BINDING: &str = "mwi.#";
 
 /// Counts above this are refused: Asterisk keeps them in a C int.
 pub const MAX_COUNT: u64 = i32::MAX as u64;
@@ -34,28 +38,33 @@ pub fn routing_key(mailbox: &str) -> String {
     format!("mwi.{mailbox}")
 }
 
-pub fn encode(s: &MwiState) -> Vec<u8> {
+/// The message as JSON (also an item of a batch).
+pub fn json(s: &MwiState) -> Value {
     let mut value = json!({"type": "MWI", "mailbox": s.mailbox, "new": s.new, "old": s.old, "origin": s.origin, "seq": s.seq});
     if s.deleted {
         value["deleted"] = Value::Bool(true);
     }
-    value.to_string().into_bytes()
+    value
 }
 
-pub fn decode(body: &[u8]) -> Result<MwiState, Rejection> {
-    let object = object(body, "MWI")?;
-    let mailbox = string(&object, "mailbox")?;
+pub fn encode(s: &MwiState) -> Vec<u8> {
+    json(s).to_string().into_bytes()
+}
+
+/// The fields of an object of type MWI.
+pub(crate) fn from_object(object: &Map<String, Value>) -> Result<MwiState, Rejection> {
+    let mailbox = string(object, "mailbox")?;
     if !valid_mailbox(mailbox) {
         return Err(Rejection::BadField { field: "mailbox", why: "mailbox@context, 1 to 200 printable characters without spaces" });
     }
-    let new = count(&object, "new")?;
-    let old = count(&object, "old")?;
+    let new = count(object, "new")?;
+    let old = count(object, "old")?;
     let deleted = match object.get("deleted") {
         None | Some(Value::Null) => false,
         Some(v) => v.as_bool().ok_or(Rejection::BadField { field: "deleted", why: "expected true or false" })?,
     };
-    let origin = origin(&object)?;
-    let seq = unsigned(&object, "seq")?;
+    let origin = origin(object)?;
+    let seq = unsigned(object, "seq")?;
     Ok(MwiState { mailbox: mailbox.to_string(), new, old, deleted, origin, seq })
 }
 
@@ -74,7 +83,15 @@ fn count(object: &Map<String, Value>, key: &'static str) -> Result<u32, Rejectio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::message::MAX_MESSAGE_BYTES;
+    use crate::state::message::{self, Message, Update, MAX_MESSAGE_BYTES};
+
+    /// A body through the exchange's decoder, as a single MWI message.
+    fn decode(body: &[u8]) -> Result<MwiState, Rejection> {
+        match message::decode(body)? {
+            Message::Update(Update::Mwi(state)) => Ok(state),
+            other => panic!("not an MWI message: {other:?}"),
+        }
+    }
 
     const TWO_ONE: &str = r#"{"type":"MWI","mailbox":"1001@default","new":2,"old":1,"origin":"02:00:00:00:00:0A","seq":42}"#;
 
@@ -95,7 +112,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("{not json", "bad_json"),
             ("\"MWI\"", "bad_json"),
-            (r#"{"type":"DEVICE_STATE","device":"PJSIP/a"}"#, "unknown_type"),
+            (r#"{"type":"MWI_STATE","mailbox":"1001@default"}"#, "unknown_type"),
             (r#"{"mailbox":"1001@default"}"#, "missing_field"),
             (r#"{"type":"MWI","new":1,"old":0,"origin":"02:00:00:00:00:01","seq":1}"#, "missing_field"),
             (r#"{"type":"MWI","mailbox":"1001 @default","new":1,"old":0,"origin":"02:00:00:00:00:01","seq":1}"#, "bad_field"),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use super::book::{RemoteMailboxes, RemoteMwi};
-use super::local::Counts;
+use super::local::{Counts, LocalMailbox};
 use crate::state::book::Counters;
 use crate::state::devices::DevicePatterns;
 use crate::state::show::{fields, table};
@@ -20,7 +20,7 @@ pub struct MwiView<'a> {
     pub mailboxes: &'a DevicePatterns,
     /// This node's EID, to name it as "this node".
     pub eid: &'a str,
-    pub local: BTreeMap<String, Counts>,
+    pub local: BTreeMap<String, LocalMailbox>,
     pub remote: RemoteMailboxes,
     pub held: &'a dyn Fn(&str) -> Held,
 }
@@ -43,7 +43,7 @@ pub fn render(v: &MwiView<'_>, mailbox: Option<&str>) -> String {
     let rows: Vec<[String; 4]> = names
         .iter()
         .map(|m| {
-            let here = v.local.get(*m).map_or("-".into(), |c| counts(*c));
+            let here = v.local.get(*m).map_or("-".into(), |l| counts(l.counts));
             let others = v.remote.get(*m).map(|origins| origins.iter().map(|(o, r)| format!("{o}={}", remote_text(r))).collect::<Vec<_>>().join(" "));
             let held = match (v.held)(m) {
                 Some((c, origin)) if origin.eq_ignore_ascii_case(v.eid) => format!("{} from this node", counts(c)),
@@ -92,7 +92,7 @@ mod tests {
         let mut remote = RemoteMailboxes::new();
         remote.entry("1001@default".into()).or_default().insert(A.into(), RemoteMwi { new: 2, old: 1, deleted: false, seq: 1 });
         remote.entry("1003@default".into()).or_default().insert(A.into(), RemoteMwi { new: 0, old: 0, deleted: true, seq: 2 });
-        let local = BTreeMap::from([("1002@default".to_string(), Counts { new: 0, old: 4 })]);
+        let local = BTreeMap::from([("1002@default".to_string(), LocalMailbox { counts: Counts { new: 0, old: 4 }, seq: 1 })]);
         let held = |m: &str| match m {
             "1001@default" => Some((Counts { new: 2, old: 1 }, A.to_string())),
             "1002@default" => Some((Counts { new: 0, old: 4 }, ME.to_uppercase())),

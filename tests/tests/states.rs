@@ -350,6 +350,7 @@ fn unloading_takes_back_a_mailbox_state_learned_but_not_one_written_here_since()
     let (late, late_trace) = mwi_phone(&dir, b, "mwi-erin-late", 1);
     assert_eq!(wait_notify(&late_trace, 1), notify("no", "0/4"));
     late.wait(Duration::from_secs(10)).expect("the late phone got its NOTIFY");
+}
 
 #[test]
 fn a_node_that_reconnects_gets_the_pools_states_by_sync_and_tells_its_own() {

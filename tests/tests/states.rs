@@ -305,8 +305,9 @@ fn hostile_mwi_messages_are_counted_and_refused_and_the_next_valid_one_applies()
     huge.resize(1024 * 1024, b' ');
     probe.publish(EXCHANGE, &key, &huge);
 
-    wait::until("the three refusals counted", Duration::from_secs(5), Duration::from_millis(50), || counter_line(b, "MWI rejected:").contains("3 (").then_some(()));
-    assert_eq!(counter_line(b, "MWI rejected:").trim(), "MWI rejected: 3 (too_large=1 bad_json=1 bad_field=1)");
+    // What cannot be decoded counts with the exchange's refusals, by reason.
+    wait::until("the three refusals counted", Duration::from_secs(5), Duration::from_millis(50), || counter_line(b, "Rejected:").contains("3 (").then_some(()));
+    assert_eq!(counter_line(b, "Rejected:").trim(), "Rejected:    3 (too_large=1 bad_json=1 bad_field=1)");
     assert_ne!(counter_line(b, "MWI ignored:"), own_before, "the spoof was ignored as the node's own");
     assert!(b.cli(&format!("scale show states {MAILBOX}")).contains("No MWI state known"), "nothing refused or spoofed was applied");
     assert!(b.cli("core show uptime").contains("System uptime"), "Asterisk still answers");
@@ -327,7 +328,7 @@ fn unloading_takes_back_a_mailbox_state_learned_but_not_one_written_here_since()
     pool.nodes.iter().for_each(wait_bus);
     let (a, b) = (pool.node(0), pool.node(1));
     let dir = pool.dir.join("sipp");
-    let (phone, trace) = mwi_phone(&dir, b, "mwi-erin", 5);
+    let (phone, trace) = mwi_phone(&dir, b, "mwi-erin", 6);
     assert_eq!(wait_notify(&trace, 1), notify("no", "0/0"));
 
     set_mailbox(a, 2, 1);
@@ -337,13 +338,13 @@ fn unloading_takes_back_a_mailbox_state_learned_but_not_one_written_here_since()
     b.wait_logged("took back 1 mailbox state(s) learned from other nodes (0 kept");
 
     b.cli("module load res_scale.so");
-    wait_bus(b);
+    assert_eq!(wait_notify(&trace, 4), notify("yes", "2/1"), "back by SYNC: node1 still has it");
     set_mailbox(a, 3, 0);
-    assert_eq!(wait_notify(&trace, 4), notify("yes", "3/0"));
+    assert_eq!(wait_notify(&trace, 5), notify("yes", "3/0"));
     // node2's own voicemail writes the mailbox after node1 did: that is its state now.
     set_mailbox(b, 0, 4);
-    assert_eq!(wait_notify(&trace, 5), notify("no", "0/4"));
-    phone.wait(Duration::from_secs(10)).expect("the phone answered its five NOTIFYs");
+    assert_eq!(wait_notify(&trace, 6), notify("no", "0/4"));
+    phone.wait(Duration::from_secs(10)).expect("the phone answered its six NOTIFYs");
     b.cli("module unload res_scale.so");
     b.wait_logged("took back 0 mailbox state(s) learned from other nodes (1 kept");
     // A phone subscribing now is told what Asterisk holds: node2's own state stayed.
@@ -409,4 +410,27 @@ fn the_states_of_a_node_that_leaves_the_pool_are_cleared_and_it_catches_up_when_
     let a = pool.node(0);
     wait_bus(a);
     wait_hint(a, "agent1", "Busy");
+}
+
+#[test]
+fn mailbox_states_come_back_by_sync_and_go_with_a_node_that_left_the_pool() {
+    let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
+    pool.nodes.iter().for_each(wait_bus);
+    let dir = pool.dir.join("sipp");
+    let (phone, trace) = mwi_phone(&dir, pool.node(1), "mwi-erin", 3);
+    assert_eq!(wait_notify(&trace, 1), notify("no", "0/0"));
+
+    // node2 away while node1's voicemail changes: node2 can only learn it by asking.
+    pool.node(1).cli("module unload res_scale.so");
+    set_mailbox(pool.node(0), 2, 1);
+    pool.node(1).cli("module load res_scale.so");
+    assert_eq!(wait_notify(&trace, 2), notify("yes", "2/1"), "node2 asked for a SYNC and node1's answer held its mailbox");
+
+    // node1 dies: nothing keeps its state right on node2 any more.
+    pool.node_mut(0).kill();
+    let b = pool.node(1);
+    let gone = wait::try_until(Duration::from_secs(30), Duration::from_millis(100), || notified(&trace).get(2).cloned());
+    assert_eq!(gone, Some(notify("no", "0/0")), "node1's mailbox state taken back on node2 once it left the pool");
+    phone.wait(Duration::from_secs(10)).expect("the phone answered its three NOTIFYs");
+    b.wait_logged("left the pool; took back 1 mailbox state(s) it had shared (0 kept");
 }

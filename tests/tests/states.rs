@@ -229,7 +229,7 @@ fn mwi_phone(dir: &Path, node: &Node, name: &str, notifies: u32) -> (Sipp, PathB
 fn notified(trace: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(trace).unwrap_or_default();
     let header = |message: &str, name: &str| {
-        message.lines().find_map(|l| l.trim().strip_prefix(name)).map(|v| v.trim().split_whitespace().next().unwrap_or("").to_string()).unwrap_or_default()
+        message.lines().find_map(|l| l.trim().strip_prefix(name)).map(|v| v.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_default()
     };
     text.split("message received")
         .skip(1)

@@ -266,7 +266,7 @@ mod tests {
         let done = book.clear(&mut ast, Instant::now() + Duration::from_secs(60));
         assert_eq!(done, TakenBack { taken: 1, kept: 2, left: 0 }, "B's 1002 taken back; A's 1002 and 1001 were overwritten; 1003 was deleted already");
         assert_eq!(slot(&ast, "1001@default"), Some((ME, 0, 0)));
-        assert!(ast.slots.get("1002@default").is_none() && book.remote().is_empty());
+        assert!(!ast.slots.contains_key("1002@default") && book.remote().is_empty());
         book.apply(msg("1001@default", 3, 0, A, 3), &mut ast);
         assert_eq!(book.clear(&mut ast, Instant::now()), TakenBack { taken: 0, kept: 0, left: 1 });
     }

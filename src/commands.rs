@@ -10,7 +10,7 @@ use res_scale_core::status::{StatusReport, SubsystemLine};
 
 use crate::ast::cli::{no_completion, Command, Outcome};
 use crate::ast::{devstate, identity, mwi as ast_mwi};
-use crate::lifecycle::{self, Running};
+use crate::running::{self, Running};
 
 #[cfg(not(feature = "test-hooks"))]
 pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SHOW_STATES, SET_DRAIN];
@@ -20,7 +20,7 @@ pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SH
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
-    match lifecycle::state().as_ref() {
+    match running::state().as_ref() {
         Some(running) => f(running),
         None => Outcome::Failed("res_scale is not running\n".into()),
     }

@@ -92,9 +92,9 @@ void res_scale_devstate_unsubscribe(void)
 	subscription = stasis_unsubscribe_and_join(subscription);
 }
 
-static int origin_eid(const char *origin, struct ast_eid *eid)
+int res_scale_state_origin_eid(const char *origin, struct ast_eid *eid)
 {
-	/* Never this node's EID: it would overwrite the local state instead of adding to it. */
+	/* Never this node's EID: it would overwrite (or delete) this node's own state. */
 	return ast_str_to_eid(eid, origin) || !ast_eid_cmp(eid, &ast_eid_default) ? -1 : 0;
 }
 
@@ -102,7 +102,7 @@ int res_scale_devstate_apply(const char *device, const char *state, int cachable
 {
 	struct ast_eid eid;
 
-	if (origin_eid(origin, &eid)) {
+	if (res_scale_state_origin_eid(origin, &eid)) {
 		return -1;
 	}
 	return ast_publish_device_state_full(device, ast_devstate_val(state),
@@ -114,7 +114,7 @@ void res_scale_devstate_forget(const char *device, const char *origin)
 	struct ast_eid eid;
 	struct stasis_message *cached;
 
-	if (origin_eid(origin, &eid)) {
+	if (res_scale_state_origin_eid(origin, &eid)) {
 		return;
 	}
 	/*

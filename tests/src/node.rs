@@ -39,7 +39,10 @@ const MODULES: &[&str] = &[
     "res_ari_recordings", "res_ari_sounds", "res_stasis_answer", "res_stasis_playback",
     "res_stasis_recording", "res_stasis_snoop", "res_stasis_device_state",
     // Busy lamps: extension state PUBLISHed to Kamailio (see `Node::publish_extension_state`).
-    "res_pjsip_outbound_publish", "res_pjsip_exten_state", "res_pjsip_dialog_info_body_generator"
+    "res_pjsip_outbound_publish", "res_pjsip_exten_state", "res_pjsip_dialog_info_body_generator",
+    // MWI: SUBSCRIBE/NOTIFY message-summary, and MinivmMWI (run by `channel originate`) to set a
+    // mailbox's counts.
+    "res_pjsip_mwi", "res_pjsip_mwi_body_generator", "app_minivm", "res_clioriginate"
 ];
 
 /// How a node is set up before it boots.
@@ -185,6 +188,8 @@ impl Node {
         for user in ["dave", "1001", "1002"] {
             pjsip.push_str(&format!("[{user}]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = {user}\ndirect_media = no\n[{user}]\ntype = aor\nmax_contacts = 5\n"));
         }
+        // erin subscribes for MWI (SIPp, no authentication) to mailbox 1001@default.
+        pjsip.push_str("[erin]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = erin\n[erin]\ntype = aor\nmax_contacts = 5\nmailboxes = 1001@default\n");
         pjsip.push_str("[sipp]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\ndirect_media = no\n");
         // The pool's own members: scale-gateway's helper legs between nodes (see
         // configs/asterisk/pjsip.conf for the same endpoint as operators configure it).

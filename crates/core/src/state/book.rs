@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use super::devices::DevicePatterns;
 use super::message::{self, DeviceState, Message, Update};
+use super::mwi::book::{Mailboxes, MwiBook};
 use crate::rate_log::RateLimitedLog;
 use crate::reasons::ByReason;
 
@@ -95,6 +96,12 @@ impl Counters {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    /// Counts a refused message under `reason` and says why in the log (rate-limited).
+    pub fn refuse(&self, log: &mut RateLimitedLog, reason: &'static str, text: impl FnOnce() -> String) {
+        self.rejected.count(reason);
+        log.warn(reason, text);
+    }
 }
 
 /// The last state applied for one origin of one device.
@@ -114,22 +121,32 @@ pub struct StateBook {
     devices: DevicePatterns,
     remote: RemoteStates,
     count: usize,
+    /// None when mailbox state is not shared: MWI messages are then left alone.
+    mwi: Option<MwiBook>,
     log: RateLimitedLog,
 }
 
 impl StateBook {
     /// `origin` is this node's EID.
-    pub fn new(origin: &str, devices: DevicePatterns) -> StateBook {
-        StateBook { origin: origin.to_ascii_lowercase(), devices, remote: RemoteStates::new(), count: 0, log: RateLimitedLog::new("state") }
+    pub fn new(origin: &str, devices: DevicePatterns, mwi: Option<MwiBook>) -> StateBook {
+        StateBook { origin: origin.to_ascii_lowercase(), devices, remote: RemoteStates::new(), count: 0, mwi, log: RateLimitedLog::new("state") }
     }
 
     pub fn remote(&self) -> &RemoteStates {
         &self.remote
     }
 
+    pub fn mwi(&self) -> Option<&MwiBook> {
+        self.mwi.as_ref()
+    }
+
+    pub fn mwi_mut(&mut self) -> Option<&mut MwiBook> {
+        self.mwi.as_mut()
+    }
+
     /// Decodes one message body and applies what it says; a SYNC request is the caller's to
     /// answer (it knows where the reply goes).
-    pub fn handle(&mut self, body: &[u8], target: &mut impl DeviceStates, counters: &Counters) -> Handled {
+    pub fn handle(&mut self, body: &[u8], target: &mut (impl DeviceStates + Mailboxes), counters: &Counters) -> Handled {
         match message::decode(body) {
             Ok(Message::Update(update)) => self.apply(update, target, counters),
             Ok(Message::Batch { items, .. }) => {
@@ -154,13 +171,16 @@ impl StateBook {
     }
 
     fn refuse(&mut self, counters: &Counters, reason: &'static str, text: impl FnOnce() -> String) {
-        counters.rejected.count(reason);
-        self.log.warn(reason, text);
+        counters.refuse(&mut self.log, reason, text);
     }
 
-    fn apply(&mut self, update: Update, target: &mut impl DeviceStates, counters: &Counters) {
+    fn apply(&mut self, update: Update, target: &mut (impl DeviceStates + Mailboxes), counters: &Counters) {
         match update {
             Update::Device(state) => self.apply_device(state, target, counters),
+            Update::Mwi(state) => match &mut self.mwi {
+                Some(mwi) => mwi.apply(state, target),
+                None => Counters::count(&counters.ignored_not_shared),
+            },
         }
     }
 
@@ -229,6 +249,8 @@ impl StateBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::mwi::message::MwiState;
+    use std::sync::Arc;
     use std::time::Duration;
 
     /// Asterisk's per-EID slots as a map; devices named `refuse*` are refused.
@@ -236,6 +258,23 @@ mod tests {
     struct FakeStates {
         slots: BTreeMap<(String, String), &'static str>,
         forgotten: Vec<(String, String)>,
+        mailboxes: BTreeMap<String, (String, u32)>,
+    }
+
+    /// Mailboxes as Asterisk's one slot each: (origin, new).
+    impl Mailboxes for FakeStates {
+        fn apply(&mut self, s: &MwiState) -> Result<(), Refused> {
+            self.mailboxes.insert(s.mailbox.clone(), (s.origin.clone(), s.new));
+            Ok(())
+        }
+
+        fn forget(&mut self, mailbox: &str, origin: &str) -> bool {
+            let holds = self.mailboxes.get(mailbox).is_some_and(|(o, _)| o == origin);
+            if holds {
+                self.mailboxes.remove(mailbox);
+            }
+            holds
+        }
     }
 
     impl DeviceStates for FakeStates {
@@ -262,7 +301,8 @@ mod tests {
     }
 
     fn setup(devices: &str) -> (StateBook, FakeStates, Counters) {
-        (StateBook::new(ME, DevicePatterns::parse(devices).unwrap()), FakeStates::default(), Counters::default())
+        let mwi = MwiBook::new(ME, DevicePatterns::default(), Arc::new(Counters::default()));
+        (StateBook::new(ME, DevicePatterns::parse(devices).unwrap(), Some(mwi)), FakeStates::default(), Counters::default())
     }
 
     #[test]
@@ -364,5 +404,23 @@ mod tests {
         assert_eq!(ast.forgotten.len(), 3);
         book.handle(&msg("Custom:agent1", "INUSE", A, 3), &mut ast, &c);
         assert_eq!(book.clear(&mut ast, Instant::now()), (0, 1), "past the deadline nothing more is taken back");
+    }
+
+    #[test]
+    fn mwi_messages_alone_or_in_a_batch_go_to_the_mailboxes_unless_mwi_is_off() {
+        let (mut book, mut ast, c) = setup("");
+        let mwi = |mailbox: &str, new: u32, seq: u64| format!(r#"{{"type":"MWI","mailbox":"{mailbox}","new":{new},"old":0,"origin":"{A}","seq":{seq}}}"#);
+        book.handle(mwi("1001@default", 2, 1).as_bytes(), &mut ast, &c);
+        let batch = format!(r#"{{"type":"STATE_BATCH","origin":"{A}","states":[{},{}]}}"#, mwi("1002@default", 1, 2), String::from_utf8(msg("Custom:agent1", "INUSE", A, 3)).unwrap());
+        book.handle(batch.as_bytes(), &mut ast, &c);
+        assert_eq!((ast.mailboxes.len(), ast.slots.len()), (2, 1));
+        assert_eq!(Counters::get(&book.mwi().unwrap().counters().applied), 2);
+        assert_eq!(Counters::get(&c.applied), 1, "device and MWI counters are apart");
+        book.handle(br#"{"type":"MWI","mailbox":"@x","new":1,"old":0,"origin":"02:00:00:00:00:0a","seq":9}"#, &mut ast, &c);
+        assert_eq!(c.rejected.get("bad_field"), 1, "what cannot be decoded counts with the exchange");
+
+        let mut off = StateBook::new(ME, DevicePatterns::default(), None);
+        off.handle(mwi("1003@default", 1, 1).as_bytes(), &mut ast, &c);
+        assert_eq!((ast.mailboxes.len(), Counters::get(&c.ignored_not_shared)), (2, 1));
     }
 }

@@ -39,7 +39,7 @@ impl LocalStates {
     /// shared or that no receiver would accept.
     pub fn changed(&mut self, device: &str, state: &str, cachable: bool) -> Option<DeviceState> {
         let state = message::state_name(state)?;
-        if !message::valid_device(device) || !self.devices.shares(device) {
+        if !message::valid_name(device) || !self.devices.shares(device) {
             return None;
         }
         let seq = self.next_seq;

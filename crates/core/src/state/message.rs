@@ -5,8 +5,10 @@
 //! ```text
 //! device.<device>  {"type":"DEVICE_STATE","device":"PJSIP/alice","state":"INUSE","cachable":true,
 //!                   "origin":"02:00:00:00:00:01","seq":42}
+//! mwi.<mailbox>    {"type":"MWI","mailbox":"1001@default","new":2,"old":1,"origin":..,"seq":..}
+//!                  (see state::mwi::message)
 //! sync.request     {"type":"STATE_SYNC","origin":"<asker>"}   (answers go to the AMQP reply-to)
-//! sync.batch       {"type":"STATE_BATCH","origin":"<eid>","states":[<DEVICE_STATE>, ...]}
+//! sync.batch       {"type":"STATE_BATCH","origin":"<eid>","states":[<DEVICE_STATE or MWI>, ...]}
 //! ```
 //!
 //! `state` is one of Asterisk's parseable names (`ast_devstate_str`), `origin` the entity ID
@@ -19,13 +21,14 @@ use std::fmt;
 use serde_json::{json, Map, Value};
 
 use crate::batches;
+use crate::state::mwi::message::{self as mwi_message, MwiState};
 
 /// Larger bodies are refused before parsing (a state message is about 150 bytes; the bound
 /// leaves room for the batches of a later SYNC).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-/// Longer device names are refused: the routing key (`device.<device>`) must stay under
-/// AMQP's 255 bytes, and Asterisk keeps device names far shorter.
-pub const MAX_DEVICE_BYTES: usize = 200;
+/// Longer device or mailbox names are refused: the routing key (`device.<device>`,
+/// `mwi.<mailbox>`) must stay under AMQP's 255 bytes, and Asterisk keeps names far shorter.
+pub const MAX_NAME_BYTES: usize = 200;
 
 /// Routing keys of the SYNC request and of re-announcements.
 pub const SYNC_REQUEST_KEY: &str = "sync.request";
@@ -53,6 +56,7 @@ pub struct DeviceState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
     Device(DeviceState),
+    Mwi(MwiState),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +97,7 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::TooLarge(n) => write!(f, "message of {n} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"),
             Rejection::NotJson(e) => write!(f, "not a JSON object: {e}"),
-            Rejection::UnknownType(t) => write!(f, "unknown type '{t}' (DEVICE_STATE, STATE_SYNC or STATE_BATCH)"),
+            Rejection::UnknownType(t) => write!(f, "unknown type '{t}' (DEVICE_STATE, MWI, STATE_SYNC or STATE_BATCH)"),
             Rejection::MissingField(field) => write!(f, "missing field '{field}'"),
             Rejection::BadField { field, why } => write!(f, "field '{field}': {why}"),
             Rejection::UnknownState(s) => write!(f, "unknown state '{s}' (one of {})", STATES.join(", ")),
@@ -118,9 +122,10 @@ pub fn encode_sync_request(origin: &str) -> Vec<u8> {
     json!({"type": "STATE_SYNC", "origin": origin}).to_string().into_bytes()
 }
 
-/// `origin`'s own states as batches that each stay under `max_bytes`.
-pub fn encode_batches(origin: &str, states: &[DeviceState], max_bytes: usize) -> Vec<Vec<u8>> {
-    batches::encode(states.iter().map(device_json), max_bytes, |items| json!({"type": "STATE_BATCH", "origin": origin, "states": items}))
+/// `origin`'s own device and mailbox states as batches that each stay under `max_bytes`.
+pub fn encode_batches(origin: &str, states: &[DeviceState], mailboxes: &[MwiState], max_bytes: usize) -> Vec<Vec<u8>> {
+    let items = states.iter().map(device_json).chain(mailboxes.iter().map(mwi_message::json));
+    batches::encode(items, max_bytes, |items| json!({"type": "STATE_BATCH", "origin": origin, "states": items}))
 }
 
 pub fn decode(body: &[u8]) -> Result<Message, Rejection> {
@@ -149,13 +154,14 @@ pub fn decode(body: &[u8]) -> Result<Message, Rejection> {
 fn update(object: &Map<String, Value>) -> Result<Update, Rejection> {
     match string(object, "type")? {
         "DEVICE_STATE" => device_state(object).map(Update::Device),
+        "MWI" => mwi_message::from_object(object).map(Update::Mwi),
         kind => Err(Rejection::UnknownType(kind.chars().take(64).collect())),
     }
 }
 
 fn device_state(object: &Map<String, Value>) -> Result<DeviceState, Rejection> {
     let device = string(object, "device")?;
-    if !valid_device(device) {
+    if !valid_name(device) {
         return Err(Rejection::BadField { field: "device", why: "1 to 200 printable characters without spaces" });
     }
     let name = string(object, "state")?;
@@ -165,15 +171,20 @@ fn device_state(object: &Map<String, Value>) -> Result<DeviceState, Rejection> {
         Some(v) => v.as_bool().ok_or(Rejection::BadField { field: "cachable", why: "expected true or false" })?,
     };
     let origin = origin(object)?;
-    let seq = match object.get("seq") {
-        None | Some(Value::Null) => return Err(Rejection::MissingField("seq")),
-        Some(v) => v.as_u64().ok_or(Rejection::BadField { field: "seq", why: "expected a non-negative integer" })?,
-    };
+    let seq = unsigned(object, "seq")?;
     Ok(DeviceState { device: device.to_string(), state, cachable, origin, seq })
 }
 
-fn origin(object: &Map<String, Value>) -> Result<String, Rejection> {
+/// The `origin` field: the entity ID of the node the message is about.
+pub(crate) fn origin(object: &Map<String, Value>) -> Result<String, Rejection> {
     eid(string(object, "origin")?).ok_or(Rejection::BadField { field: "origin", why: "expected an entity ID such as 02:00:00:00:00:01" })
+}
+
+pub(crate) fn unsigned(object: &Map<String, Value>, key: &'static str) -> Result<u64, Rejection> {
+    match object.get(key) {
+        None | Some(Value::Null) => Err(Rejection::MissingField(key)),
+        Some(v) => v.as_u64().ok_or(Rejection::BadField { field: key, why: "expected a non-negative integer" }),
+    }
 }
 
 /// The state's name as Asterisk spells it, if it is one.
@@ -189,11 +200,12 @@ pub fn eid(text: &str) -> Option<String> {
     ok.then(|| text.to_ascii_lowercase())
 }
 
-pub fn valid_device(device: &str) -> bool {
-    !device.is_empty() && device.len() <= MAX_DEVICE_BYTES && device.chars().all(|c| c.is_ascii_graphic())
+/// A device or mailbox name that fits a routing key and that Asterisk could have made.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_BYTES && name.chars().all(|c| c.is_ascii_graphic())
 }
 
-fn string<'a>(object: &'a Map<String, Value>, key: &'static str) -> Result<&'a str, Rejection> {
+pub(crate) fn string<'a>(object: &'a Map<String, Value>, key: &'static str) -> Result<&'a str, Rejection> {
     match object.get(key) {
         None | Some(Value::Null) => Err(Rejection::MissingField(key)),
         Some(Value::String(s)) => Ok(s),
@@ -217,11 +229,11 @@ mod tests {
 
     #[test]
     fn refuses_with_a_reason_for_each_kind_of_bad_input() {
-        let long = format!(r#"{{"type":"DEVICE_STATE","device":"{}","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01","seq":1}}"#, "x".repeat(MAX_DEVICE_BYTES + 1));
+        let long = format!(r#"{{"type":"DEVICE_STATE","device":"{}","state":"INUSE","cachable":true,"origin":"02:00:00:00:00:01","seq":1}}"#, "x".repeat(MAX_NAME_BYTES + 1));
         let cases: &[(&str, &str)] = &[
             ("{not json", "bad_json"),
             ("[1]", "bad_json"),
-            (r#"{"type":"MWI"}"#, "unknown_type"),
+            (r#"{"type":"VOICEMAIL"}"#, "unknown_type"),
             (r#"{"device":"a"}"#, "missing_field"),
             (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"SLEEPING","cachable":true,"origin":"02:00:00:00:00:01","seq":1}"#, "unknown_state"),
             (r#"{"type":"DEVICE_STATE","device":"PJSIP/a","state":"inuse","cachable":true,"origin":"02:00:00:00:00:01","seq":1}"#, "unknown_state"),
@@ -247,18 +259,22 @@ mod tests {
         let me = "02:00:00:00:00:0a";
         assert_eq!(decode(&encode_sync_request(me)), Ok(Message::SyncRequest { origin: me.into() }));
         let states: Vec<DeviceState> = (0..2000).map(|i| DeviceState { device: format!("Custom:agent{i}"), state: "INUSE", cachable: true, origin: me.into(), seq: i }).collect();
-        let bodies = encode_batches(me, &states, MAX_MESSAGE_BYTES * 3 / 4);
+        let mailboxes = vec![MwiState { mailbox: "1001@default".into(), new: 2, old: 1, deleted: false, origin: me.into(), seq: 9 }];
+        let bodies = encode_batches(me, &states, &mailboxes, MAX_MESSAGE_BYTES * 3 / 4);
         assert!(bodies.len() > 1 && bodies.iter().all(|b| b.len() <= MAX_MESSAGE_BYTES * 3 / 4));
-        let mut back = Vec::new();
+        let (mut back, mut back_mwi) = (Vec::new(), Vec::new());
         for body in &bodies {
             let Ok(Message::Batch { origin, items }) = decode(body) else { panic!("not a batch") };
             assert_eq!(origin, me);
-            back.extend(items.into_iter().map(|i| match i {
-                Ok(Update::Device(s)) => s,
-                Err(e) => panic!("{e}"),
-            }));
+            for item in items {
+                match item {
+                    Ok(Update::Device(s)) => back.push(s),
+                    Ok(Update::Mwi(m)) => back_mwi.push(m),
+                    Err(e) => panic!("{e}"),
+                }
+            }
         }
-        assert_eq!(back, states);
+        assert_eq!((back, back_mwi), (states, mailboxes));
 
         let mixed = format!(r#"{{"type":"STATE_BATCH","origin":"{me}","states":[{INUSE},{{"type":"STATE_BATCH"}},7,{{"type":"DEVICE_STATE","device":"x"}}]}}"#);
         let Ok(Message::Batch { items, .. }) = decode(mixed.as_bytes()) else { panic!("not a batch") };

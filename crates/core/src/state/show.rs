@@ -57,12 +57,7 @@ pub fn render(v: &StatesView<'_>, device: Option<&str>) -> String {
             None => writeln!(out, "No device state known: none changed here or was shared by others."),
         };
     } else {
-        let width = |i: usize, min: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).clamp(min, 60);
-        let (wd, wh, wr) = (width(0, 6), width(1, 9), width(2, 6));
-        let _ = writeln!(out, "{:<wd$}  {:<wh$}  {:<wr$}  Aggregate", "Device", "This node", "Others");
-        for [d, here, others, aggregate] in &rows {
-            let _ = writeln!(out, "{d:<wd$}  {here:<wh$}  {others:<wr$}  {aggregate}");
-        }
+        table(&mut out, ["Device", "This node", "Others", "Aggregate"], &rows);
     }
     let local = names.iter().filter(|d| v.local.contains_key(**d)).count();
     let remote = names.iter().filter(|d| v.remote.contains_key(**d)).count();
@@ -80,10 +75,25 @@ pub fn render(v: &StatesView<'_>, device: Option<&str>) -> String {
         ("SYNC", format!("{} asked, {} answered; {} state(s) cleared for nodes that left", Counters::get(&c.sync_requested), Counters::get(&c.sync_answered), Counters::get(&c.cleared_lost))),
         ("Last error", v.status.last_error.clone().unwrap_or_else(|| "-".into())),
     ];
-    for (k, val) in lines {
-        let _ = writeln!(out, "  {:<12} {val}", format!("{k}:"));
-    }
+    fields(&mut out, 12, &lines);
     out
+}
+
+/// Columns as wide as their widest cell (at most 60), the last one as it is.
+pub(crate) fn table(out: &mut String, header: [&str; 4], rows: &[[String; 4]]) {
+    let width = |i: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).clamp(header[i].len(), 60);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let _ = writeln!(out, "{:<w0$}  {:<w1$}  {:<w2$}  {}", header[0], header[1], header[2], header[3]);
+    for [a, b, c, d] in rows {
+        let _ = writeln!(out, "{a:<w0$}  {b:<w1$}  {c:<w2$}  {d}");
+    }
+}
+
+/// `  Label:      value` lines, the values aligned after `width` characters of label.
+pub(crate) fn fields(out: &mut String, width: usize, lines: &[(&str, String)]) {
+    for (k, val) in lines {
+        let _ = writeln!(out, "  {:<width$} {val}", format!("{k}:"));
+    }
 }
 
 pub fn status_line(v: &StatesView<'_>) -> SubsystemLine {

@@ -10,7 +10,7 @@ CARGO_OUT    := $(or $(CARGO_TARGET_DIR),target)/release
 TEST_MODULE  := target/test-module/res_scale.so
 CACHE        := $(or $(RES_SCALE_CACHE),/var/cache/res_scale)
 
-.PHONY: build gateway install provision test unit-test integration-test run call stop images \
+.PHONY: build gateway install provision lint test unit-test integration-test run call stop images \
         provision-demo demo-bin demo-wheels bench mutants clean
 
 ## build: target/release/res_scale.so and target/release/scale-gateway
@@ -48,9 +48,15 @@ $(TEST_MODULE): FORCE
 	mv -f $(TEST_MODULE).tmp $(TEST_MODULE)
 FORCE:
 
-## test: unit tests, the shipped build (it differs from the tested one in its hot path), then
-## integration tests against a real pool
-test: provision unit-test build integration-test
+## lint: the code as rustfmt.toml formats it, and clippy without a warning (every target)
+lint:
+	@command -v rustup >/dev/null && rustup component add rustfmt clippy >/dev/null 2>&1 || true
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --all-targets --workspace -- -D warnings
+
+## test: lint, unit tests, the shipped build (it differs from the tested one in its hot path),
+## then integration tests against a real pool
+test: provision lint unit-test build integration-test
 
 unit-test:
 	$(CARGO) test --release -p res-scale-core -p scale-gateway

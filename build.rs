@@ -100,10 +100,7 @@ fn find_headers(manifest: &Path) -> PathBuf {
         return cached;
     }
     println!("cargo:warning=no Asterisk headers installed; fetching Debian's asterisk-dev into {}", cached.display());
-    let status = Command::new("bash")
-        .arg(manifest.join("asterisk-headers").join("fetch-headers.sh"))
-        .arg(&cached)
-        .status();
+    let status = Command::new("bash").arg(manifest.join("asterisk-headers").join("fetch-headers.sh")).arg(&cached).status();
     match status {
         Ok(s) if s.success() && has_headers(&cached) => cached,
         Ok(s) => panic!("asterisk-headers/fetch-headers.sh failed ({s}).\n{HELP}"),

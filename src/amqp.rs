@@ -52,14 +52,8 @@ impl Amqp {
                 std::fs::read_to_string(path).map_err(|e| tracing::error!("amqp: cannot read ca_file {path}: {e}")).ok()
             }),
         };
-        let publisher = Publisher {
-            broker: Arc::new(broker),
-            urls: settings.urls.clone(),
-            eid: node.eid.clone(),
-            confirms: settings.confirms,
-            counters: pipe.counters.clone(),
-            status: status.clone(),
-        };
+        let publisher =
+            Publisher { broker: Arc::new(broker), urls: settings.urls.clone(), eid: node.eid.clone(), confirms: settings.confirms, counters: pipe.counters.clone(), status: status.clone() };
         let tasks = Tasks::new();
         tasks.spawn(runtime, publisher.run(pipe.outbox.clone(), tasks.shutdown()));
         Amqp { pipe, status, tasks }

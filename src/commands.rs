@@ -119,15 +119,7 @@ fn with_registrations<R>(running: &Running, f: impl FnOnce(&RegistrationsView<'_
     let status = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let (local, remote) = r.snapshot();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let view = RegistrationsView {
-        status: &status,
-        counters: &r.counters,
-        reconnects: r.reconnects.load(std::sync::atomic::Ordering::Relaxed),
-        exchange: &r.exchange,
-        local,
-        remote,
-        now,
-    };
+    let view = RegistrationsView { status: &status, counters: &r.counters, reconnects: r.reconnects.load(std::sync::atomic::Ordering::Relaxed), exchange: &r.exchange, local, remote, now };
     Some(f(&view))
 }
 

@@ -43,13 +43,7 @@ impl Liveness for AsteriskAlive {
 }
 
 impl Consul {
-    pub fn start(
-        runtime: &tokio::runtime::Handle,
-        settings: &config::Consul,
-        node: NodeIdentity,
-        apps: Arc<Mutex<AppsTable>>,
-        counters: Arc<EventCounters>,
-    ) -> Result<Consul, String> {
+    pub fn start(runtime: &tokio::runtime::Handle, settings: &config::Consul, node: NodeIdentity, apps: Arc<Mutex<AppsTable>>, counters: Arc<EventCounters>) -> Result<Consul, String> {
         let agent = Arc::new(HttpConsul::new(&settings.urls, &settings.token)?);
         let status = Arc::new(Mutex::new(RegistrationStatus { state: "starting".into(), ..Default::default() }));
         let view = Arc::new(Mutex::new(PoolView::default()));
@@ -64,14 +58,7 @@ impl Consul {
             liveness: Arc::new(AsteriskAlive),
         };
         tasks.spawn(runtime, registrar.run(requests_rx, tasks.shutdown()));
-        let watcher = AppsWatcher {
-            api: agent.clone(),
-            prefix: settings.apps_prefix.clone(),
-            stasis: Arc::new(AsteriskStasis),
-            table: apps,
-            counters,
-            registration: requests.clone(),
-        };
+        let watcher = AppsWatcher { api: agent.clone(), prefix: settings.apps_prefix.clone(), stasis: Arc::new(AsteriskStasis), table: apps, counters, registration: requests.clone() };
         tasks.spawn(runtime, watcher.run(tasks.shutdown()));
         tasks.spawn(runtime, nodes::watch(agent.clone(), node.service_name.clone(), view.clone(), tasks.shutdown()));
         Ok(Consul { node_id: node.node_id, prefix: settings.apps_prefix.clone(), agent, status, view, requests, tasks })

@@ -75,13 +75,7 @@ pub fn load() -> Result<(), ()> {
             return Err(());
         }
     }
-    tracing::info!(
-        "res_scale {} loaded: node {} (EID {}), config from {}",
-        env!("CARGO_PKG_VERSION"),
-        running.node.node_id,
-        running.eid,
-        running.config_source
-    );
+    tracing::info!("res_scale {} loaded: node {} (EID {}), config from {}", env!("CARGO_PKG_VERSION"), running.node.node_id, running.eid, running.config_source);
     *state() = Some(running);
     Ok(())
 }

@@ -133,13 +133,7 @@ fn send(outbox: &mpsc::Sender<Outgoing>, counters: &Counters, message: Outgoing)
 }
 
 impl Registrations {
-    pub fn start(
-        runtime: &tokio::runtime::Handle,
-        amqp: &config::Amqp,
-        settings: &config::Registrations,
-        node: &NodeIdentity,
-        pool: Option<Arc<Mutex<PoolView>>>,
-    ) -> Result<Registrations, String> {
+    pub fn start(runtime: &tokio::runtime::Handle, amqp: &config::Amqp, settings: &config::Registrations, node: &NodeIdentity, pool: Option<Arc<Mutex<PoolView>>>) -> Result<Registrations, String> {
         let status = Arc::new(Mutex::new(AmqpStatus { state: "connecting".into(), ..Default::default() }));
         let counters = Arc::new(Counters::default());
         let reconnects = Arc::new(AtomicU64::new(0));

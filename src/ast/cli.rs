@@ -139,10 +139,7 @@ unsafe extern "C" fn handler(e: *mut sys::ast_cli_entry, cmd: c_int, a: *mut sys
                 // SAFETY: Asterisk passes valid args during CLI_GENERATE.
                 let (pos, word, n, own) = unsafe { ((*a).pos, text((*a).word), (*a).n, (*e).args) };
                 let position = (pos - own).max(0) as usize;
-                let candidate = (command.complete)(position)
-                    .iter()
-                    .filter(|c| c.starts_with(word.as_str()))
-                    .nth(n.max(0) as usize);
+                let candidate = (command.complete)(position).iter().filter(|c| c.starts_with(word.as_str())).nth(n.max(0) as usize);
                 // Asterisk frees the completion with ast_free: it must come from ast_strdup
                 // (another allocator than libc's in MALLOC_DEBUG builds).
                 candidate.map_or(ptr::null_mut(), |c| {
@@ -156,8 +153,7 @@ unsafe extern "C" fn handler(e: *mut sys::ast_cli_entry, cmd: c_int, a: *mut sys
                 let (fd, args) = unsafe {
                     let a = &*a;
                     let own = (*e).args.max(0) as usize;
-                    let words: Vec<String> =
-                        (0..a.argc.max(0) as usize).map(|i| text(*a.argv.add(i))).collect();
+                    let words: Vec<String> = (0..a.argc.max(0) as usize).map(|i| text(*a.argv.add(i))).collect();
                     (a.fd, words.get(own..).map(<[String]>::to_vec).unwrap_or_default())
                 };
                 match (command.run)(&args) {

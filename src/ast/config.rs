@@ -42,7 +42,11 @@ unsafe fn copy_out(cfg: *mut sys::ast_config) -> RawConfig {
     let text = |p: *const std::os::raw::c_char| {
         // SAFETY: Asterisk's category and variable strings are NUL-terminated and live as long
         // as the config.
-        if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() }
+        if p.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
     };
     let mut sections = Vec::new();
     let mut category: *mut sys::ast_category = ptr::null_mut();

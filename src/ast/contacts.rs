@@ -21,8 +21,8 @@ use std::os::raw::c_char;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use res_scale_core::registrations::book::{same_registration, LocalChange, Location, Refusal};
 use res_scale_core::rate_log::RateLimitedLog;
+use res_scale_core::registrations::book::{same_registration, LocalChange, Location, Refusal};
 use res_scale_core::registrations::message::Contact;
 
 use crate::ast::gate::Gate;
@@ -62,9 +62,8 @@ fn pace() {
     while backlog() > MAX_BACKLOG {
         if start.elapsed() >= MAX_PAUSE {
             let mut log = PACE_LOG.lock().unwrap_or_else(|e| e.into_inner());
-            log.get_or_insert_with(|| RateLimitedLog::new("registrations")).warn("pacing", || {
-                format!("sorcery's contact observers still have {} tasks queued after {MAX_PAUSE:?}; applying on", backlog())
-            });
+            log.get_or_insert_with(|| RateLimitedLog::new("registrations"))
+                .warn("pacing", || format!("sorcery's contact observers still have {} tasks queued after {MAX_PAUSE:?}; applying on", backlog()));
             return;
         }
         std::thread::sleep(Duration::from_micros(200));

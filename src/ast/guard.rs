@@ -11,11 +11,7 @@ pub fn guarded<R>(what: &str, on_panic: R, body: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result,
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(no message)".into());
+            let message = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned()).unwrap_or_else(|| "(no message)".into());
             tracing::error!("internal error in {what}: {message}; the call failed, Asterisk goes on");
             on_panic
         }
@@ -28,8 +24,7 @@ fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
-            let location =
-                info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
             tracing::error!("panic at {location}");
         }));
     });

@@ -8,10 +8,10 @@
 //! client's: we never unregister it, which would deactivate the client's handler. Once the
 //! client lets it go (res_stasis unregisters it with the client's socket), we take it back.
 
+use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
 use std::os::raw::{c_char, c_void};
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 #[cfg(feature = "test-hooks")]

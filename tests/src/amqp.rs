@@ -17,9 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 
-use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -49,12 +47,7 @@ pub struct AmqpProbe {
 
 impl AmqpProbe {
     pub fn new(url: &str) -> AmqpProbe {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("amqp-probe")
-            .enable_all()
-            .build()
-            .expect("build the AMQP probe's tokio runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("amqp-probe").enable_all().build().expect("build the AMQP probe's tokio runtime");
         AmqpProbe { url: url.to_string(), rt }
     }
 
@@ -75,9 +68,7 @@ impl AmqpProbe {
     pub fn delete_exchange(&self, exchange: &str) {
         let what = format!("delete exchange {exchange:?}");
         self.run(&what, CALL_TIMEOUT, |ch| async move {
-            ch.exchange_delete(short(exchange), ExchangeDeleteOptions::default())
-                .await
-                .unwrap_or_else(|e| panic!("AMQP exchange.delete {exchange:?}: {e}"));
+            ch.exchange_delete(short(exchange), ExchangeDeleteOptions::default()).await.unwrap_or_else(|e| panic!("AMQP exchange.delete {exchange:?}: {e}"));
         });
     }
 
@@ -91,9 +82,7 @@ impl AmqpProbe {
                     .unwrap_or_else(|e| panic!("AMQP exchange.declare {exchange:?} (durable topic): {e}"));
             }
             let queue_options = QueueDeclareOptions { durable: true, exclusive: false, auto_delete: false, ..Default::default() };
-            ch.queue_declare(short(queue), queue_options, FieldTable::default())
-                .await
-                .unwrap_or_else(|e| panic!("AMQP queue.declare {queue:?} (durable): {e}"));
+            ch.queue_declare(short(queue), queue_options, FieldTable::default()).await.unwrap_or_else(|e| panic!("AMQP queue.declare {queue:?} (durable): {e}"));
             ch.queue_bind(short(queue), short(exchange), short(binding_key), QueueBindOptions::default(), FieldTable::default())
                 .await
                 .unwrap_or_else(|e| panic!("AMQP queue.bind {queue:?} -> {exchange:?} ({binding_key:?}): {e}"));
@@ -108,10 +97,7 @@ impl AmqpProbe {
             let deadline = Instant::now() + within;
             let mut got = Vec::new();
             loop {
-                let message = ch
-                    .basic_get(short(queue), BasicGetOptions { no_ack: true })
-                    .await
-                    .unwrap_or_else(|e| panic!("AMQP basic.get {queue:?}: {e}"));
+                let message = ch.basic_get(short(queue), BasicGetOptions { no_ack: true }).await.unwrap_or_else(|e| panic!("AMQP basic.get {queue:?}: {e}"));
                 match message {
                     Some(message) => got.push(received(message.delivery)),
                     None if got.len() >= min || Instant::now() >= deadline => break,
@@ -139,10 +125,7 @@ impl AmqpProbe {
         let what = format!("consume {n} messages from {queue:?}");
         self.run(&what, within + CALL_TIMEOUT, |ch| async move {
             let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
-            let mut consumer = ch
-                .basic_consume(short(queue), short("res_scale-tests"), options, FieldTable::default())
-                .await
-                .unwrap_or_else(|e| panic!("AMQP basic.consume {queue:?}: {e}"));
+            let mut consumer = ch.basic_consume(short(queue), short("res_scale-tests"), options, FieldTable::default()).await.unwrap_or_else(|e| panic!("AMQP basic.consume {queue:?}: {e}"));
             ready();
             let mut arrived = 0;
             let deadline = tokio::time::Instant::now() + within;
@@ -190,13 +173,7 @@ impl AmqpProbe {
             let start = Instant::now();
             let mut pending = std::collections::VecDeque::with_capacity(WINDOW);
             for (key, body) in keys.into_iter().zip(bodies) {
-                let mut publish = Box::pin(ch.basic_publish(
-                    short(exchange),
-                    key,
-                    BasicPublishOptions::default(),
-                    body,
-                    properties.clone(),
-                ));
+                let mut publish = Box::pin(ch.basic_publish(short(exchange), key, BasicPublishOptions::default(), body, properties.clone()));
                 // One poll queues the frames in lapin; the rest only reports them written.
                 let first = std::future::poll_fn(|cx| std::task::Poll::Ready(publish.as_mut().poll(cx))).await;
                 match first {
@@ -313,11 +290,7 @@ fn json_properties_with(headers: &[(&str, &str)]) -> BasicProperties {
 
 fn received(delivery: lapin::message::Delivery) -> Received {
     let properties = &delivery.properties;
-    let headers = properties
-        .headers()
-        .as_ref()
-        .map(|table| table.inner().iter().map(|(k, v)| (k.to_string(), render(v))).collect())
-        .unwrap_or_default();
+    let headers = properties.headers().as_ref().map(|table| table.inner().iter().map(|(k, v)| (k.to_string(), render(v))).collect()).unwrap_or_default();
     let body = String::from_utf8_lossy(&delivery.data).into_owned();
     Received {
         routing_key: delivery.routing_key.to_string(),

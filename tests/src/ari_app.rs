@@ -78,9 +78,8 @@ impl AriApp {
 
     /// Waits for a line that satisfies `matches` and returns it.
     pub fn expect(&self, what: &str, within: Duration, matches: impl Fn(&Value) -> bool) -> Value {
-        wait::try_until(within, Duration::from_millis(50), || self.lines().into_iter().find(|l| matches(l))).unwrap_or_else(|| {
-            panic!("{}: no line with {what} within {within:?}; got:\n{}\nstderr:\n{}", self.name, self.render(), self.stderr())
-        })
+        wait::try_until(within, Duration::from_millis(50), || self.lines().into_iter().find(|l| matches(l)))
+            .unwrap_or_else(|| panic!("{}: no line with {what} within {within:?}; got:\n{}\nstderr:\n{}", self.name, self.render(), self.stderr()))
     }
 
     fn stderr(&self) -> String {

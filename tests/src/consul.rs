@@ -1,8 +1,8 @@
 //! A private Consul 1.8.7 dev agent on free loopback ports.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -25,14 +25,8 @@ impl Consul {
     /// `token`: turn ACLs on with default deny and this management token.
     pub fn start(testbed: &Testbed, dir: &Path, token: Option<&str>) -> Consul {
         fs::create_dir_all(dir).unwrap();
-        let mut consul = Consul {
-            http_port: free_port(),
-            token: token.map(str::to_string),
-            binary: testbed.consul.clone(),
-            dir: dir.to_path_buf(),
-            ports: [free_port(), free_port(), free_port()],
-            child: None,
-        };
+        let mut consul =
+            Consul { http_port: free_port(), token: token.map(str::to_string), binary: testbed.consul.clone(), dir: dir.to_path_buf(), ports: [free_port(), free_port(), free_port()], child: None };
         consul.restart();
         consul
     }

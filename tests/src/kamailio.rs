@@ -114,9 +114,7 @@ impl Kamailio {
         spec.defines = vec!["DS_PING_INTERVAL=1".into()];
         let kamailio = Kamailio::start(&pool.dir.join("kamailio"), spec);
         let active = format!("Kamailio sees all {} nodes", pool.nodes.len());
-        wait::until(&active, Duration::from_secs(20), Duration::from_millis(200), || {
-            kamailio.kamcmd(&["dispatcher.list"]).filter(|l| l.matches("FLAGS: AP").count() == pool.nodes.len()).map(|_| ())
-        });
+        wait::until(&active, Duration::from_secs(20), Duration::from_millis(200), || kamailio.kamcmd(&["dispatcher.list"]).filter(|l| l.matches("FLAGS: AP").count() == pool.nodes.len()).map(|_| ()));
         kamailio
     }
 

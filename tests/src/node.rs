@@ -2,8 +2,8 @@
 //! or a chroot), and the ways a test talks to it (CLI, ARI, logs, thread count).
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -26,23 +26,73 @@ const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
 
 /// Every module a node loads (autoload=no does not pull in dependencies).
 const MODULES: &[&str] = &[
-    "pbx_config", "app_dial", "app_playback", "app_echo", "app_stasis", "func_callerid", "func_channel", "func_cut", "func_devstate",
-    "codec_ulaw", "codec_alaw", "format_wav", "format_gsm", "format_pcm", "res_timing_timerfd",
-    "bridge_simple", "bridge_native_rtp", "bridge_softmix", "bridge_holding", "chan_bridge_media", "res_pjproject",
-    "res_sorcery_config", "res_sorcery_memory", "res_sorcery_astdb", "res_rtp_asterisk", "res_pjsip",
-    "res_pjsip_session", "res_pjsip_pubsub", "chan_pjsip", "res_pjsip_authenticator_digest",
-    "res_pjsip_endpoint_identifier_user", "res_pjsip_endpoint_identifier_ip", "res_pjsip_registrar",
-    "res_pjsip_sdp_rtp", "res_pjsip_caller_id", "res_pjsip_nat", "res_pjsip_outbound_authenticator_digest",
-    "res_stasis", "res_websocket_client", "res_ari_model", "res_http_websocket", "res_ari",
-    "res_ari_applications", "res_ari_asterisk", "res_ari_bridges", "res_ari_channels",
-    "res_ari_device_states", "res_ari_endpoints", "res_ari_events", "res_ari_playbacks",
-    "res_ari_recordings", "res_ari_sounds", "res_stasis_answer", "res_stasis_playback",
-    "res_stasis_recording", "res_stasis_snoop", "res_stasis_device_state",
+    "pbx_config",
+    "app_dial",
+    "app_playback",
+    "app_echo",
+    "app_stasis",
+    "func_callerid",
+    "func_channel",
+    "func_cut",
+    "func_devstate",
+    "codec_ulaw",
+    "codec_alaw",
+    "format_wav",
+    "format_gsm",
+    "format_pcm",
+    "res_timing_timerfd",
+    "bridge_simple",
+    "bridge_native_rtp",
+    "bridge_softmix",
+    "bridge_holding",
+    "chan_bridge_media",
+    "res_pjproject",
+    "res_sorcery_config",
+    "res_sorcery_memory",
+    "res_sorcery_astdb",
+    "res_rtp_asterisk",
+    "res_pjsip",
+    "res_pjsip_session",
+    "res_pjsip_pubsub",
+    "chan_pjsip",
+    "res_pjsip_authenticator_digest",
+    "res_pjsip_endpoint_identifier_user",
+    "res_pjsip_endpoint_identifier_ip",
+    "res_pjsip_registrar",
+    "res_pjsip_sdp_rtp",
+    "res_pjsip_caller_id",
+    "res_pjsip_nat",
+    "res_pjsip_outbound_authenticator_digest",
+    "res_stasis",
+    "res_websocket_client",
+    "res_ari_model",
+    "res_http_websocket",
+    "res_ari",
+    "res_ari_applications",
+    "res_ari_asterisk",
+    "res_ari_bridges",
+    "res_ari_channels",
+    "res_ari_device_states",
+    "res_ari_endpoints",
+    "res_ari_events",
+    "res_ari_playbacks",
+    "res_ari_recordings",
+    "res_ari_sounds",
+    "res_stasis_answer",
+    "res_stasis_playback",
+    "res_stasis_recording",
+    "res_stasis_snoop",
+    "res_stasis_device_state",
     // Busy lamps: extension state PUBLISHed to Kamailio (see `Node::publish_extension_state`).
-    "res_pjsip_outbound_publish", "res_pjsip_exten_state", "res_pjsip_dialog_info_body_generator",
+    "res_pjsip_outbound_publish",
+    "res_pjsip_exten_state",
+    "res_pjsip_dialog_info_body_generator",
     // MWI: SUBSCRIBE/NOTIFY message-summary, and MinivmMWI (run by `channel originate`) to set a
     // mailbox's counts.
-    "res_pjsip_mwi", "res_pjsip_mwi_body_generator", "app_minivm", "res_clioriginate"
+    "res_pjsip_mwi",
+    "res_pjsip_mwi_body_generator",
+    "app_minivm",
+    "res_clioriginate",
 ];
 
 /// How a node is set up before it boots.
@@ -156,14 +206,8 @@ impl Node {
             modules.push_str("load => res_scale.so\n");
         }
         self.write_config("modules.conf", &modules);
-        self.write_config(
-            "logger.conf",
-            "[general]\ndateformat = %F %T.%3q\n[logfiles]\nmessages.log => notice,warning,error,verbose(3)\nconsole => notice,warning,error\n",
-        );
-        self.write_config(
-            "http.conf",
-            &format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {}\n", self.http_port),
-        );
+        self.write_config("logger.conf", "[general]\ndateformat = %F %T.%3q\n[logfiles]\nmessages.log => notice,warning,error,verbose(3)\nconsole => notice,warning,error\n");
+        self.write_config("http.conf", &format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {}\n", self.http_port));
         self.write_config(
             "ari.conf",
             &format!("[general]\nenabled = yes\npretty = no\nallowed_origins = *\n[{ARI_USER}]\ntype = user\nread_only = no\npassword = {ARI_PASSWORD}\npassword_format = plain\n"),
@@ -253,9 +297,7 @@ impl Node {
     }
 
     pub fn wait_hint(&self, exten: &str, state: &str) {
-        wait::until(&format!("hint {exten} {state} on {}", self.name), Duration::from_secs(5), Duration::from_millis(20), || {
-            (self.hint_state(exten) == state).then_some(())
-        });
+        wait::until(&format!("hint {exten} {state} on {}", self.name), Duration::from_secs(5), Duration::from_millis(20), || (self.hint_state(exten) == state).then_some(()));
     }
 
     /// Writes (or replaces) a file in the node's config folder.
@@ -312,11 +354,9 @@ impl Node {
     pub fn is_running(&mut self) -> bool {
         match &mut self.process {
             Some(Process::Chroot(child)) => matches!(child.try_wait(), Ok(None)),
-            Some(Process::Docker(name)) => Command::new("docker")
-                .args(["inspect", "-f", "{{.State.Running}}", name])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "true")
-                .unwrap_or(false),
+            Some(Process::Docker(name)) => {
+                Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", name]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "true").unwrap_or(false)
+            }
             None => false,
         }
     }

@@ -86,13 +86,7 @@ impl Heard {
                 })
                 .collect()
         };
-        Ok(Heard {
-            seconds: number("seconds")?,
-            seconds_with_sound: number("seconds_with_sound")?,
-            code: None,
-            share: per_hz("heard")?,
-            tone_seconds: per_hz("seconds_with_tone")?,
-        })
+        Ok(Heard { seconds: number("seconds")?, seconds_with_sound: number("seconds_with_sound")?, code: None, share: per_hz("heard")?, tone_seconds: per_hz("seconds_with_tone")? })
     }
 }
 
@@ -131,12 +125,7 @@ impl TonePhone {
         if let Some(password) = &caller.password {
             command.args(["--password", password]);
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", testbed.pjsua_python.display()));
+        let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", testbed.pjsua_python.display()));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
@@ -189,9 +178,7 @@ impl TonePhone {
 
     /// Waits up to `within` for the far end to end the call and returns what the phone heard.
     pub fn wait_ended(mut self, within: Duration) -> Heard {
-        let ended = wait::try_until(within, Duration::from_millis(20), || {
-            self.lines().iter().any(|l| l.starts_with("DISCONNECTED") || l.starts_with("FAILED")).then_some(())
-        });
+        let ended = wait::try_until(within, Duration::from_millis(20), || self.lines().iter().any(|l| l.starts_with("DISCONNECTED") || l.starts_with("FAILED")).then_some(()));
         if ended.is_none() {
             panic!("{}: the far end did not end the call within {within:?}\n{}", self.name, self.render());
         }
@@ -216,11 +203,7 @@ impl TonePhone {
             Some(Err(e)) => panic!("{}: unreadable analysis: {e}\n{}", self.name, self.render()),
             None => panic!("{}: exited without an analysis\n{}", self.name, self.render()),
         };
-        heard.code = lines
-            .iter()
-            .find_map(|l| l.strip_prefix("DISCONNECTED code="))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|code| code.parse().ok());
+        heard.code = lines.iter().find_map(|l| l.strip_prefix("DISCONNECTED code=")).and_then(|rest| rest.split_whitespace().next()).and_then(|code| code.parse().ok());
         heard
     }
 

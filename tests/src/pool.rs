@@ -159,11 +159,7 @@ fn default_conf(consul_url: Option<&str>, amqp_url: Option<&str>) -> String {
         None => format!("[{name}]\nenabled = no\n"),
     };
     let registrations = if amqp_url.is_some() { "yes" } else { "no" };
-    format!(
-        "{}{}[registrations]\nenabled = {registrations}\n",
-        section("consul", consul_url, "check_ttl = 3s\n"),
-        section("amqp", amqp_url, "")
-    )
+    format!("{}{}[registrations]\nenabled = {registrations}\n", section("consul", consul_url, "check_ttl = 3s\n"), section("amqp", amqp_url, ""))
 }
 
 pub struct Pool {

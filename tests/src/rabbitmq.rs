@@ -55,23 +55,8 @@ impl RabbitMq {
         fs::write(dir.join("rabbitmq.conf"), conf).unwrap();
         fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
         fs::write(dir.join("rabbitmq-env.conf"), "").unwrap();
-        let mut mq = RabbitMq {
-            port,
-            tls_port,
-            node_name: format!("res_scale-{port}@localhost"),
-            dir: dir.to_path_buf(),
-            dist_port: free_port(),
-            epmd_port: free_port(),
-            epmd: None,
-            server: None,
-        };
-        let epmd = mq
-            .command("/usr/bin/epmd")
-            .args(["-address", "127.0.0.1", "-port", &mq.epmd_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn epmd");
+        let mut mq = RabbitMq { port, tls_port, node_name: format!("res_scale-{port}@localhost"), dir: dir.to_path_buf(), dist_port: free_port(), epmd_port: free_port(), epmd: None, server: None };
+        let epmd = mq.command("/usr/bin/epmd").args(["-address", "127.0.0.1", "-port", &mq.epmd_port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn epmd");
         mq.epmd = Some(epmd);
         mq.restart();
         mq
@@ -122,12 +107,7 @@ impl RabbitMq {
     pub fn restart(&mut self) {
         self.stop();
         let log = fs::File::create(self.dir.join("server.out")).unwrap();
-        let server = self
-            .command(&format!("{BIN}/rabbitmq-server"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rabbitmq-server");
+        let server = self.command(&format!("{BIN}/rabbitmq-server")).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("spawn rabbitmq-server");
         self.server = Some(server);
         let addr = format!("127.0.0.1:{}", self.tls_port.unwrap_or(self.port));
         wait::until("RabbitMQ to accept AMQP connections", Duration::from_secs(60), Duration::from_millis(100), || {

@@ -54,9 +54,7 @@ fn a_call_on_one_node_lights_the_lamp_another_node_publishes_and_the_hang_up_put
     let phone = Register { user: "1001".into(), call_id: "1001-blf".into(), cseq: 1, expires: 120, user_agent: "SIPp phone".into(), local_port: phone_port };
     phone.send(&dir, a.sip_port).expect("1001 registers with node1");
     b.wait_hint("1001", "Idle");
-    wait::until("node2's first PUBLISH of 1001", Duration::from_secs(10), Duration::from_millis(100), || {
-        publishes(&kamailio.log(), "1001").iter().any(|l| from_node(l, b)).then_some(())
-    });
+    wait::until("node2's first PUBLISH of 1001", Duration::from_secs(10), Duration::from_millis(100), || publishes(&kamailio.log(), "1001").iter().any(|l| from_node(l, b)).then_some(()));
 
     // A phone that rings first (SIPp's uas: 180, then 200), and one that answers at once: from
     // idle straight to in a call, the change Kamailio refuses to make to a publication that says
@@ -65,9 +63,7 @@ fn a_call_on_one_node_lights_the_lamp_another_node_publishes_and_the_hang_up_put
     let phones: [(&str, &[&str]); 2] = [("ringing", &["-sn", "uas"]), ("answering", &["-sf", &answer_at_once])];
     for (name, phone_args) in phones {
         let (lamp, messages) = watch(&dir, &kamailio, "1001", &format!("lamp-1001-{name}"));
-        wait::until("the lamp's first NOTIFY", Duration::from_secs(10), Duration::from_millis(50), || {
-            fs::read_to_string(&messages).ok()?.contains("NOTIFY sip:watcher@").then_some(())
-        });
+        wait::until("the lamp's first NOTIFY", Duration::from_secs(10), Duration::from_millis(50), || fs::read_to_string(&messages).ok()?.contains("NOTIFY sip:watcher@").then_some(()));
 
         let mut args: Vec<String> = phone_args.iter().map(|a| a.to_string()).collect();
         args.extend(["-i", "127.0.0.1", "-p", &phone_port.to_string(), "-m", "1"].map(String::from));

@@ -238,7 +238,11 @@ fn a_new_bridge_goes_where_the_app_acted_last_and_ten_callers_over_two_nodes_sha
     }
     assert!(gw.metrics().contains("scale_gateway_bridging_legs 1\n"), "one leg for five remote callers: {}", gw.metrics());
     assert!(gw.metrics().contains("scale_gateway_bridging_members 5\n"));
-    assert_eq!(ids(&ari.get("/bridges/conf").json()["channels"]), { let mut c = callers.clone(); c.sort(); c });
+    assert_eq!(ids(&ari.get("/bridges/conf").json()["channels"]), {
+        let mut c = callers.clone();
+        c.sort();
+        c
+    });
     for id in &callers {
         assert_eq!(ari.delete(&format!("/channels/{id}")).status, 204);
     }

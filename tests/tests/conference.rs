@@ -25,7 +25,8 @@ fn ids(list: &Value) -> Vec<String> {
 /// The callers (PJSIP/sipp channels) a node holds, by id.
 fn callers_on(node: &Node) -> Vec<String> {
     let list = node.ari().get("/channels").json();
-    let mut callers: Vec<String> = list.as_array().into_iter().flatten().filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("PJSIP/sipp-"))).filter_map(|c| c["id"].as_str().map(str::to_string)).collect();
+    let mut callers: Vec<String> =
+        list.as_array().into_iter().flatten().filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("PJSIP/sipp-"))).filter_map(|c| c["id"].as_str().map(str::to_string)).collect();
     callers.sort();
     callers
 }

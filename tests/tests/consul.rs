@@ -91,9 +91,7 @@ fn a_fresh_consul_agent_gets_the_nodes_and_apps_back_within_one_ttl() {
 
     pool.consul.as_ref().unwrap().put_kv("res_scale/apps/after-restart", "{\"name\":\"after-restart\"}");
     for node in &pool.nodes {
-        wait::until("the app on every node", Duration::from_secs(5), Duration::from_millis(50), || {
-            ari_apps(node).contains(&"after-restart".to_string()).then_some(())
-        });
+        wait::until("the app on every node", Duration::from_secs(5), Duration::from_millis(50), || ari_apps(node).contains(&"after-restart".to_string()).then_some(()));
     }
 }
 
@@ -118,9 +116,7 @@ fn apps_in_consul_appear_and_disappear_on_every_node() {
         node.wait_logged("skipping key 'res_scale/apps/bad name'");
     }
     // The nodes publish the apps they run.
-    wait::until("apps in the node meta", Duration::from_secs(2), Duration::from_millis(50), || {
-        instances(&pool).iter().all(|i| i["Service"]["Meta"]["apps"] == "conf").then_some(())
-    });
+    wait::until("apps in the node meta", Duration::from_secs(2), Duration::from_millis(50), || instances(&pool).iter().all(|i| i["Service"]["Meta"]["apps"] == "conf").then_some(()));
 
     consul.delete_kv("res_scale/apps/conf");
     wait::until("conf gone on every node (ARI and scale show apps) within 1 s", Duration::from_secs(1), Duration::from_millis(10), || {
@@ -216,9 +212,7 @@ fn a_second_node_with_the_same_eid_is_refused() {
     let pool = Pool::builder().nodes(2).same_eid().without_module_loaded().with_consul().start();
     let (node1, node2) = (pool.node(0), pool.node(1));
     node1.cli("module load res_scale.so");
-    wait::until("node1 registered", Duration::from_secs(5), Duration::from_millis(50), || {
-        instances(&pool).iter().any(|i| i["Service"]["Meta"]["system_name"] == "node1" && passing(i)).then_some(())
-    });
+    wait::until("node1 registered", Duration::from_secs(5), Duration::from_millis(50), || instances(&pool).iter().any(|i| i["Service"]["Meta"]["system_name"] == "node1" && passing(i)).then_some(()));
     node2.cli("module load res_scale.so");
     let log = wait::until("node2 to refuse", Duration::from_secs(5), Duration::from_millis(50), || {
         let log = node2.log();
@@ -256,9 +250,7 @@ fn an_acl_token_is_used_and_a_wrong_one_is_reported() {
     wait_registered(&pool, Duration::from_secs(5));
     pool.consul.as_ref().unwrap().put_kv("res_scale/apps/acl-app", "{}");
     let node = pool.node(0);
-    wait::until("the app through an ACL'd Consul", Duration::from_secs(5), Duration::from_millis(20), || {
-        ari_apps(node).contains(&"acl-app".to_string()).then_some(())
-    });
+    wait::until("the app through an ACL'd Consul", Duration::from_secs(5), Duration::from_millis(20), || ari_apps(node).contains(&"acl-app".to_string()).then_some(()));
     assert!(node.cli("scale show status").contains("token=****"));
 
     let good = std::fs::read_to_string(node.dir.join("etc/res_scale.conf")).unwrap();

@@ -12,16 +12,12 @@ const EXCHANGE: &str = "res_scale.events";
 fn create_app(pool: &Pool, app: &str) {
     pool.consul.as_ref().unwrap().put_kv(&format!("res_scale/apps/{app}"), "{}");
     for node in &pool.nodes {
-        wait::until(&format!("{app} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || {
-            (node.ari().get(&format!("/applications/{app}")).status == 200).then_some(())
-        });
+        wait::until(&format!("{app} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || (node.ari().get(&format!("/applications/{app}")).status == 200).then_some(()));
     }
 }
 
 fn wait_connected(node: &Node) {
-    wait::until("amqp connected", Duration::from_secs(10), Duration::from_millis(50), || {
-        node.cli("scale show amqp").contains("State:         connected").then_some(())
-    });
+    wait::until("amqp connected", Duration::from_secs(10), Duration::from_millis(50), || node.cli("scale show amqp").contains("State:         connected").then_some(()));
 }
 
 /// Runs application `conf` on every node of `pool`, waits until each one's publisher is
@@ -81,11 +77,7 @@ fn hang_up(node: &Node, channel: &str) {
 
 /// The event types of one channel's events, in arrival order.
 fn types_of(messages: &[Received], channel: &str) -> Vec<String> {
-    messages
-        .iter()
-        .filter(|m| m.json["channel"]["id"] == channel)
-        .map(|m| m.json["type"].as_str().unwrap().to_string())
-        .collect()
+    messages.iter().filter(|m| m.json["channel"]["id"] == channel).map(|m| m.json["type"].as_str().unwrap().to_string()).collect()
 }
 
 fn has_start_then_end(types: &[String]) -> bool {
@@ -260,7 +252,12 @@ fn a_broker_outage_keeps_asterisk_fast_and_loses_no_event() {
     let p = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
     eprintln!(
         "ARI originate into Stasis(conf) before the outage: median {:?} max {:?}; during: median {:?} max {:?}; {} calls, {} events",
-        p(&before, 0.5), before.last().unwrap(), p(&during, 0.5), during.last().unwrap(), channels.len(), messages.len()
+        p(&before, 0.5),
+        before.last().unwrap(),
+        p(&during, 0.5),
+        during.last().unwrap(),
+        channels.len(),
+        messages.len()
     );
 }
 
@@ -305,9 +302,7 @@ fn an_app_removed_from_consul_stops_publishing_and_an_added_one_starts() {
     assert_eq!(got[0].json["application"], "conf");
 
     pool.consul.as_ref().unwrap().delete_kv("res_scale/apps/conf");
-    wait::until("conf gone", Duration::from_secs(5), Duration::from_millis(20), || {
-        (node.ari().get("/applications/conf").status == 404).then_some(())
-    });
+    wait::until("conf gone", Duration::from_secs(5), Duration::from_millis(20), || (node.ari().get("/applications/conf").status == 404).then_some(()));
     // Asterisk itself refuses events for an application the module unregistered.
     assert_eq!(user_event("conf"), 404, "ARI still knows 'conf' after its removal from Consul");
     create_app(&pool, "queue");
@@ -394,9 +389,7 @@ fn events_beyond_the_queue_capacity_are_dropped_and_counted_and_the_rest_deliver
     let node = pool.node(0);
     // The publisher learns of the outage when a publish fails: one event makes it try.
     assert_eq!(node.ari().post("/events/user/ping?application=conf").status, 204);
-    wait::until("the publisher to notice the outage", Duration::from_secs(10), Duration::from_millis(50), || {
-        (!node.cli("scale show amqp").contains("State:         connected")).then_some(())
-    });
+    wait::until("the publisher to notice the outage", Duration::from_secs(10), Duration::from_millis(50), || (!node.cli("scale show amqp").contains("State:         connected")).then_some(()));
     inject(node, "conf", 25, 0);
     let amqp = node.cli("scale show amqp");
     assert!(amqp.contains("Queue depth:   10 of 10"), "{amqp}");

@@ -33,10 +33,7 @@ fn loads_and_shows_status_with_identity_config_and_subsystems() {
     assert!(!status.contains("consul-secret-token") && !status.contains("amqp-secret-pw"), "{status}");
     assert!(status.contains("token=****") && status.contains("scale:****@127.0.0.1"), "{status}");
     for subsystem in ["consul", "amqp", "registrations"] {
-        assert!(
-            status.lines().any(|l| l.trim_start().starts_with(subsystem) && l.contains("disabled")),
-            "no line for {subsystem}: {status}"
-        );
+        assert!(status.lines().any(|l| l.trim_start().starts_with(subsystem) && l.contains("disabled")), "no line for {subsystem}: {status}");
     }
 
     let help = node.cli("core show help scale");
@@ -63,10 +60,7 @@ fn missing_config_file_loads_with_defaults() {
 
 #[test]
 fn bad_config_declines_with_every_problem_and_asterisk_keeps_running() {
-    let pool = Pool::builder()
-        .without_module_loaded()
-        .res_scale_conf("[consul]\ncheck_ttl = often\n[amqp]\nqueue_capacity = lots\nurl = http://wrong\n[bogus]\nx = 1\n")
-        .start();
+    let pool = Pool::builder().without_module_loaded().res_scale_conf("[consul]\ncheck_ttl = often\n[amqp]\nqueue_capacity = lots\nurl = http://wrong\n[bogus]\nx = 1\n").start();
     let node = pool.node(0);
 
     let out = node.cli("module load res_scale.so");
@@ -120,9 +114,7 @@ fn twenty_unload_load_cycles_leak_no_threads() {
     // The baseline is Asterisk before the module was ever loaded in this process.
     let pool = Pool::builder().with_consul().with_rabbitmq().without_module_loaded().start();
     let node = pool.node(0);
-    let ours = |names: Vec<String>| -> Vec<String> {
-        names.into_iter().filter(|n| n.starts_with("res_scale") || n.starts_with("lapin") || n.starts_with("async-compat")).collect()
-    };
+    let ours = |names: Vec<String>| -> Vec<String> { names.into_iter().filter(|n| n.starts_with("res_scale") || n.starts_with("lapin") || n.starts_with("async-compat")).collect() };
     // CLI connections come and go with their own threads: the baseline is the lowest count
     // seen over a second, so that a CLI thread alive at one sample cannot hide a leak.
     let baseline = (0..10)

@@ -146,7 +146,16 @@ fn refusals_are_the_ones_asterisk_sends() {
 
     // Nothing outside /ari/ (but /healthz and /metrics) is reachable, whatever the path says.
     let auth = [("Authorization", gw_auth.as_str())];
-    for path in ["/ari/../metrics", "/ari/%2e%2e/metrics", "/ari/..%2fmetrics", "/ari/api-docs/../../../../etc/passwd", "/ari/api-docs/..%2f..%2fetc%2fpasswd", "/ari/channels/..%5c..%5cmetrics", "/httpstatus", "/static/index.html"] {
+    for path in [
+        "/ari/../metrics",
+        "/ari/%2e%2e/metrics",
+        "/ari/..%2fmetrics",
+        "/ari/api-docs/../../../../etc/passwd",
+        "/ari/api-docs/..%2f..%2fetc%2fpasswd",
+        "/ari/channels/..%5c..%5cmetrics",
+        "/httpstatus",
+        "/static/index.html",
+    ] {
         let r = raw_request(gw.port, "GET", path, &auth);
         assert!(matches!(r.status, 400 | 403 | 404), "{path}: {} {}", r.status, r.body);
         assert!(!r.body.contains("scale_gateway_") && !r.body.contains("root:"), "{path} escaped /ari/: {}", r.body);

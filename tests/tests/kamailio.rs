@@ -100,14 +100,7 @@ fn registrations_are_published_as_announce_and_withdraw() {
     eprintln!("broker and kamailio up after {:?}", started.elapsed());
 
     // 1. REGISTER alice, Expires: 60 -> ANNOUNCE.
-    let register = Register {
-        user: "alice".into(),
-        call_id: format!("reg-{}@127.0.0.1", std::process::id()),
-        cseq: 1,
-        expires: 60,
-        user_agent: USER_AGENT.into(),
-        local_port: free_port(),
-    };
+    let register = Register { user: "alice".into(), call_id: format!("reg-{}@127.0.0.1", std::process::id()), cseq: 1, expires: 60, user_agent: USER_AGENT.into(), local_port: free_port() };
     let sipp_dir = dir.join("sipp");
     let before = now();
     register.send(&sipp_dir, kamailio.sip_port).unwrap();
@@ -204,18 +197,37 @@ fn initial_requests_are_dispatched_round_robin_and_dialogs_follow_the_record_rou
 
     // Pinged (every second) and answered: both stay active (flags A, P = probing).
     let count = |trace: &PathBuf, prefix: &str| std::fs::read_to_string(trace).unwrap_or_default().lines().filter(|l| l.starts_with(prefix)).count();
-    wait::until("two OPTIONS pings at each node", Duration::from_secs(10), Duration::from_millis(100), || {
-        traces.iter().all(|t| count(t, "OPTIONS sip:") >= 2).then_some(())
-    });
+    wait::until("two OPTIONS pings at each node", Duration::from_secs(10), Duration::from_millis(100), || traces.iter().all(|t| count(t, "OPTIONS sip:") >= 2).then_some(()));
     let list = kamailio.kamcmd(&["dispatcher.list"]).unwrap();
     assert_eq!(list.matches("FLAGS: AP").count(), 2, "both destinations active and probed:\n{list}");
 
     // 4 calls through Kamailio: INVITE dispatched, ACK/BYE along the Record-Route.
     let uac_port = free_port().to_string();
     let target = format!("127.0.0.1:{}", kamailio.sip_port);
-    Sipp::spawn(&sipp_dir, "uac", &args(&["-sf", &res_scale_tests::kamailio::sipp_dir().join("uac_rr.xml").display().to_string(), "-s", "100", "-i", "127.0.0.1", "-p", &uac_port, "-m", "4", "-r", "4", "-timeout", "20s", "-timeout_error", &target]))
-        .wait(Duration::from_secs(25))
-        .unwrap();
+    Sipp::spawn(
+        &sipp_dir,
+        "uac",
+        &args(&[
+            "-sf",
+            &res_scale_tests::kamailio::sipp_dir().join("uac_rr.xml").display().to_string(),
+            "-s",
+            "100",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-m",
+            "4",
+            "-r",
+            "4",
+            "-timeout",
+            "20s",
+            "-timeout_error",
+            &target,
+        ]),
+    )
+    .wait(Duration::from_secs(25))
+    .unwrap();
     // Round robin: each node got 2 of the 4 INVITEs, and the ACK and BYE of its calls came
     // through Kamailio (SIPp may write its message trace a moment later).
     let calls = |trace: &PathBuf| (count(trace, "INVITE sip:"), count(trace, "ACK sip:"), count(trace, "BYE sip:"));
@@ -244,14 +256,7 @@ fn a_missing_exchange_does_not_break_registration_and_publishing_resumes_once_it
 
     // No exchange yet: the broker closes the channel of the publish (404), the REGISTER still
     // gets its 200 and the binding is kept.
-    let register = |user: &str, call_id: &str| Register {
-        user: user.into(),
-        call_id: call_id.into(),
-        cseq: 1,
-        expires: 120,
-        user_agent: "SIPp".into(),
-        local_port: free_port(),
-    };
+    let register = |user: &str, call_id: &str| Register { user: user.into(), call_id: call_id.into(), cseq: 1, expires: 120, user_agent: "SIPp".into(), local_port: free_port() };
     let bob = register("bob", "bob-1@127.0.0.1");
     bob.send(&sipp_dir, kamailio.sip_port).unwrap();
     let contacts = kamailio.kamcmd(&["ul.dump"]).unwrap_or_default();
@@ -282,16 +287,8 @@ fn contact_star_withdraws_every_binding_of_the_aor() {
     let sipp_dir = dir.join("sipp");
 
     // Two phones of dave, two bindings.
-    let phones: Vec<Register> = (0..2)
-        .map(|i| Register {
-            user: "dave".into(),
-            call_id: format!("dave-{i}@127.0.0.1"),
-            cseq: 1,
-            expires: 300,
-            user_agent: format!("phone {i}"),
-            local_port: free_port(),
-        })
-        .collect();
+    let phones: Vec<Register> =
+        (0..2).map(|i| Register { user: "dave".into(), call_id: format!("dave-{i}@127.0.0.1"), cseq: 1, expires: 300, user_agent: format!("phone {i}"), local_port: free_port() }).collect();
     let mut last_seq = 0;
     for phone in &phones {
         phone.send(&sipp_dir, kamailio.sip_port).unwrap();

@@ -80,11 +80,7 @@ fn call(node: &Node, aor: &str) -> bool {
 /// The types of the messages `node` published on the exchange about contacts (its SYNC
 /// requests left out), in order.
 fn published_by(messages: &[Received], node: &Node) -> Vec<String> {
-    messages
-        .iter()
-        .filter(|m| m.json["origin"] == node.eid.as_str() && m.json["type"] != "SYNC_REQUEST")
-        .map(|m| m.json["type"].as_str().unwrap_or("?").to_string())
-        .collect()
+    messages.iter().filter(|m| m.json["origin"] == node.eid.as_str() && m.json["type"] != "SYNC_REQUEST").map(|m| m.json["type"].as_str().unwrap_or("?").to_string()).collect()
 }
 
 fn counter_line(node: &Node, label: &str) -> String {
@@ -119,9 +115,7 @@ fn an_announced_phone_is_callable_from_every_node_until_withdrawn_or_expired() {
 
     // An older message (seq 1 again, as a duplicate or a late one would be) changes nothing.
     probe.publish(EXCHANGE, "registration.alice", &announce("alice", &uri, now() + 120, "registrar-1", 1));
-    wait::until("the old ANNOUNCE ignored", Duration::from_secs(5), Duration::from_millis(50), || {
-        counter_line(pool.node(1), "Ignored:").contains("1 duplicate/old/not owner").then_some(())
-    });
+    wait::until("the old ANNOUNCE ignored", Duration::from_secs(5), Duration::from_millis(50), || counter_line(pool.node(1), "Ignored:").contains("1 duplicate/old/not owner").then_some(()));
     assert!(!has_contact(pool.node(1), "alice", &uri), "an old ANNOUNCE brought back a withdrawn contact");
 
     // An announcement that expires in 6 s shows its time left, then disappears by itself.
@@ -198,10 +192,7 @@ fn malformed_messages_are_counted_and_the_next_valid_one_applies() {
     probe.publish(EXCHANGE, "registration.alice", &announce("alice", valid, t, "x", 5));
     wait_contact(node, "alice", valid, true, Duration::from_secs(5));
     let rejected = counter_line(node, "Rejected:");
-    assert!(
-        rejected.contains("7 (too_large=1 bad_json=1 unknown_type=1 missing_field=1 bad_field=1 unknown_aor=1 expired=1)"),
-        "{rejected}"
-    );
+    assert!(rejected.contains("7 (too_large=1 bad_json=1 unknown_type=1 missing_field=1 bad_field=1 unknown_aor=1 expired=1)"), "{rejected}");
     node.wait_logged("registrations: message refused (too_large)");
     for reason in ["bad_json", "unknown_type", "missing_field", "bad_field", "unknown_aor", "expired"] {
         node.wait_logged(&format!("({reason})"));
@@ -305,7 +296,11 @@ fn origin(node: &Node, aor: &str, uri: &str) -> String {
     let text = node.cli(&format!("scale show registrations {aor}"));
     let row = text.lines().find(|l| l.split_whitespace().nth(1) == Some(uri)).unwrap_or("");
     let rest = row.split_whitespace().skip(2).collect::<Vec<_>>().join(" ");
-    if rest.starts_with("this node") { "this node".into() } else { rest.split(' ').next().unwrap_or("").to_string() }
+    if rest.starts_with("this node") {
+        "this node".into()
+    } else {
+        rest.split(' ').next().unwrap_or("").to_string()
+    }
 }
 
 #[test]
@@ -350,9 +345,8 @@ fn a_phone_that_registers_where_its_contact_was_learned_stays_callable_when_the_
 /// `uri(i)` from origin `backlog-<i>` (so that every one applies), all with sequence number
 /// `seq`.
 fn batch(per: usize, seq: u64, expires: u64, uri: impl Fn(usize) -> String) -> Vec<u8> {
-    let items: Vec<String> = (0..per)
-        .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"{}","expires":{expires},"user_agent":"backlog-{seq}"}},"origin":"backlog-{i}","seq":{seq}}}"#, uri(i)))
-        .collect();
+    let items: Vec<String> =
+        (0..per).map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"{}","expires":{expires},"user_agent":"backlog-{seq}"}},"origin":"backlog-{i}","seq":{seq}}}"#, uri(i))).collect();
     format!(r#"{{"type":"ANNOUNCE","origin":"backlog","contacts":[{}]}}"#, items.join(",")).into_bytes()
 }
 
@@ -464,7 +458,8 @@ fn a_refresh_moves_a_contact_to_its_new_path() {
     wait_bus(node);
     let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
     let uri = "sip:edge@127.0.0.1:5995";
-    let via = |proxy: &str, seq: u64| String::from_utf8(announce("edge", uri, now() + 120, "registrar-1", seq)).unwrap().replace(r#""path":"""#, &format!(r#""path":"<sip:{proxy}@127.0.0.1:5070;lr>""#));
+    let via =
+        |proxy: &str, seq: u64| String::from_utf8(announce("edge", uri, now() + 120, "registrar-1", seq)).unwrap().replace(r#""path":"""#, &format!(r#""path":"<sip:{proxy}@127.0.0.1:5070;lr>""#));
     let path_shown = |proxy: &str| node.cli(&format!("pjsip show contact edge/{uri}")).lines().any(|l| l.contains("path") && l.contains(&format!("<sip:{proxy}@")));
 
     probe.publish(EXCHANGE, "registration.edge", via("p1", 1).as_bytes());
@@ -507,9 +502,8 @@ fn the_cli_reads_the_registrations_while_a_lost_nodes_contacts_go() {
     let expires = now() + 600;
     let bodies: Vec<Vec<u8>> = (0..messages)
         .map(|m| {
-            let items: Vec<String> = (0..per)
-                .map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"sip:alice-{m}-{i}@127.0.0.1:5060","expires":{expires}}},"origin":"{eid}","seq":{}}}"#, m * per + i + 1))
-                .collect();
+            let items: Vec<String> =
+                (0..per).map(|i| format!(r#"{{"aor":"alice","contact":{{"uri":"sip:alice-{m}-{i}@127.0.0.1:5060","expires":{expires}}},"origin":"{eid}","seq":{}}}"#, m * per + i + 1)).collect();
             format!(r#"{{"type":"ANNOUNCE","origin":"{eid}","contacts":[{}]}}"#, items.join(",")).into_bytes()
         })
         .collect();
@@ -571,9 +565,8 @@ fn ten_thousand_contacts_apply_and_withdraw_without_overloading_asterisk() {
     let batches: Vec<Vec<u8>> = (0..N)
         .step_by(500)
         .map(|first| {
-            let items: Vec<String> = (first..first + 500)
-                .map(|i| format!(r#"{{"aor":"bench-aor-{i}","contact":{{"uri":"{}","expires":{expires},"user_agent":"bulk"}},"origin":"registrar-9","seq":1}}"#, uri(i)))
-                .collect();
+            let items: Vec<String> =
+                (first..first + 500).map(|i| format!(r#"{{"aor":"bench-aor-{i}","contact":{{"uri":"{}","expires":{expires},"user_agent":"bulk"}},"origin":"registrar-9","seq":1}}"#, uri(i))).collect();
             format!(r#"{{"type":"ANNOUNCE","origin":"registrar-9","contacts":[{}]}}"#, items.join(",")).into_bytes()
         })
         .collect();

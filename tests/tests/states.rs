@@ -23,9 +23,7 @@ fn device_state(node: &Node, device: &str) -> String {
 }
 
 fn wait_device_state(node: &Node, device: &str, state: &str) {
-    wait::until(&format!("{device} {state} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || {
-        (device_state(node, device) == state).then_some(())
-    });
+    wait::until(&format!("{device} {state} on {}", node.name), Duration::from_secs(5), Duration::from_millis(20), || (device_state(node, device) == state).then_some(()));
 }
 
 fn counter_line(node: &Node, label: &str) -> String {
@@ -39,11 +37,7 @@ fn state_message(device: &str, state: &str, origin: &str, seq: u64) -> Vec<u8> {
 
 /// The messages about `device`, as (origin, state).
 fn about(messages: &[Received], device: &str) -> Vec<(String, String)> {
-    messages
-        .iter()
-        .filter(|m| m.json["device"] == device)
-        .map(|m| (m.json["origin"].as_str().unwrap_or("?").to_string(), m.json["state"].as_str().unwrap_or("?").to_string()))
-        .collect()
+    messages.iter().filter(|m| m.json["device"] == device).map(|m| (m.json["origin"].as_str().unwrap_or("?").to_string(), m.json["state"].as_str().unwrap_or("?").to_string())).collect()
 }
 
 #[test]
@@ -118,9 +112,7 @@ fn hostile_messages_are_counted_and_refused_and_the_next_valid_one_applies() {
     huge.resize(1024 * 1024, b' ');
     probe.publish(EXCHANGE, key, &huge);
 
-    wait::until("the four refusals counted", Duration::from_secs(5), Duration::from_millis(50), || {
-        counter_line(b, "Rejected:").contains("4 (").then_some(())
-    });
+    wait::until("the four refusals counted", Duration::from_secs(5), Duration::from_millis(50), || counter_line(b, "Rejected:").contains("4 (").then_some(()));
     assert_eq!(counter_line(b, "Rejected:").trim(), "Rejected:    4 (too_large=1 bad_json=1 bad_field=1 unknown_state=1)");
     // The spoofed message came before the last refused one: it was handled too.
     assert_ne!(device_state(b, "Custom:agent9"), "BUSY", "no refused or spoofed state was applied");
@@ -131,9 +123,7 @@ fn hostile_messages_are_counted_and_refused_and_the_next_valid_one_applies() {
     wait_device_state(b, "Custom:agent9", "INUSE");
     // An older one (seq 4 < 5) changes nothing.
     probe.publish(EXCHANGE, key, &state_message("Custom:agent9", "NOT_INUSE", stranger, 4));
-    wait::until("the old message ignored", Duration::from_secs(5), Duration::from_millis(50), || {
-        counter_line(b, "Ignored:").contains("1 duplicate/old").then_some(())
-    });
+    wait::until("the old message ignored", Duration::from_secs(5), Duration::from_millis(50), || counter_line(b, "Ignored:").contains("1 duplicate/old").then_some(()));
     assert_eq!(device_state(b, "Custom:agent9"), "INUSE");
 }
 
@@ -198,9 +188,29 @@ fn set_mailbox(node: &Node, new: u32, old: u32) {
 fn mwi_phone(dir: &Path, node: &Node, name: &str, notifies: u32) -> (Sipp, PathBuf) {
     let trace = dir.join(format!("{name}-messages.log"));
     let args = [
-        "-sf", &sipp_dir().join("mwi_subscribe.xml").display().to_string(), "-s", "erin", "-i", "127.0.0.1", "-p", &free_port().to_string(),
-        "-m", "1", "-key", "notifies", &notifies.to_string(), "-key", "sub_expires", "600", "-timeout", "120s", "-timeout_error",
-        "-trace_msg", "-message_file", &trace.display().to_string(), &format!("127.0.0.1:{}", node.sip_port),
+        "-sf",
+        &sipp_dir().join("mwi_subscribe.xml").display().to_string(),
+        "-s",
+        "erin",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &free_port().to_string(),
+        "-m",
+        "1",
+        "-key",
+        "notifies",
+        &notifies.to_string(),
+        "-key",
+        "sub_expires",
+        "600",
+        "-timeout",
+        "120s",
+        "-timeout_error",
+        "-trace_msg",
+        "-message_file",
+        &trace.display().to_string(),
+        &format!("127.0.0.1:{}", node.sip_port),
     ]
     .map(String::from);
     (Sipp::spawn(dir, name, &args), trace)
@@ -210,9 +220,7 @@ fn mwi_phone(dir: &Path, node: &Node, name: &str, notifies: u32) -> (Sipp, PathB
 /// ("yes", "2/1").
 fn notified(trace: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(trace).unwrap_or_default();
-    let header = |message: &str, name: &str| {
-        message.lines().find_map(|l| l.trim().strip_prefix(name)).map(|v| v.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_default()
-    };
+    let header = |message: &str, name: &str| message.lines().find_map(|l| l.trim().strip_prefix(name)).map(|v| v.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_default();
     text.split("message received")
         .skip(1)
         .filter_map(|m| m.lines().find(|l| !l.trim().is_empty() && !l.contains("bytes :")).filter(|l| l.trim_start().starts_with("NOTIFY ")).map(|_| m))
@@ -259,10 +267,8 @@ fn a_mailbox_count_set_on_one_node_is_what_another_reports_and_notifies_its_phon
     let messages = probe.drain("watch-mwi", 2, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(500));
     let all: Vec<Received> = messages.into_iter().chain(probe.drain("watch-mwi", 0, Duration::ZERO)).collect();
-    let seen: Vec<(String, String, u64, u64)> = all
-        .iter()
-        .map(|m| (m.routing_key.clone(), m.json["origin"].as_str().unwrap_or("?").to_string(), m.json["new"].as_u64().unwrap_or(99), m.json["old"].as_u64().unwrap_or(99)))
-        .collect();
+    let seen: Vec<(String, String, u64, u64)> =
+        all.iter().map(|m| (m.routing_key.clone(), m.json["origin"].as_str().unwrap_or("?").to_string(), m.json["new"].as_u64().unwrap_or(99), m.json["old"].as_u64().unwrap_or(99))).collect();
     let key = format!("mwi.{MAILBOX}");
     assert_eq!(seen, vec![(key.clone(), a.eid.clone(), 2, 1), (key, a.eid.clone(), 0, 0)], "{:#?}", all.iter().map(|m| &m.body).collect::<Vec<_>>());
 }

@@ -138,13 +138,7 @@ pub struct Registrations {
 
 impl Default for Registrations {
     fn default() -> Self {
-        Registrations {
-            enabled: true,
-            exchange: "res_scale.registrations".into(),
-            publish_local: true,
-            sync_on_start: true,
-            withdraw_on_node_loss: true,
-        }
+        Registrations { enabled: true, exchange: "res_scale.registrations".into(), publish_local: true, sync_on_start: true, withdraw_on_node_loss: true }
     }
 }
 
@@ -209,14 +203,8 @@ impl Config {
         for section in &raw.sections {
             let name = section.name.as_str();
             for entry in &section.entries {
-                if let Some(&(_, _, first)) =
-                    seen.iter().find(|(s, k, _)| *s == name && *k == entry.key)
-                {
-                    errors.push(error_at(
-                        name,
-                        entry,
-                        format!("given more than once (first on line {first})"),
-                    ));
+                if let Some(&(_, _, first)) = seen.iter().find(|(s, k, _)| *s == name && *k == entry.key) {
+                    errors.push(error_at(name, entry, format!("given more than once (first on line {first})")));
                     continue;
                 }
                 seen.push((name, &entry.key, entry.line));
@@ -225,20 +213,12 @@ impl Config {
                 "general" => apply(section, &mut config.general, set_general, &mut errors),
                 "consul" => apply(section, &mut config.consul, set_consul, &mut errors),
                 "amqp" => apply(section, &mut config.amqp, set_amqp, &mut errors),
-                "registrations" => {
-                    apply(section, &mut config.registrations, set_registrations, &mut errors)
-                }
+                "registrations" => apply(section, &mut config.registrations, set_registrations, &mut errors),
                 "state" => apply(section, &mut config.state, set_state, &mut errors),
                 _ => Err(()),
             };
             if outcome.is_err() {
-                errors.push(ConfigError {
-                    section: name.to_string(),
-                    key: None,
-                    value: None,
-                    line: None,
-                    reason: "unknown section (known: general, consul, amqp, registrations, state)".into(),
-                });
+                errors.push(ConfigError { section: name.to_string(), key: None, value: None, line: None, reason: "unknown section (known: general, consul, amqp, registrations, state)".into() });
             }
         }
         check_relations(&config, &mut errors);
@@ -259,15 +239,7 @@ impl Config {
         let g = &self.general;
         let auto = |v: &Option<String>| v.clone().unwrap_or_else(|| "(auto)".into());
         vec![
-            (
-                "general",
-                format!(
-                    "node_id={} sip_address={} ari_url={}",
-                    auto(&g.node_id),
-                    auto(&g.sip_address),
-                    auto(&g.ari_url)
-                ),
-            ),
+            ("general", format!("node_id={} sip_address={} ari_url={}", auto(&g.node_id), auto(&g.sip_address), auto(&g.ari_url))),
             (
                 "consul",
                 format!(
@@ -341,31 +313,15 @@ pub fn mask_password(text: &str) -> String {
 }
 
 fn error_at(section: &str, entry: &RawEntry, reason: String) -> ConfigError {
-    ConfigError {
-        section: section.to_string(),
-        key: Some(entry.key.clone()),
-        value: Some(entry.value.clone()),
-        line: Some(entry.line),
-        reason,
-    }
+    ConfigError { section: section.to_string(), key: Some(entry.key.clone()), value: Some(entry.value.clone()), line: Some(entry.line), reason }
 }
 
 /// Feeds every entry of a known section to its setter; `Err` means the section is unknown.
-fn apply<T>(
-    section: &RawSection,
-    target: &mut T,
-    set: Setter<T>,
-    errors: &mut Vec<ConfigError>,
-) -> Result<(), ()> {
+fn apply<T>(section: &RawSection, target: &mut T, set: Setter<T>, errors: &mut Vec<ConfigError>) -> Result<(), ()> {
     for entry in &section.entries {
         match set(target, &entry.key, entry.value.trim()) {
             Ok(()) => {}
-            Err(Reject::UnknownKey) => errors.push(error_at(
-                &section.name,
-                entry,
-                "unknown key (see configs/res_scale.conf.sample for the keys of this section)"
-                    .into(),
-            )),
+            Err(Reject::UnknownKey) => errors.push(error_at(&section.name, entry, "unknown key (see configs/res_scale.conf.sample for the keys of this section)".into())),
             Err(Reject::Invalid(reason)) => errors.push(error_at(&section.name, entry, reason)),
         }
     }
@@ -408,9 +364,7 @@ fn set_amqp(a: &mut Amqp, key: &str, v: &str) -> Result<(), Reject> {
         "persistent" => a.persistent = boolean(v)?,
         "confirms" => a.confirms = boolean(v)?,
         // AMQP carries the heartbeat as 16-bit seconds.
-        "heartbeat" => {
-            a.heartbeat = duration_between(v, Duration::ZERO, Some(Duration::from_secs(65_535)))?
-        }
+        "heartbeat" => a.heartbeat = duration_between(v, Duration::ZERO, Some(Duration::from_secs(65_535)))?,
         "ca_file" => a.ca_file = optional(v, pem_file)?,
         _ => return Err(Reject::UnknownKey),
     }
@@ -448,16 +402,9 @@ fn check_relations(config: &Config, errors: &mut Vec<ConfigError>) {
     let state = &config.state;
     let others = [(amqp.enabled, "[amqp] events_exchange", &amqp.events_exchange), (config.registrations.enabled, "[registrations] exchange", &config.registrations.exchange)];
     for (_, name, _) in others.iter().filter(|(on, _, exchange)| *on && state.is_enabled(amqp) && **exchange == state.exchange) {
-        errors.push(ConfigError {
-            section: "state".into(),
-            key: Some("exchange".into()),
-            value: Some(state.exchange.clone()),
-            line: None,
-            reason: format!("must differ from {name}"),
-        });
+        errors.push(ConfigError { section: "state".into(), key: Some("exchange".into()), value: Some(state.exchange.clone()), line: None, reason: format!("must differ from {name}") });
     }
-    if amqp.enabled && config.registrations.enabled && amqp.events_exchange == config.registrations.exchange
-    {
+    if amqp.enabled && config.registrations.enabled && amqp.events_exchange == config.registrations.exchange {
         errors.push(ConfigError {
             section: "registrations".into(),
             key: Some("exchange".into()),
@@ -494,9 +441,7 @@ fn list(v: &str, parse: impl Fn(&str) -> Result<String, String>) -> Result<Vec<S
 }
 
 fn identifier(v: &str) -> Result<String, String> {
-    let ok = !v.is_empty()
-        && v.len() <= 128
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok = !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(v.to_string())
     } else {
@@ -507,11 +452,7 @@ fn identifier(v: &str) -> Result<String, String> {
 fn host_port(v: &str) -> Result<String, String> {
     let bad = || "expected host:port, e.g. 192.0.2.10:5060 or [2001:db8::1]:5060".to_string();
     let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
-    let host_ok = if let Some(inner) = host.strip_prefix('[') {
-        inner.strip_suffix(']').is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
-    } else {
-        !host.is_empty() && !host.contains(':')
-    };
+    let host_ok = if let Some(inner) = host.strip_prefix('[') { inner.strip_suffix(']').is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok()) } else { !host.is_empty() && !host.contains(':') };
     match port.parse::<u16>() {
         Ok(p) if p > 0 && host_ok => Ok(v.to_string()),
         _ => Err(bad()),
@@ -549,9 +490,7 @@ fn whole_number(v: &str, min: usize, max: usize) -> Result<usize, String> {
 
 /// AMQP 0-9-1 exchange names; the `amq.` prefix belongs to the broker.
 fn exchange_name(v: &str) -> Result<String, String> {
-    let ok = !v.is_empty()
-        && v.len() <= 255
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    let ok = !v.is_empty() && v.len() <= 255 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
     if !ok {
         return Err("expected 1 to 255 characters among letters, digits, '-', '_', '.' and ':'".into());
     }
@@ -597,11 +536,7 @@ mod tests {
             if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 sections.push(RawSection { name: name.into(), entries: vec![] });
             } else if let Some((k, v)) = line.split_once('=') {
-                sections.last_mut().unwrap().entries.push(RawEntry {
-                    key: k.trim().into(),
-                    value: v.trim().into(),
-                    line: i as u32 + 1,
-                });
+                sections.last_mut().unwrap().entries.push(RawEntry { key: k.trim().into(), value: v.trim().into(), line: i as u32 + 1 });
             }
         }
         RawConfig { sections }
@@ -630,13 +565,11 @@ mod tests {
 
     #[test]
     fn reads_every_section() {
-        let c = Config::from_raw(&raw(
-            "[general]\nnode_id = ast-1\nsip_address = 10.0.0.1:5060\nari_url = http://10.0.0.1:8088/ari\n\
+        let c = Config::from_raw(&raw("[general]\nnode_id = ast-1\nsip_address = 10.0.0.1:5060\nari_url = http://10.0.0.1:8088/ari\n\
              [consul]\nenabled = no\nurl = http://a:8500, https://b:8501\ntoken = s3cret\ncheck_ttl = 30s\n\
              deregister_after = 2m\napps_prefix = applications/\n\
              [amqp]\nurl = amqps://u:p@broker/vh\nqueue_capacity = 500\npersistent = yes\nconfirms = off\nheartbeat = 0\n\
-             [registrations]\npublish_local = no\nwithdraw_on_node_loss = false\n",
-        ))
+             [registrations]\npublish_local = no\nwithdraw_on_node_loss = false\n"))
         .unwrap();
         assert_eq!(c.general.node_id.as_deref(), Some("ast-1"));
         assert_eq!(c.general.sip_address.as_deref(), Some("10.0.0.1:5060"));
@@ -654,12 +587,10 @@ mod tests {
 
     #[test]
     fn reports_every_problem_at_once_with_context() {
-        let errors = Config::from_raw(&raw(
-            "[consul]\ncheck_ttl = soon\nurl = ftp://x\nbogus = 1\n\
+        let errors = Config::from_raw(&raw("[consul]\ncheck_ttl = soon\nurl = ftp://x\nbogus = 1\n\
              [amqp]\nqueue_capacity = -3\nenabled = maybe\nevents_exchange = amq.topic\n\
              [general]\nsip_address = nohost\n\
-             [extra]\nx = 1\n",
-        ))
+             [extra]\nx = 1\n"))
         .unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 8, "{text:#?}");

@@ -19,9 +19,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "h" => 3_600_000,
         other => return Err(format!("unknown unit '{other}' (use ms, s, m or h)")),
     };
-    n.checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| "number too large".into())
+    n.checked_mul(millis_per_unit).map(Duration::from_millis).ok_or_else(|| "number too large".into())
 }
 
 /// Writes a duration back the way `parse` reads it, in the largest exact unit.

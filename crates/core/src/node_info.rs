@@ -39,9 +39,7 @@ fn value<'a>(section: &'a crate::config::RawSection, key: &str) -> Option<&'a st
 /// The first UDP/TCP/TLS transport of pjsip.conf: its external signaling address if it binds
 /// to every interface and has one, else its bind address.
 pub fn sip_transport(pjsip: &RawConfig) -> Option<Address> {
-    let transport = pjsip.sections.iter().find(|s| {
-        value(s, "type") == Some("transport") && matches!(value(s, "protocol").unwrap_or("udp"), "udp" | "tcp" | "tls")
-    })?;
+    let transport = pjsip.sections.iter().find(|s| value(s, "type") == Some("transport") && matches!(value(s, "protocol").unwrap_or("udp"), "udp" | "tcp" | "tls"))?;
     let default_port = if value(transport, "protocol") == Some("tls") { 5061 } else { 5060 };
     let bind = value(transport, "bind").unwrap_or("0.0.0.0");
     let mut address = Address::parse(bind).unwrap_or(Address { host: bind.to_string(), port: default_port });
@@ -73,10 +71,7 @@ mod tests {
     use crate::config::{RawEntry, RawSection};
 
     fn section(name: &str, entries: &[(&str, &str)]) -> RawSection {
-        RawSection {
-            name: name.into(),
-            entries: entries.iter().map(|(k, v)| RawEntry { key: k.to_string(), value: v.to_string(), line: 1 }).collect(),
-        }
+        RawSection { name: name.into(), entries: entries.iter().map(|(k, v)| RawEntry { key: k.to_string(), value: v.to_string(), line: 1 }).collect() }
     }
 
     #[test]
@@ -94,9 +89,7 @@ mod tests {
 
     #[test]
     fn wildcard_bind_uses_the_external_address_when_given() {
-        let cfg = RawConfig {
-            sections: vec![section("t", &[("type", "transport"), ("bind", "0.0.0.0:5060"), ("external_signaling_address", "198.51.100.7"), ("external_signaling_port", "5062")])],
-        };
+        let cfg = RawConfig { sections: vec![section("t", &[("type", "transport"), ("bind", "0.0.0.0:5060"), ("external_signaling_address", "198.51.100.7"), ("external_signaling_port", "5062")])] };
         assert_eq!(sip_transport(&cfg), Some(Address { host: "198.51.100.7".into(), port: 5062 }));
         let bare = RawConfig { sections: vec![section("t", &[("type", "transport"), ("bind", "0.0.0.0")])] };
         let a = sip_transport(&bare).unwrap();

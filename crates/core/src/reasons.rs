@@ -30,14 +30,7 @@ impl<const N: usize> ByReason<N> {
 
     /// `reason=count` for every reason seen, e.g. `bad_json=2 unknown_state=1`, or `-`.
     pub fn by_reason(&self) -> String {
-        let seen: Vec<String> = self
-            .reasons
-            .iter()
-            .zip(&self.counts)
-            .map(|(r, c)| (r, c.load(Ordering::Relaxed)))
-            .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| format!("{r}={n}"))
-            .collect();
+        let seen: Vec<String> = self.reasons.iter().zip(&self.counts).map(|(r, c)| (r, c.load(Ordering::Relaxed))).filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r}={n}")).collect();
         if seen.is_empty() {
             "-".into()
         } else {

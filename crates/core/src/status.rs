@@ -42,11 +42,7 @@ impl StatusReport {
         let _ = writeln!(out);
         let _ = writeln!(out, "  {:<15} {:<22} Counters", "Subsystem", "State");
         for s in &self.subsystems {
-            let counters = if s.counters.is_empty() {
-                "-".to_string()
-            } else {
-                s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
-            };
+            let counters = if s.counters.is_empty() { "-".to_string() } else { s.counters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ") };
             let _ = writeln!(out, "  {:<15} {:<22} {}", s.name, s.state, counters);
         }
         out
@@ -85,10 +81,7 @@ mod tests {
             uptime: Duration::from_secs(61),
             config_source: "/etc/asterisk/res_scale.conf".into(),
             config: vec![("amqp", "enabled=yes".into())],
-            subsystems: vec![
-                SubsystemLine { name: "consul", state: "disabled".into(), counters: vec![] },
-                SubsystemLine { name: "amqp", state: "connected".into(), counters: vec![("published", 3)] },
-            ],
+            subsystems: vec![SubsystemLine { name: "consul", state: "disabled".into(), counters: vec![] }, SubsystemLine { name: "amqp", state: "connected".into(), counters: vec![("published", 3)] }],
         };
         let text = r.render();
         assert!(text.starts_with("res_scale 0.1.0 on Asterisk 22.10.1\n"), "{text}");

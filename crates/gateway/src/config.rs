@@ -73,7 +73,11 @@ pub struct Nodes {
 
 impl std::fmt::Debug for Nodes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Nodes {{ ari_user: {:?}, ari_password: <hidden>, request_timeout: {:?}, probe_timeout: {:?}, ca_file: {:?} }}", self.ari_user, self.request_timeout, self.probe_timeout, self.ca_file)
+        write!(
+            f,
+            "Nodes {{ ari_user: {:?}, ari_password: <hidden>, request_timeout: {:?}, probe_timeout: {:?}, ca_file: {:?} }}",
+            self.ari_user, self.request_timeout, self.probe_timeout, self.ca_file
+        )
     }
 }
 
@@ -600,7 +604,13 @@ mod tests {
 
     #[test]
     fn environment_overrides_the_file() {
-        let env = [("SCALE_GATEWAY_LISTEN", "127.0.0.1:9999"), ("SCALE_GATEWAY_CONSUL_URL", "http://a:8500,http://b:8500"), ("SCALE_GATEWAY_APPS_LINGER", "5s"), ("SCALE_GATEWAY_AMQP_QUEUE_MAX_LENGTH", "50"), ("SCALE_GATEWAY_CLIENTS", "x:y,z:w")];
+        let env = [
+            ("SCALE_GATEWAY_LISTEN", "127.0.0.1:9999"),
+            ("SCALE_GATEWAY_CONSUL_URL", "http://a:8500,http://b:8500"),
+            ("SCALE_GATEWAY_APPS_LINGER", "5s"),
+            ("SCALE_GATEWAY_AMQP_QUEUE_MAX_LENGTH", "50"),
+            ("SCALE_GATEWAY_CLIENTS", "x:y,z:w"),
+        ];
         let c = parse(MINIMAL, &env).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
         assert_eq!(c.consul.url, ["http://a:8500", "http://b:8500"]);

@@ -27,13 +27,7 @@ fn registration(gw: &Gateway) -> ServiceRegistration {
         address: gw.config.listen.ip().to_string(),
         port: gw.config.listen.port(),
         meta,
-        check: TtlCheck {
-            id: format!("{id}:health"),
-            name: "scale-gateway /healthz".into(),
-            ttl: gw.config.consul.check_ttl,
-            deregister_after: gw.config.consul.deregister_after,
-            status: "critical",
-        },
+        check: TtlCheck { id: format!("{id}:health"), name: "scale-gateway /healthz".into(), ttl: gw.config.consul.check_ttl, deregister_after: gw.config.consul.deregister_after, status: "critical" },
     }
 }
 

@@ -56,9 +56,7 @@ async fn outside() -> Response {
 pub fn tls_acceptor(tls: &Tls) -> Result<TlsAcceptor, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&tls.cert_file)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("[tls] cert_file {}: {e}", tls.cert_file))?;
+    let certs = CertificateDer::pem_file_iter(&tls.cert_file).and_then(|i| i.collect::<Result<Vec<_>, _>>()).map_err(|e| format!("[tls] cert_file {}: {e}", tls.cert_file))?;
     if certs.is_empty() {
         return Err(format!("[tls] cert_file {}: no certificate in it", tls.cert_file));
     }

@@ -124,7 +124,9 @@ fn event_latency(_pool: &Pool, node: &Node, gw: &Gateway) {
     println!("\n## Event latency node -> application, 5,000 events at 1,000/s");
     println!("command: cargo run --release -p res-scale-tests --bin gateway-bench -- events");
     let direct_url = format!("http://127.0.0.1:{}", node.http_port);
-    for (label, url, user, password, app) in [("node's own ARI WebSocket", direct_url.as_str(), ARI_USER, ARI_PASSWORD, "lat-direct"), ("res_scale + RabbitMQ + gateway", gw.url().as_str(), CLIENT_USER, CLIENT_PASSWORD, "lat-gateway")] {
+    for (label, url, user, password, app) in
+        [("node's own ARI WebSocket", direct_url.as_str(), ARI_USER, ARI_PASSWORD, "lat-direct"), ("res_scale + RabbitMQ + gateway", gw.url().as_str(), CLIENT_USER, CLIENT_PASSWORD, "lat-gateway")]
+    {
         let client = AriApp::start("ws_events.py", &[url, app, user, password, "--expect", "5000", "--idle", "20", "--latency"]);
         client.expect("ready", Duration::from_secs(20), |l| l["ready"] == true);
         wait_app(node, app);
@@ -144,7 +146,9 @@ fn slow_burst(_pool: &Pool, node: &Node, gw: &Gateway) {
     println!("\n## A burst of 50,000 events to a slow client (sleeps 5 ms every 50 frames)");
     println!("command: cargo run --release -p res-scale-tests --bin gateway-bench -- slow");
     let direct_url = format!("http://127.0.0.1:{}", node.http_port);
-    for (label, url, user, password, app) in [("node's own ARI WebSocket", direct_url.as_str(), ARI_USER, ARI_PASSWORD, "slow-direct"), ("res_scale + RabbitMQ + gateway", gw.url().as_str(), CLIENT_USER, CLIENT_PASSWORD, "slow-gateway")] {
+    for (label, url, user, password, app) in
+        [("node's own ARI WebSocket", direct_url.as_str(), ARI_USER, ARI_PASSWORD, "slow-direct"), ("res_scale + RabbitMQ + gateway", gw.url().as_str(), CLIENT_USER, CLIENT_PASSWORD, "slow-gateway")]
+    {
         let client = AriApp::start("ws_events.py", &[url, app, user, password, "--expect", "50001", "--idle", "15", "--slow", "50:5", "--report-gaps"]);
         client.expect("ready", Duration::from_secs(20), |l| l["ready"] == true);
         wait_app(node, app);
@@ -157,6 +161,13 @@ fn slow_burst(_pool: &Pool, node: &Node, gw: &Gateway) {
         let s = summary_of(&client, Duration::from_secs(300));
         println!("  (the node's own queue dropped {} of the burst: queue_capacity)", node_dropped(node) - dropped_before);
         let closed = client.lines().iter().find(|l| l.get("closed").is_some()).map(|l| format!(", socket closed by the server ({})", l["closed"])).unwrap_or_default();
-        println!("  {label:<32} delivered {} of 50001 ({:.1}%), reported lost {}, out of order {}, {} s{closed}", s["bench"], s["bench"].as_f64().unwrap_or(0.0) / 500.01, s["lost"], s["out_of_order"], s["seconds"]);
+        println!(
+            "  {label:<32} delivered {} of 50001 ({:.1}%), reported lost {}, out of order {}, {} s{closed}",
+            s["bench"],
+            s["bench"].as_f64().unwrap_or(0.0) / 500.01,
+            s["lost"],
+            s["out_of_order"],
+            s["seconds"]
+        );
     }
 }

@@ -161,9 +161,7 @@ fn event_forwarding(burst: usize, paced: usize, pinned: bool) {
     // Latency at 1,000 events/s: through the module, then (the reference) the same messages
     // from a plain publisher; what the module adds is the difference.
     let (mut module_latency, paced_report) = paced_latencies(&url, paced, consumer_cpu, || test_events(node, &format!("bench {paced} 1000")));
-    let (mut plain_latency, ()) = paced_latencies(&url, paced, consumer_cpu, || {
-        probe.publish_paced("res_scale.events", &key, paced, 1000, &headers, |seq, sent_ns| template.body(seq, sent_ns))
-    });
+    let (mut plain_latency, ()) = paced_latencies(&url, paced, consumer_cpu, || probe.publish_paced("res_scale.events", &key, paced, 1000, &headers, |seq, sent_ns| template.body(seq, sent_ns)));
     let amqp = node.cli("scale show amqp");
 
     let phases = [
@@ -382,10 +380,13 @@ fn while_consuming<R: Send + 'static, T>(
             let tid = me.file_name().and_then(|t| t.to_str()).and_then(|t| t.parse().ok()).expect("a thread id");
             pin(tid, cpu, false);
         }
-        consume(&AmqpProbe::new(&url), Box::new(move || {
-            // Fails only when nobody waits any more (the publishing side panicked).
-            let _ = ready_tx.send(());
-        }))
+        consume(
+            &AmqpProbe::new(&url),
+            Box::new(move || {
+                // Fails only when nobody waits any more (the publishing side panicked).
+                let _ = ready_tx.send(());
+            }),
+        )
     });
     if ready_rx.recv().is_err() {
         // The consumer's thread ended before its consumer was registered: its panic says why.
@@ -403,10 +404,7 @@ fn while_consuming<R: Send + 'static, T>(
 fn paced_latencies<T>(url: &str, n: usize, consumer_cpu: Option<u32>, publish: impl FnOnce() -> T) -> (Vec<Duration>, T) {
     let (received, published) = while_consuming(url, consumer_cpu, move |probe, ready| probe.consume("bench", n, Duration::from_secs(60), ready), publish);
     assert_eq!(received.len(), n, "every paced event reaches the consumer");
-    let latencies = received
-        .iter()
-        .filter_map(|(m, at)| at.duration_since(UNIX_EPOCH + Duration::from_nanos(m.json["sent_ns"].as_u64()?)).ok())
-        .collect();
+    let latencies = received.iter().filter_map(|(m, at)| at.duration_since(UNIX_EPOCH + Duration::from_nanos(m.json["sent_ns"].as_u64()?)).ok()).collect();
     (latencies, published)
 }
 
@@ -753,10 +751,7 @@ fn registrations_apply(n: usize, batch: usize) {
     wait_registrations_connected(node1);
 
     // 2. The same contacts in batches.
-    let batches: Vec<Vec<u8>> = updates
-        .chunks(batch)
-        .map(|chunk| serde_json::json!({"type": "ANNOUNCE", "origin": BENCH_ORIGIN, "contacts": chunk}).to_string().into_bytes())
-        .collect();
+    let batches: Vec<Vec<u8>> = updates.chunks(batch).map(|chunk| serde_json::json!({"type": "ANNOUNCE", "origin": BENCH_ORIGIN, "contacts": chunk}).to_string().into_bytes()).collect();
     let largest = batches.iter().map(Vec::len).max().unwrap();
     assert!(largest <= 256 * 1024, "a batch of {batch} is {largest} bytes, over the 256 KiB limit");
     let batch_keys = vec!["registration.batch".to_string(); batches.len()];

@@ -13,12 +13,7 @@ use res_scale_tests::Pool;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let once = args.iter().any(|a| a == "--once");
-    let nodes = args
-        .iter()
-        .position(|a| a == "--nodes")
-        .and_then(|i| args.get(i + 1))
-        .map(|n| n.parse().expect("--nodes takes a number"))
-        .unwrap_or(2);
+    let nodes = args.iter().position(|a| a == "--nodes").and_then(|i| args.get(i + 1)).map(|n| n.parse().expect("--nodes takes a number")).unwrap_or(2);
 
     let (stop_tx, stop_rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -32,10 +27,7 @@ fn main() {
     for node in &pool.nodes {
         println!("==== {} ({}) ====", node.name, node.eid);
         print!("{}", node.cli("scale show status"));
-        println!(
-            "  SIP udp:127.0.0.1:{}  ARI http://127.0.0.1:{}/ari ({ARI_USER}/{ARI_PASSWORD})",
-            node.sip_port, node.http_port
-        );
+        println!("  SIP udp:127.0.0.1:{}  ARI http://127.0.0.1:{}/ari ({ARI_USER}/{ARI_PASSWORD})", node.sip_port, node.http_port);
         println!("  logs and config: {}\n", node.dir.display());
     }
     let gateway = Gateway::start(&pool, "gateway", &[]);

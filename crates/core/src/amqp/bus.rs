@@ -48,8 +48,13 @@ pub struct BusSettings {
 #[derive(Debug)]
 pub enum Inbound {
     /// A (new) connection is up; replies to this node go to `queue`.
-    Connected { queue: String },
-    Delivery { body: Vec<u8>, reply_to: Option<String> },
+    Connected {
+        queue: String,
+    },
+    Delivery {
+        body: Vec<u8>,
+        reply_to: Option<String>,
+    },
 }
 
 /// A message to send: to the exchange under `routing_key`, or straight to a queue.
@@ -121,16 +126,10 @@ impl Bus {
         let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(text)?;
         let name = queue.name().clone();
         for binding in &s.bindings {
-            channel
-                .queue_bind(name.clone(), s.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-                .await
-                .map_err(text)?;
+            channel.queue_bind(name.clone(), s.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(text)?;
         }
         channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(text)?;
-        let consumer = channel
-            .basic_consume(name.clone(), "res_scale".into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await
-            .map_err(text)?;
+        let consumer = channel.basic_consume(name.clone(), "res_scale".into(), BasicConsumeOptions::default(), FieldTable::default()).await.map_err(text)?;
         Ok((Link { connection, channel, consumer }, name.to_string()))
     }
 
@@ -192,9 +191,6 @@ async fn publish(channel: &Channel, exchange: &str, message: Outgoing) -> Result
         Destination::Exchange { routing_key } => (exchange.to_string(), routing_key),
         Destination::Queue(queue) => (String::new(), queue),
     };
-    channel
-        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &message.body, properties)
-        .await
-        .map_err(text)?;
+    channel.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &message.body, properties).await.map_err(text)?;
     Ok(())
 }

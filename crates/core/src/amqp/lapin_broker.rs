@@ -63,16 +63,10 @@ pub async fn open(url: &str, endpoint: &Endpoint<'_>) -> Result<(Connection, Cha
     let url = with_heartbeat(url, endpoint.heartbeat);
     let tls = OwnedTLSConfig { identity: None, cert_chain: endpoint.extra_ca.map(str::to_string) };
     let connect = Connection::connect_with_config(&url, properties, tls, runtime);
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| format!("no AMQP handshake within {CONNECT_TIMEOUT:?}"))?
-        .map_err(text)?;
+    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| format!("no AMQP handshake within {CONNECT_TIMEOUT:?}"))?.map_err(text)?;
     let channel = connection.create_channel().await.map_err(text)?;
     let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    channel
-        .exchange_declare(endpoint.exchange.into(), ExchangeKind::Topic, options, FieldTable::default())
-        .await
-        .map_err(|e| format!("declaring exchange '{}': {e}", endpoint.exchange))?;
+    channel.exchange_declare(endpoint.exchange.into(), ExchangeKind::Topic, options, FieldTable::default()).await.map_err(|e| format!("declaring exchange '{}': {e}", endpoint.exchange))?;
     Ok((connection, channel))
 }
 
@@ -88,14 +82,7 @@ impl Broker for LapinBroker {
         if self.confirms {
             channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(text)?;
         }
-        Ok(LapinLink {
-            connection,
-            channel,
-            exchange: self.exchange.clone().into(),
-            eid: self.eid.clone(),
-            delivery_mode: if self.persistent { 2 } else { 1 },
-            confirms: self.confirms,
-        })
+        Ok(LapinLink { connection, channel, exchange: self.exchange.clone().into(), eid: self.eid.clone(), delivery_mode: if self.persistent { 2 } else { 1 }, confirms: self.confirms })
     }
 }
 
@@ -108,15 +95,8 @@ impl Link for LapinLink {
         // Signed: RabbitMQ's field tables have no unsigned 64-bit type (clock microseconds fit).
         headers.insert("seq".into(), AMQPValue::LongLongInt(event.seq.value as i64));
         headers.insert("seq_start".into(), AMQPValue::LongLongInt(event.seq.start as i64));
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(self.delivery_mode)
-            .with_headers(headers);
-        let confirm = self
-            .channel
-            .basic_publish(self.exchange.clone(), routing_key.into(), BasicPublishOptions::default(), event.body(), properties)
-            .await
-            .map_err(text)?;
+        let properties = BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(self.delivery_mode).with_headers(headers);
+        let confirm = self.channel.basic_publish(self.exchange.clone(), routing_key.into(), BasicPublishOptions::default(), event.body(), properties).await.map_err(text)?;
         if !self.confirms {
             return Ok(true);
         }

@@ -95,10 +95,7 @@ impl Reactor for HandleKit {
     type TcpStream = EnteredStream;
     type Sleep = <Tokio as Reactor>::Sleep;
 
-    fn register<H: io::Read + io::Write + AsFd + AsRawFd + Send + 'static>(
-        &self,
-        socket: H,
-    ) -> io::Result<impl AsyncRead + AsyncWrite + Send + Unpin + 'static> {
+    fn register<H: io::Read + io::Write + AsFd + AsRawFd + Send + 'static>(&self, socket: H) -> io::Result<impl AsyncRead + AsyncWrite + Send + Unpin + 'static> {
         self.inner.register(socket)
     }
 

@@ -28,12 +28,7 @@ impl HttpConsul {
             .user_agent(concat!("res_scale/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(HttpConsul {
-            urls: urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
-            token: token.to_string(),
-            client,
-            preferred: AtomicUsize::new(0),
-        })
+        Ok(HttpConsul { urls: urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect(), token: token.to_string(), client, preferred: AtomicUsize::new(0) })
     }
 
     /// The agent URL the last successful request went to.
@@ -171,9 +166,7 @@ impl ConsulApi for HttpConsul {
 
     async fn set_maintenance(&self, service_id: &str, enable: bool, reason: &str) -> ConsulResult<()> {
         let enable = if enable { "true" } else { "false" };
-        let r = self
-            .send(Method::PUT, &format!("/v1/agent/service/maintenance/{service_id}"), REQUEST_TIMEOUT, |r| r.query(&[("enable", enable), ("reason", reason)]))
-            .await?;
+        let r = self.send(Method::PUT, &format!("/v1/agent/service/maintenance/{service_id}"), REQUEST_TIMEOUT, |r| r.query(&[("enable", enable), ("reason", reason)])).await?;
         expect_ok(r, "set maintenance").await.map(drop)
     }
 
@@ -189,11 +182,7 @@ impl ConsulApi for HttpConsul {
         let raw: Vec<RawKv> = r.json().await.map_err(|e| ConsulError::Failed(format!("list KV: unreadable answer: {e}")))?;
         let value = raw
             .into_iter()
-            .map(|kv| KvEntry {
-                key: kv.key,
-                value: kv.value.and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()).unwrap_or_default(),
-                modify_index: kv.modify_index,
-            })
+            .map(|kv| KvEntry { key: kv.key, value: kv.value.and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok()).unwrap_or_default(), modify_index: kv.modify_index })
             .collect();
         Ok(Indexed { index, value })
     }

@@ -85,13 +85,7 @@ pub fn service_registration(id: &NodeIdentity, timing: Timing, apps: &[String]) 
         address: id.sip_host.clone(),
         port: id.sip_port,
         meta,
-        check: TtlCheck {
-            id: check_id(&id.node_id),
-            name: format!("res_scale on {}", id.node_id),
-            ttl: timing.ttl,
-            deregister_after: timing.deregister_after,
-            status: "passing",
-        },
+        check: TtlCheck { id: check_id(&id.node_id), name: format!("res_scale on {}", id.node_id), ttl: timing.ttl, deregister_after: timing.deregister_after, status: "passing" },
     }
 }
 
@@ -146,10 +140,13 @@ impl<C: ConsulApi> Registrar<C> {
                         registered = true;
                         backoff.reset();
                         self.update(|s| s.registrations += 1);
-                        self.enter(&mut log, "registered", Severity::Info, &format!(
-                            "node {} registered as service '{}' (EID {})",
-                            self.identity.node_id, self.identity.service_name, self.identity.eid
-                        ), None);
+                        self.enter(
+                            &mut log,
+                            "registered",
+                            Severity::Info,
+                            &format!("node {} registered as service '{}' (EID {})", self.identity.node_id, self.identity.service_name, self.identity.eid),
+                            None,
+                        );
                     }
                     Err(Refusal::Duplicate(other)) => {
                         let text = format!(
@@ -243,11 +240,7 @@ impl<C: ConsulApi> Registrar<C> {
         Ok(all
             .value
             .iter()
-            .find(|s| {
-                s.meta.get("eid") == Some(&self.identity.eid)
-                    && s.meta.get("instance") != Some(&self.identity.instance)
-                    && s.health() != "critical"
-            })
+            .find(|s| s.meta.get("eid") == Some(&self.identity.eid) && s.meta.get("instance") != Some(&self.identity.instance) && s.health() != "critical")
             .map(|s| format!("service {} on Consul node {} at {}:{}", s.id, s.node, s.address, s.port)))
     }
 

@@ -16,16 +16,7 @@ pub fn render_nodes(instances: &[ServiceInstance], own_id: &str, age: Option<Dur
     for s in &sorted {
         let meta = |k: &str| s.meta.get(k).filter(|v| !v.is_empty()).cloned().unwrap_or_else(|| "-".into());
         let mark = if s.id == own_id { "*" } else { " " };
-        let _ = writeln!(
-            out,
-            "{mark} {:<26} {:<12} {:<18} {:<22} {:<34} {}",
-            s.id,
-            s.health(),
-            meta("eid"),
-            format!("{}:{}", s.address, s.port),
-            meta("ari_url"),
-            meta("apps")
-        );
+        let _ = writeln!(out, "{mark} {:<26} {:<12} {:<18} {:<22} {:<34} {}", s.id, s.health(), meta("eid"), format!("{}:{}", s.address, s.port), meta("ari_url"), meta("apps"));
     }
     let freshness = match age {
         Some(age) => format!("as of {:.1} s ago", age.as_secs_f64()),

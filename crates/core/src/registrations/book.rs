@@ -105,12 +105,7 @@ impl Counters {
 
     /// `reason=count` for every reason seen, e.g. `bad_json=2 unknown_aor=1`, or `-`.
     pub fn rejected_by_reason(&self) -> String {
-        let seen: Vec<String> = REASONS
-            .iter()
-            .zip(&self.rejected)
-            .filter(|(_, c)| Self::get(c) > 0)
-            .map(|(r, c)| format!("{r}={}", Self::get(c)))
-            .collect();
+        let seen: Vec<String> = REASONS.iter().zip(&self.rejected).filter(|(_, c)| Self::get(c) > 0).map(|(r, c)| format!("{r}={}", Self::get(c))).collect();
         if seen.is_empty() {
             "-".into()
         } else {
@@ -145,7 +140,9 @@ pub type Key = (String, String);
 pub enum Handled {
     Done,
     /// Another node asks for everything we know.
-    SyncRequest { origin: String },
+    SyncRequest {
+        origin: String,
+    },
 }
 
 /// The contacts applied from other origins; owned by the thread that applies messages.

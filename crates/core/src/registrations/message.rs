@@ -53,8 +53,13 @@ pub struct Update {
 pub enum Message {
     Single(Update),
     /// A SYNC reply: announcements from several origins, each keeping its own origin and seq.
-    Batch { origin: String, updates: Vec<Update> },
-    SyncRequest { origin: String },
+    Batch {
+        origin: String,
+        updates: Vec<Update>,
+    },
+    SyncRequest {
+        origin: String,
+    },
 }
 
 /// Why a message was refused; `reason()` names the counter it goes to.
@@ -106,10 +111,7 @@ pub fn decode(body: &[u8]) -> Result<Message, Rejection> {
     match kind.as_str() {
         "SYNC_REQUEST" => Ok(Message::SyncRequest { origin: origin(object, "origin")? }),
         "ANNOUNCE" if object.contains_key("contacts") => {
-            let items = object
-                .get("contacts")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("contacts", "expected an array"))?;
+            let items = object.get("contacts").and_then(Value::as_array).ok_or_else(|| bad("contacts", "expected an array"))?;
             let updates = items
                 .iter()
                 .enumerate()
@@ -172,11 +174,7 @@ fn update(kind: Kind, object: &Map<String, Value>, at: &str) -> Result<Update, R
     if !valid_aor(&aor) {
         return Err(bad(&format!("{at}aor"), "1 to 255 printable characters without spaces, ';', '/', '\\\\' or '\"'"));
     }
-    let c = object
-        .get("contact")
-        .ok_or_else(|| Rejection::MissingField(format!("{at}contact")))?
-        .as_object()
-        .ok_or_else(|| bad(&format!("{at}contact"), "expected an object"))?;
+    let c = object.get("contact").ok_or_else(|| Rejection::MissingField(format!("{at}contact")))?.as_object().ok_or_else(|| bad(&format!("{at}contact"), "expected an object"))?;
     let uri = string(c, "uri", &format!("{at}contact.uri"))?;
     if !valid_uri(&uri) {
         return Err(bad(&format!("{at}contact.uri"), "expected a sip: or sips: URI of at most 1024 characters without spaces"));
@@ -188,10 +186,7 @@ fn update(kind: Kind, object: &Map<String, Value>, at: &str) -> Result<Update, R
     };
     let via_port = match c.get("via_port") {
         None | Some(Value::Null) => 0,
-        Some(v) => v
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| bad(&format!("{at}contact.via_port"), "expected a port from 0 to 65535"))?,
+        Some(v) => v.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(|| bad(&format!("{at}contact.via_port"), "expected a port from 0 to 65535"))?,
     };
     let contact = Contact {
         uri,
@@ -202,11 +197,7 @@ fn update(kind: Kind, object: &Map<String, Value>, at: &str) -> Result<Update, R
         via_port,
         call_id: optional_string(c, "call_id", &format!("{at}contact.call_id"))?,
     };
-    let seq = object
-        .get("seq")
-        .ok_or_else(|| Rejection::MissingField(format!("{at}seq")))?
-        .as_u64()
-        .ok_or_else(|| bad(&format!("{at}seq"), "expected a non-negative integer"))?;
+    let seq = object.get("seq").ok_or_else(|| Rejection::MissingField(format!("{at}seq")))?.as_u64().ok_or_else(|| bad(&format!("{at}seq"), "expected a non-negative integer"))?;
     Ok(Update { kind, aor, contact, origin: origin(object, &format!("{at}origin"))?, seq })
 }
 
@@ -241,16 +232,11 @@ fn origin(object: &Map<String, Value>, field: &str) -> Result<String, Rejection>
 }
 
 fn valid_aor(aor: &str) -> bool {
-    !aor.is_empty()
-        && aor.len() <= 255
-        && aor.chars().all(|c| c.is_ascii_graphic() && !matches!(c, ';' | '/' | '\\' | '"'))
+    !aor.is_empty() && aor.len() <= 255 && aor.chars().all(|c| c.is_ascii_graphic() && !matches!(c, ';' | '/' | '\\' | '"'))
 }
 
 fn valid_uri(uri: &str) -> bool {
-    (uri.starts_with("sip:") || uri.starts_with("sips:"))
-        && uri.len() > 4
-        && uri.len() <= 1024
-        && !uri.chars().any(|c| c.is_whitespace() || c.is_control())
+    (uri.starts_with("sip:") || uri.starts_with("sips:")) && uri.len() > 4 && uri.len() <= 1024 && !uri.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]

@@ -63,7 +63,15 @@ pub fn render(v: &RegistrationsView<'_>, aor: Option<&str>) -> String {
         ("Ignored", format!("{} own, {} duplicate/old/not owner", Counters::get(&c.ignored_own), Counters::get(&c.ignored_stale))),
         ("Rejected", format!("{} ({})", c.rejected_total(), c.rejected_by_reason())),
         ("Published", format!("{} ({} dropped: queue full)", Counters::get(&c.published), Counters::get(&c.publish_dropped))),
-        ("Sync/loss", format!("{} SYNC request(s) answered, {} contact(s) withdrawn for lost nodes, {} reconnect(s)", Counters::get(&c.sync_requests_answered), Counters::get(&c.node_loss_removed), v.reconnects)),
+        (
+            "Sync/loss",
+            format!(
+                "{} SYNC request(s) answered, {} contact(s) withdrawn for lost nodes, {} reconnect(s)",
+                Counters::get(&c.sync_requests_answered),
+                Counters::get(&c.node_loss_removed),
+                v.reconnects
+            ),
+        ),
         ("Last error", v.status.last_error.clone().unwrap_or_else(|| "-".into())),
     ];
     for (k, val) in lines {

@@ -41,7 +41,9 @@ pub const REASONS: [&str; 8] = ["too_large", "bad_json", "unknown_type", "missin
 pub enum Handled {
     Applied,
     /// Another node asks for this node's own states.
-    SyncRequest { origin: String },
+    SyncRequest {
+        origin: String,
+    },
 }
 
 /// (device, origin) pairs kept at most: every one is also an entry in Asterisk's cache, and

@@ -63,9 +63,14 @@ pub enum Update {
 pub enum Message {
     Update(Update),
     /// `origin` asks every node for its own states.
-    SyncRequest { origin: String },
+    SyncRequest {
+        origin: String,
+    },
     /// One node's own states; a refused item does not stop the others.
-    Batch { origin: String, items: Vec<Result<Update, Rejection>> },
+    Batch {
+        origin: String,
+        items: Vec<Result<Update, Rejection>>,
+    },
 }
 
 /// Why a message was refused; `reason()` names the counter it goes to.

@@ -126,7 +126,10 @@ mod tests {
         let mut remote = RemoteStates::new();
         remote.entry("Custom:agent1".into()).or_default().insert("02:00:00:00:00:0a".into(), Remote { state: "INUSE", cachable: true, seq: 1 });
         remote.entry("Local/x".into()).or_default().insert("02:00:00:00:00:0b".into(), Remote { state: "RINGING", cachable: false, seq: 1 });
-        let local = BTreeMap::from([("Custom:agent1".to_string(), LocalState { state: "NOT_INUSE", cachable: true, seq: 1 }), ("PJSIP/bob".to_string(), LocalState { state: "UNAVAILABLE", cachable: true, seq: 2 })]);
+        let local = BTreeMap::from([
+            ("Custom:agent1".to_string(), LocalState { state: "NOT_INUSE", cachable: true, seq: 1 }),
+            ("PJSIP/bob".to_string(), LocalState { state: "UNAVAILABLE", cachable: true, seq: 2 }),
+        ]);
         let aggregate = |d: &str| if d == "Custom:agent1" { "INUSE".to_string() } else { "UNKNOWN".to_string() };
         let view = StatesView { status: &status, counters: &counters, reconnects: 0, exchange: "res_scale.state", devices: &devices, local, remote, aggregate: &aggregate };
         let text = render(&view, None);

@@ -92,7 +92,9 @@ mod tests {
     #[test]
     fn wrong_missing_or_shadowed_credentials_get_401() {
         let c = clients();
-        for (headers, query) in [(basic("app:wrong"), None), (HeaderMap::new(), None), (HeaderMap::new(), Some("api_key=app:wrong")), (basic("app:wrong"), Some("api_key=app:s3cr:et")), (basic("nobody"), None)] {
+        for (headers, query) in
+            [(basic("app:wrong"), None), (HeaderMap::new(), None), (HeaderMap::new(), Some("api_key=app:wrong")), (basic("app:wrong"), Some("api_key=app:s3cr:et")), (basic("nobody"), None)]
+        {
             let r = authenticate(&c, &Method::GET, &headers, query).unwrap_err();
             assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{headers:?} {query:?}");
         }

@@ -183,7 +183,15 @@ fn rewrite(reg: &Registry, marks: &Marks, helper_app: &str, value: &mut Value) {
             }
             for (key, hide) in [("bridge_ids", true), ("channel_ids", false)] {
                 if let Some(Value::Array(ids)) = obj.get_mut(key) {
-                    ids.retain(|id| id.as_str().is_none_or(|id| if hide { !reg.helper_bridges.contains_key(id) && !id.starts_with(HELPER_BRIDGE_PREFIX) } else { !reg.helper_channels.contains(id) && !id.starts_with(HELPER_CALL_PREFIX) }));
+                    ids.retain(|id| {
+                        id.as_str().is_none_or(|id| {
+                            if hide {
+                                !reg.helper_bridges.contains_key(id) && !id.starts_with(HELPER_BRIDGE_PREFIX)
+                            } else {
+                                !reg.helper_channels.contains(id) && !id.starts_with(HELPER_CALL_PREFIX)
+                            }
+                        })
+                    });
                 }
             }
         }
@@ -237,7 +245,8 @@ mod tests {
     #[test]
     fn a_remote_member_enters_and_leaves_the_applications_bridge() {
         let mut r = registry();
-        let entered = json!({"type": "ChannelEnteredBridge", "bridge": {"id": "scale-helper-0a0b", "bridge_type": "mixing", "channels": ["scale-leg-0a0b", "b1"]}, "channel": {"id": "b1"}, "asterisk_id": "b"});
+        let entered =
+            json!({"type": "ChannelEnteredBridge", "bridge": {"id": "scale-helper-0a0b", "bridge_type": "mixing", "channels": ["scale-leg-0a0b", "b1"]}, "channel": {"id": "b1"}, "asterisk_id": "b"});
         let v = rewritten(judge(&mut r, &marks(), entered.to_string().as_bytes()));
         assert_eq!(v["bridge"], json!({"id": "conf", "bridge_type": "mixing", "channels": ["a1", "b1"]}));
         assert_eq!((&v["channel"]["id"], &v["asterisk_id"]), (&json!("b1"), &json!("b")), "the rest is untouched");

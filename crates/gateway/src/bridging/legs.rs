@@ -8,12 +8,11 @@
 //! Down: the members leave the helper bridge (when the bridge goes, not when they did), the
 //! call is hung up on both ends, the helper bridge destroyed.
 
-
 use axum::http::StatusCode;
 use tokio::sync::oneshot;
 
-use super::registry::Leg;
 use super::lock;
+use super::registry::Leg;
 use crate::owners::Eid;
 use crate::pool::Node;
 use crate::routing::params::encode_value;
@@ -124,11 +123,8 @@ pub async fn helper_gone(gw: &Gateway, channel: &str) {
 /// and the legs of its channels go.
 pub async fn node_lost(gw: &Gateway, lost: &Eid) {
     let _one_at_a_time = gw.bridging.ops.lock().await;
-    let legs: Vec<(String, Eid)> = lock(&gw.bridging.registry)
-        .bridges
-        .iter()
-        .flat_map(|(b, cross)| cross.legs.keys().filter(|n| cross.node == *lost || *n == lost).map(|n| (b.clone(), n.clone())))
-        .collect();
+    let legs: Vec<(String, Eid)> =
+        lock(&gw.bridging.registry).bridges.iter().flat_map(|(b, cross)| cross.legs.keys().filter(|n| cross.node == *lost || *n == lost).map(|n| (b.clone(), n.clone()))).collect();
     for (bridge, node) in legs {
         tracing::warn!(bridge, node = %node, lost = %lost, "bridging: a node of this leg is unreachable; tearing the leg down");
         close(gw, &bridge, &node, true).await;

@@ -65,14 +65,7 @@ impl Hub {
     pub fn attach(&self, gw: &Arc<Gateway>, socket: &Socket, apps: &[String]) {
         let mut map = self.apps();
         for name in apps {
-            let app = map.entry(name.clone()).or_insert_with(|| App {
-                committed: Arc::default(),
-                holder: None,
-                key_socket: socket.id.clone(),
-                key_index: None,
-                relay: None,
-                linger: None,
-            });
+            let app = map.entry(name.clone()).or_insert_with(|| App { committed: Arc::default(), holder: None, key_socket: socket.id.clone(), key_index: None, relay: None, linger: None });
             if let Some(linger) = app.linger.take() {
                 linger.cancel();
             }

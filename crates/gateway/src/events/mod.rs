@@ -60,11 +60,7 @@ pub async fn events(State(gw): State<Arc<Gateway>>, method: Method, headers: Hea
         Err(rejection) => return rejection.into_response(),
     };
     let limit = gw.config.limits.max_frame_bytes;
-    upgrade
-        .protocols(["ari"])
-        .max_frame_size(limit)
-        .max_message_size(limit)
-        .on_upgrade(move |ws| serve(gw, ws, apps, report_gaps))
+    upgrade.protocols(["ari"]).max_frame_size(limit).max_message_size(limit).on_upgrade(move |ws| serve(gw, ws, apps, report_gaps))
 }
 
 /// What Asterisk's HTTP server answers for a bad event socket request (`ast_http_error`).

@@ -69,10 +69,21 @@ impl<'a> EventIds<'a> {
     }
 
     fn channels(&self) -> impl Iterator<Item = &str> {
-        [&self.channel, &self.replace_channel, &self.caller, &self.peer, &self.forwarded, &self.transferee, &self.transfer_target, &self.transferer_first_leg, &self.transferer_second_leg, &self.destination_threeway_channel]
-            .into_iter()
-            .flatten()
-            .map(|c| c.id.as_ref())
+        [
+            &self.channel,
+            &self.replace_channel,
+            &self.caller,
+            &self.peer,
+            &self.forwarded,
+            &self.transferee,
+            &self.transfer_target,
+            &self.transferer_first_leg,
+            &self.transferer_second_leg,
+            &self.destination_threeway_channel,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|c| c.id.as_ref())
     }
 
     fn bridges(&self) -> impl Iterator<Item = &str> {
@@ -121,7 +132,11 @@ mod tests {
     fn learns_every_resource_an_event_names_and_forgets_the_one_that_ended() {
         let owners = Owners::new(Duration::from_secs(60));
         let a: Eid = "02:00:00:00:00:0a".into();
-        apply(&owners, &a, r#"{"application":"conf","type":"StasisStart","args":[],"channel":{"id":"c1","name":"PJSIP/x","caller":{"name":"","number":""}},"replace_channel":{"id":"c0"},"asterisk_id":"02:00:00:00:00:0a"}"#);
+        apply(
+            &owners,
+            &a,
+            r#"{"application":"conf","type":"StasisStart","args":[],"channel":{"id":"c1","name":"PJSIP/x","caller":{"name":"","number":""}},"replace_channel":{"id":"c0"},"asterisk_id":"02:00:00:00:00:0a"}"#,
+        );
         apply(&owners, &a, r#"{"type":"Dial","caller":{"id":"c1"},"peer":{"id":"c2"},"dialstatus":""}"#);
         apply(&owners, &a, r#"{"type":"ChannelEnteredBridge","bridge":{"id":"b1","channels":["c1"]},"channel":{"id":"c1"}}"#);
         apply(&owners, &a, r#"{"type":"PlaybackStarted","playback":{"id":"p1","target_uri":"channel:c1"}}"#);

@@ -80,13 +80,7 @@ pub async fn ari(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
     let template = routes::template(&texts);
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
     let params = Params::new(query, content_type.as_ref().and_then(|c| c.to_str().ok()), &body);
-    let out = Outgoing {
-        method: parts.method.clone(),
-        path: segments.iter().map(|s| s.raw.as_str()).collect::<Vec<_>>().join("/"),
-        query: params.forwarded_query(&[]),
-        content_type,
-        body,
-    };
+    let out = Outgoing { method: parts.method.clone(), path: segments.iter().map(|s| s.raw.as_str()).collect::<Vec<_>>().join("/"), query: params.forwarded_query(&[]), content_type, body };
     let request = Incoming { gw: &gw, method, headers: &parts.headers, segments: &segments, params, out };
     let (response, node) = dispatch(&request, &route).await;
     counted(&gw, method, &template, &node, response)
@@ -460,7 +454,8 @@ mod tests {
     }
 
     fn config() -> Config {
-        let env: BTreeMap<String, String> = [("SCALE_GATEWAY_NODES_ARI_USER", "ari"), ("SCALE_GATEWAY_CLIENTS", "app:pw"), ("SCALE_GATEWAY_NODES_PROBE_TIMEOUT", "500ms")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let env: BTreeMap<String, String> =
+            [("SCALE_GATEWAY_NODES_ARI_USER", "ari"), ("SCALE_GATEWAY_CLIENTS", "app:pw"), ("SCALE_GATEWAY_NODES_PROBE_TIMEOUT", "500ms")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         crate::config::load(None, &env).unwrap()
     }
 

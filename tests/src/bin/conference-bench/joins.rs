@@ -20,12 +20,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 /// The callers of a round, in the order they join.
-const JOINS: [&str; 4] = [
-    "bridge's node, into the empty bridge",
-    "other node, first of its node (leg set up)",
-    "other node, further (leg reused)",
-    "bridge's node, into the bridge of 3",
-];
+const JOINS: [&str; 4] = ["bridge's node, into the empty bridge", "other node, first of its node (leg set up)", "other node, further (leg reused)", "bridge's node, into the bridge of 3"];
 
 /// Per kind of join (`JOINS`): until the event, and until the gateway answered addChannel.
 #[derive(Default)]

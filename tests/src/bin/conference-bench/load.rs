@@ -169,8 +169,6 @@ fn kamailio_in_front_of(pool: &Pool, dir: &Path, nodes: &[&Node]) -> Kamailio {
     spec.destinations = nodes.iter().map(|n| format!("sip:127.0.0.1:{}", n.sip_port)).collect();
     spec.defines = vec!["DS_PING_INTERVAL=1".into()];
     let kamailio = Kamailio::start(&dir.join("kamailio"), spec);
-    wait::until("Kamailio sees its nodes", SECONDS_20, Duration::from_millis(200), || {
-        kamailio.kamcmd(&["dispatcher.list"]).filter(|l| l.matches("FLAGS: AP").count() == nodes.len()).map(|_| ())
-    });
+    wait::until("Kamailio sees its nodes", SECONDS_20, Duration::from_millis(200), || kamailio.kamcmd(&["dispatcher.list"]).filter(|l| l.matches("FLAGS: AP").count() == nodes.len()).map(|_| ()));
     kamailio
 }

@@ -73,9 +73,11 @@ fn burst_latencies(pool: &Pool, talker: &Node, listener: &Node) -> (u64, Vec<Dur
         res_scale_tests::child::terminate(&mut child, Duration::from_secs(3));
     }
     let status = std::fs::read_to_string(dir.join("status.txt")).unwrap_or_default();
-    let result: serde_json::Value = status.lines().find_map(|l| l.strip_prefix("RESULT ")).and_then(|r| serde_json::from_str(r).ok()).unwrap_or_else(|| {
-        panic!("mouth_to_ear.py gave no result:\n{status}\n{}", std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default())
-    });
+    let result: serde_json::Value = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_else(|| panic!("mouth_to_ear.py gave no result:\n{status}\n{}", std::fs::read_to_string(dir.join("stderr.txt")).unwrap_or_default()));
     let heard = result["latency_ms"].as_array().into_iter().flatten().filter_map(|v| v.as_f64()).map(|ms| Duration::from_secs_f64(ms / 1e3)).collect();
     (result["bursts"].as_u64().unwrap_or(0), heard)
 }

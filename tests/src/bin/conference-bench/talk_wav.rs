@@ -13,7 +13,15 @@ pub fn write_talk_wav(path: &Path) {
         wav.extend_from_slice(body);
     };
     // fmt: format 7 (u-law), mono, 8000 Hz, 8000 bytes/s, block 1, 8 bits, no extra bytes.
-    let fmt: Vec<u8> = [7u16.to_le_bytes(), 1u16.to_le_bytes()].concat().into_iter().chain(8000u32.to_le_bytes()).chain(8000u32.to_le_bytes()).chain(1u16.to_le_bytes()).chain(8u16.to_le_bytes()).chain(0u16.to_le_bytes()).collect();
+    let fmt: Vec<u8> = [7u16.to_le_bytes(), 1u16.to_le_bytes()]
+        .concat()
+        .into_iter()
+        .chain(8000u32.to_le_bytes())
+        .chain(8000u32.to_le_bytes())
+        .chain(1u16.to_le_bytes())
+        .chain(8u16.to_le_bytes())
+        .chain(0u16.to_le_bytes())
+        .collect();
     let mut body = b"WAVE".to_vec();
     chunk(&mut body, b"fmt ", &fmt);
     chunk(&mut body, b"data", &samples);

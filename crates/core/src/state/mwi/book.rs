@@ -88,7 +88,8 @@ impl MwiBook {
         }
         if known.is_none() && self.count >= MAX_REMOTE {
             let mailbox = state.mailbox.clone();
-            return counters.refuse(&mut self.log, "too_many", || format!("state of {mailbox} from {} not applied (too_many): this node already keeps {MAX_REMOTE} remote mailbox states", state.origin));
+            return counters
+                .refuse(&mut self.log, "too_many", || format!("state of {mailbox} from {} not applied (too_many): this node already keeps {MAX_REMOTE} remote mailbox states", state.origin));
         }
         if state.deleted {
             target.forget(&state.mailbox, &state.origin);

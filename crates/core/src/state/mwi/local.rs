@@ -67,10 +67,7 @@ impl LocalMailboxes {
     /// Every state as the pool should know it (deleted mailboxes are not), each with the seq
     /// it was told with (a receiver that already has it ignores it).
     pub fn all(&self) -> Vec<MwiState> {
-        self.states
-            .iter()
-            .map(|(mailbox, s)| MwiState { mailbox: mailbox.clone(), new: s.counts.new, old: s.counts.old, deleted: false, origin: self.origin.clone(), seq: s.seq })
-            .collect()
+        self.states.iter().map(|(mailbox, s)| MwiState { mailbox: mailbox.clone(), new: s.counts.new, old: s.counts.old, deleted: false, origin: self.origin.clone(), seq: s.seq }).collect()
     }
 }
 
@@ -93,6 +90,10 @@ mod tests {
         local.adopt("1002@default", 9, 9);
         local.adopt("1003@default", 1, 2);
         let all = local.all();
-        assert_eq!(all.iter().map(|m| (m.mailbox.as_str(), m.new, m.old, m.seq)).collect::<Vec<_>>(), [("1002@default", 0, 3, 102), ("1003@default", 1, 2, 103)], "a change since is newer than what Asterisk held");
+        assert_eq!(
+            all.iter().map(|m| (m.mailbox.as_str(), m.new, m.old, m.seq)).collect::<Vec<_>>(),
+            [("1002@default", 0, 3, 102), ("1003@default", 1, 2, 103)],
+            "a change since is newer than what Asterisk held"
+        );
     }
 }

@@ -6,10 +6,12 @@
 //! `tests/provision.sh`; this crate reads what it produced from `testbed.env`.
 
 pub mod amqp;
+pub mod ami;
 pub mod ari;
 pub mod ari_app;
 pub mod child;
 pub mod consul;
+pub mod control_socket;
 pub mod cpu;
 pub mod event_socket;
 pub mod gateway;

@@ -54,7 +54,13 @@ fn main() {
     );
     let mut results = Vec::new();
     for round in 0..rounds {
-        for mechanism in [Mechanism::ResScale, Mechanism::PjsipPublish] {
+        // Who goes first alternates, so that a node's warm-up or a busy spell of the machine
+        // does not always fall on the same side.
+        let mut order = [Mechanism::ResScale, Mechanism::PjsipPublish];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for mechanism in order {
             let (mut a, b) = bench.switch_to(mechanism);
             let load = load_average();
             let mut latency = runs::latency(&mut a, &b, results.len());
@@ -111,7 +117,8 @@ fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-/// Every round's figure of each mechanism, then ours / theirs per round.
+/// Each mechanism's median over the rounds and every round's figure, then the ratio of the
+/// medians, ours / theirs.
 fn print_table(results: &[Round]) {
     let of = |m: Mechanism| results.iter().filter(move |r| r.mechanism == m).collect::<Vec<_>>();
     let (ours, theirs) = (of(Mechanism::ResScale), of(Mechanism::PjsipPublish));
@@ -128,21 +135,23 @@ fn print_table(results: &[Round]) {
         ("feed, queued: changes/s at B", |r| r.feeds.as_ref().and_then(|(_, queued)| queued.per_second())),
     ];
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.1}") });
-    let list = |rounds: &[&Round], f: Figure| rounds.iter().map(|r| cell(f(r))).collect::<Vec<_>>().join(" / ");
+    // None when any round has no figure (a mechanism that does not take part, or lost changes).
+    let median = |rounds: &[&Round], f: Figure| {
+        let mut values: Vec<f64> = rounds.iter().map(|r| f(r)).collect::<Option<_>>()?;
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        (!values.is_empty()).then(|| if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+    };
+    let column = |rounds: &[&Round], f: Figure| format!("{} ({})", cell(median(rounds, f)), rounds.iter().map(|r| cell(f(r))).collect::<Vec<_>>().join(" / "));
     println!();
-    println!("| per round (r1 / r2 / ...) | res_scale | res_pjsip_publish_asterisk | ours / theirs |");
+    println!("| median (each round) | res_scale | res_pjsip_publish_asterisk | ours / theirs |");
     println!("|---|---|---|---|");
     for (label, f) in rows {
-        let ratios = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(o, t)| match (f(o), f(t)) {
-                (Some(o), Some(t)) if t > 0.0 => format!("{:.2}", o / t),
-                _ => "-".to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(" / ");
-        println!("| {label} | {} | {} | {ratios} |", list(&ours, f), list(&theirs, f));
+        let ratio = match (median(&ours, f), median(&theirs, f)) {
+            (Some(o), Some(t)) if t > 0.0 => format!("{:.2}", o / t),
+            _ => "-".to_string(),
+        };
+        println!("| {label} | {} | {} | {ratio} |", column(&ours, f), column(&theirs, f));
     }
     let loads = |rounds: &[&Round]| rounds.iter().map(|r| r.load.clone()).collect::<Vec<_>>().join("; ");
     println!("load averages at each phase's start: res_scale {}; res_pjsip_publish_asterisk {}", loads(&ours), loads(&theirs));

@@ -143,7 +143,8 @@ pub fn hint_status(state: &str) -> &'static str {
 
 /// Sets `Custom:<device>` on node A (AMI Setvar of func_devstate's DEVICE_STATE()).
 pub fn set_state(a: &mut Ami, device: &str, state: &str) -> Instant {
-    a.send("Setvar", &[("Variable", &format!("DEVICE_STATE(Custom:{device})")), ("Value", &state.to_string())])
+    let variable = format!("DEVICE_STATE(Custom:{device})");
+    a.send("Setvar", &[("Variable", variable.as_str()), ("Value", state)])
 }
 
 /// Waits until a change on A reaches B's hint (both mechanisms need a moment after boot: AMQP

@@ -66,7 +66,8 @@ fn main() {
             let mut latency = runs::latency(&mut a, &b, results.len());
             latency.samples.sort();
             println!("round {} {:<27} load {load}: latency {}", round + 1, mechanism.name(), latency_text(&latency));
-            let burst = runs::burst(&mut a, &b, BURST_PASSES);
+            let counted = (mechanism == Mechanism::ResScale).then(|| (bench.node(0), bench.node(1)));
+            let burst = runs::burst(&mut a, &b, BURST_PASSES, counted);
             println!("round {} {:<27} burst from A: {}", round + 1, mechanism.name(), rate_text(&burst));
             let feeds = (mechanism == Mechanism::ResScale).then(|| {
                 let live = runs::feed(&probe, bench.node(1), &b, FEED_PASSES, Feed::Live);
@@ -106,7 +107,8 @@ fn rate_text(r: &Rate) -> String {
         _ => format!("{} device(s) never reached their final state", r.lost),
     };
     let applied = r.applied.map(|d| format!(", all applied after {:.0} ms ({:.0}/s)", ms(d), r.n as f64 / d.as_secs_f64())).unwrap_or_default();
-    format!("{} changes sent in {:.0} ms{applied}, {done}, {} hint change(s) reported", r.n, ms(r.sent), r.events)
+    let messages = r.messages.map(|[published, dropped, applied]| format!("; A published {published} ({dropped} dropped), B applied {applied}")).unwrap_or_default();
+    format!("{} changes sent in {:.0} ms{applied}, {done}, {} hint change(s) reported{messages}", r.n, ms(r.sent), r.events)
 }
 
 fn latency_quantile(r: &Round, q: f64) -> Option<f64> {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_tests::ami::{Ami, AmiEvent};
 use res_scale_tests::amqp::AmqpProbe;
+use res_scale_tests::control_socket::socket_cli;
 use res_scale_tests::Node;
 
 use crate::setup::{hint_status, set_state, state_line, BURST_PREFIX, DEVICES, FEED_PREFIX, LATENCY_PREFIX};
@@ -67,6 +68,8 @@ pub struct Rate {
     pub events: usize,
     /// Devices whose hint on B never reported the final state.
     pub lost: usize,
+    /// res_scale's counters over a burst: A published, A dropped (queue full), B applied.
+    pub messages: Option<[u64; 3]>,
 }
 
 impl Rate {
@@ -84,8 +87,10 @@ fn pass_state(p: usize, passes: usize) -> &'static str {
     }
 }
 
-/// `passes` × 1,000 changes on node A through AMI, written as fast as A takes them.
-pub fn burst(a: &mut Ami, b: &Ami, passes: usize) -> Rate {
+/// `passes` × 1,000 changes on node A through AMI, written as fast as A takes them. With
+/// `nodes` (A, B: res_scale runs), res_scale's counters are read before and after.
+pub fn burst(a: &mut Ami, b: &Ami, passes: usize, nodes: Option<(&Node, &Node)>) -> Rate {
+    let counted_before = nodes.map(message_counts);
     let from = b.event_count();
     let (answered_before, _) = a.answers();
     let n = passes * DEVICES;
@@ -103,6 +108,7 @@ pub fn burst(a: &mut Ami, b: &Ami, passes: usize) -> Rate {
         sent.is_some()
     });
     rate.n = n;
+    rate.messages = nodes.map(message_counts).zip(counted_before).map(|(after, before)| [0, 1, 2].map(|i| after[i] - before[i]));
     rate.sent = sent.unwrap_or_else(|| {
         let (ok, failed) = a.answers();
         panic!("node A answered {} of {n} Setvar ({failed} failures in all)", ok - answered_before)
@@ -203,7 +209,7 @@ fn until_final(b: &Ami, from: usize, prefix: &str, start: Instant, mut poll: imp
     while !poll() && settle.elapsed() < STALL {
         std::thread::sleep(Duration::from_millis(10));
     }
-    Rate { n: 0, sent: Duration::ZERO, applied: None, done: (remaining == 0).then(|| last.unwrap() - start), events, lost: remaining }
+    Rate { n: 0, sent: Duration::ZERO, applied: None, done: (remaining == 0).then(|| last.unwrap() - start), events, lost: remaining, messages: None }
 }
 
 /// The device number of an ExtensionStatus of hint `<prefix><i>`.
@@ -218,6 +224,18 @@ fn device_index(event: &AmiEvent, prefix: &str) -> Option<usize> {
 fn hint_changes<'a>(events: &'a [AmiEvent], prefix: &'a str, state: &'a str) -> impl Iterator<Item = (usize, Instant)> + 'a {
     let status = hint_status(state);
     events.iter().filter(move |e| e.get("Status") == Some(status)).filter_map(move |e| device_index(e, prefix).map(|i| (i, e.at)))
+}
+
+/// res_scale's counters: [published by A, dropped by A (queue full), applied by B].
+fn message_counts((a, b): (&Node, &Node)) -> [u64; 3] {
+    // One device's row only: the counters without a 3,000-line listing.
+    let (a_text, b_text) = (socket_cli(a, "scale show states Custom:sync"), socket_cli(b, "scale show states Custom:sync"));
+    let field = |text: &str, label: &str, nth: usize| -> u64 {
+        let line = text.lines().find_map(|l| l.trim_start().strip_prefix(label)).unwrap_or_else(|| panic!("no '{label}' in:\n{text}"));
+        let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+        numbers[nth]
+    };
+    [field(&a_text, "Published:", 0), field(&a_text, "Published:", 1), field(&b_text, "Applied:", 0)]
 }
 
 /// res_scale's `applied` counter on `node`.

@@ -46,7 +46,8 @@ struct Round {
 fn main() {
     let rounds: usize = std::env::args().nth(1).map(|n| n.parse().expect("rounds: a number")).unwrap_or(2);
     let mut bench = Bench::start();
-    let probe = AmqpProbe::new(&bench.pool.rabbitmq.as_ref().unwrap().url());
+    let broker_url = bench.pool.rabbitmq.as_ref().unwrap().url();
+    let probe = AmqpProbe::new(&broker_url);
     println!(
         "device state benchmark, 2 nodes, {} cores, {rounds} round(s), {} hints per node",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -63,7 +64,8 @@ fn main() {
         for mechanism in order {
             let (mut a, b) = bench.switch_to(mechanism);
             let load = load_average();
-            let mut latency = runs::latency(&mut a, &b, results.len());
+            let watch = (mechanism == Mechanism::ResScale).then_some(broker_url.as_str());
+            let mut latency = runs::latency(&mut a, &b, results.len(), watch);
             latency.samples.sort();
             println!("round {} {:<27} load {load}: latency {}", round + 1, mechanism.name(), latency_text(&latency));
             let counted = (mechanism == Mechanism::ResScale).then(|| (bench.node(0), bench.node(1)));
@@ -87,7 +89,16 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 fn latency_text(l: &Latency) -> String {
-    match l.samples.is_empty() {
+    let to_broker = match l.to_broker.is_empty() {
+        true => String::new(),
+        false => format!(
+            " (of which A -> broker -> a consumer: p50 {:.1} ms, p99 {:.1} ms, {} delivered)",
+            ms(quantile(&l.to_broker, 0.5)),
+            ms(quantile(&l.to_broker, 0.99)),
+            l.to_broker.len()
+        ),
+    };
+    let text = match l.samples.is_empty() {
         true => format!("none of {} seen", l.lost),
         false => format!(
             "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} of {} seen, {} lost",
@@ -98,7 +109,8 @@ fn latency_text(l: &Latency) -> String {
             l.samples.len() + l.lost,
             l.lost
         ),
-    }
+    };
+    format!("{text}{to_broker}")
 }
 
 fn rate_text(r: &Rate) -> String {

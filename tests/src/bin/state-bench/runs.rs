@@ -24,16 +24,40 @@ pub struct Latency {
     /// Change sent on A -> its ExtensionStatus read from B's AMI, of every change seen.
     pub samples: Vec<Duration>,
     pub lost: usize,
+    /// With a broker to watch (res_scale): change sent on A -> its message delivered to a
+    /// consumer of the benchmark's own, bound to the exchange beside B's queue (wall clock).
+    pub to_broker: Vec<Duration>,
 }
 
+/// The benchmark's own queue on the state exchange during a latency run.
+const WATCH_QUEUE: &str = "state-bench-watch";
+
 /// 1,000 changes at 100/s, one per device `lat<i>`, on node A until node B's hint reports it.
-pub fn latency(a: &mut Ami, b: &Ami, run: usize) -> Latency {
+/// With `watch` (the broker's URL), the messages A publishes are also timed to a consumer of
+/// the benchmark's own: how much of the way is A and the broker, how much B.
+pub fn latency(a: &mut Ami, b: &Ami, run: usize, watch: Option<&str>) -> Latency {
     let state = ["INUSE", "ONHOLD"][run % 2];
+    let watcher = watch.map(|url| {
+        let probe = AmqpProbe::new(url);
+        probe.bind_queue_to_existing(WATCH_QUEUE, "res_scale.state", "device.*");
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let consumer = std::thread::spawn(move || {
+            let got = probe.consume(WATCH_QUEUE, DEVICES, Duration::from_secs(DEVICES as u64 / PACE) + LATE, move || {
+                let _ = ready_tx.send(());
+            });
+            probe.delete_queue(WATCH_QUEUE);
+            got
+        });
+        ready.recv().expect("the watching consumer started");
+        consumer
+    });
     let from = b.event_count();
     let start = Instant::now();
     let mut sent = Vec::with_capacity(DEVICES);
+    let mut sent_wall = Vec::with_capacity(DEVICES);
     for i in 0..DEVICES {
         std::thread::sleep((start + Duration::from_nanos(i as u64 * 1_000_000_000 / PACE)).saturating_duration_since(Instant::now()));
+        sent_wall.push(SystemTime::now());
         sent.push(set_state(a, &format!("{LATENCY_PREFIX}{i}"), state));
     }
     let mut seen: Vec<Option<Instant>> = vec![None; DEVICES];
@@ -49,7 +73,16 @@ pub fn latency(a: &mut Ami, b: &Ami, run: usize) -> Latency {
         }
     }
     let samples: Vec<Duration> = seen.iter().zip(&sent).filter_map(|(seen, sent)| seen.map(|at| at - *sent)).collect();
-    Latency { lost: DEVICES - samples.len(), samples }
+    let delivered = watcher.map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).unwrap_or_default();
+    let mut to_broker: Vec<Duration> = delivered
+        .iter()
+        .filter_map(|(message, at)| {
+            let i: usize = message.json["device"].as_str()?.strip_prefix("Custom:")?.strip_prefix(LATENCY_PREFIX)?.parse().ok()?;
+            at.duration_since(*sent_wall.get(i)?).ok()
+        })
+        .collect();
+    to_broker.sort();
+    Latency { lost: DEVICES - samples.len(), samples, to_broker }
 }
 
 /// A burst or a feed: `n` changes over the 1,000 devices, then how long until each device's

@@ -17,7 +17,7 @@ const HELP: &str = "res_scale needs the headers of the Asterisk 22 it will be lo
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let shim_dir = manifest.join("asterisk-headers");
-    for file in ["wrapper.h", "shim.h", "shim.c", "contacts.c", "devstate.c", "fetch-headers.sh", "host-mirror.sh"] {
+    for file in ["wrapper.h", "shim.h", "shim.c", "contacts.c", "devstate.c", "mwi.c", "fetch-headers.sh", "host-mirror.sh"] {
         println!("cargo:rerun-if-changed={}", shim_dir.join(file).display());
     }
     println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");
@@ -35,6 +35,7 @@ fn main() {
         .file(shim_dir.join("shim.c"))
         .file(shim_dir.join("contacts.c"))
         .file(shim_dir.join("devstate.c"))
+        .file(shim_dir.join("mwi.c"))
         .include(&include)
         .include(&shim_dir)
         .define("_GNU_SOURCE", None)

@@ -14,7 +14,11 @@
 #include "asterisk.h"
 #include "asterisk/astobj2.h"
 #include "asterisk/config.h"
+#include "asterisk/lock.h"
 #include "asterisk/sorcery.h"
+#include "asterisk/taskpool.h"
+#include "asterisk/taskprocessor.h"
+#include "asterisk/threadpool.h"
 #include "asterisk/time.h"
 #include "asterisk/utils.h"
 
@@ -215,6 +219,50 @@ enum res_scale_contact_result res_scale_contact_check(const char *aor_name, cons
 	return remove_or_check(aor_name, uri, ours, ours_data, 0);
 }
 
+/*
+ * The serializer sorcery runs the contact observers on (sorcery/contact-...): sorcery does not
+ * say which it is, so the first observer call takes it from its own thread. A reference is held
+ * while observing; the lock keeps res_scale_contact_backlog() off a queue being let go.
+ */
+AST_MUTEX_DEFINE_STATIC(observer_queue_lock);
+static struct ast_taskprocessor *observer_queue;
+
+static void note_observer_queue(void)
+{
+	struct ast_taskprocessor *current;
+
+	ast_mutex_lock(&observer_queue_lock);
+	if (!observer_queue) {
+		current = ast_taskpool_serializer_get_current();
+		if (!current) {
+			current = ast_threadpool_serializer_get_current();
+		}
+		if (current) {
+			observer_queue = ast_taskprocessor_get(ast_taskprocessor_name(current), TPS_REF_IF_EXISTS);
+		}
+	}
+	ast_mutex_unlock(&observer_queue_lock);
+}
+
+static void forget_observer_queue(void)
+{
+	ast_mutex_lock(&observer_queue_lock);
+	observer_queue = ast_taskprocessor_unreference(observer_queue);
+	ast_mutex_unlock(&observer_queue_lock);
+}
+
+long res_scale_contact_backlog(void)
+{
+	long size = -1;
+
+	ast_mutex_lock(&observer_queue_lock);
+	if (observer_queue) {
+		size = ast_taskprocessor_size(observer_queue);
+	}
+	ast_mutex_unlock(&observer_queue_lock);
+	return size;
+}
+
 /* Hands a contact's fields to Rust. Runs on sorcery's serializer. */
 static void report(enum res_scale_contact_change change, const void *object)
 {
@@ -227,6 +275,7 @@ static void report(enum res_scale_contact_change change, const void *object)
 
 static void contact_created(const void *object)
 {
+	note_observer_queue();
 	report(RES_SCALE_CONTACT_CREATE, object);
 }
 
@@ -258,6 +307,7 @@ int res_scale_contact_observe(int on)
 		observing = 1;
 	} else if (!on && observing) {
 		ast_sorcery_observer_remove(ast_sip_get_sorcery(), "contact", &contact_observer);
+		forget_observer_queue();
 		observing = 0;
 	}
 	return 0;

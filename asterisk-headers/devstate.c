@@ -18,6 +18,8 @@
 
 /* Implemented in Rust: this node's own state of a device changed. */
 void rs_scale_device_state_changed(const char *device, const char *state, int cachable);
+/* Implemented in Rust: this node's own state of a device, as Asterisk holds it now. */
+void rs_scale_device_state_held(const char *device, const char *state, int cachable);
 
 static struct stasis_subscription *subscription;
 
@@ -40,6 +42,30 @@ static void on_device_state(void *data, struct stasis_subscription *sub, struct 
 	}
 	rs_scale_device_state_changed(change->device, ast_devstate_str(change->state),
 		change->cachable == AST_DEVSTATE_CACHABLE);
+}
+
+void res_scale_devstate_report_local(void)
+{
+	struct ao2_container *held;
+	struct ao2_iterator i;
+	struct stasis_message *msg;
+
+	/* Only cachable states are cached: non-cachable ones are over when they happened. */
+	held = stasis_cache_dump_by_eid(ast_device_state_cache(), ast_device_state_message_type(), &ast_eid_default);
+	if (!held) {
+		return;
+	}
+	i = ao2_iterator_init(held, 0);
+	while ((msg = ao2_iterator_next(&i))) {
+		struct ast_device_state_message *s = stasis_message_data(msg);
+
+		if (s->eid && !ast_eid_cmp(&ast_eid_default, s->eid)) {
+			rs_scale_device_state_held(s->device, ast_devstate_str(s->state), s->cachable == AST_DEVSTATE_CACHABLE);
+		}
+		ao2_ref(msg, -1);
+	}
+	ao2_iterator_destroy(&i);
+	ao2_ref(held, -1);
 }
 
 int res_scale_devstate_subscribe(void)
@@ -66,9 +92,9 @@ void res_scale_devstate_unsubscribe(void)
 	subscription = stasis_unsubscribe_and_join(subscription);
 }
 
-static int origin_eid(const char *origin, struct ast_eid *eid)
+int res_scale_state_origin_eid(const char *origin, struct ast_eid *eid)
 {
-	/* Never this node's EID: it would overwrite the local state instead of adding to it. */
+	/* Never this node's EID: it would overwrite (or delete) this node's own state. */
 	return ast_str_to_eid(eid, origin) || !ast_eid_cmp(eid, &ast_eid_default) ? -1 : 0;
 }
 
@@ -76,7 +102,7 @@ int res_scale_devstate_apply(const char *device, const char *state, int cachable
 {
 	struct ast_eid eid;
 
-	if (origin_eid(origin, &eid)) {
+	if (res_scale_state_origin_eid(origin, &eid)) {
 		return -1;
 	}
 	return ast_publish_device_state_full(device, ast_devstate_val(state),
@@ -88,7 +114,7 @@ void res_scale_devstate_forget(const char *device, const char *origin)
 	struct ast_eid eid;
 	struct stasis_message *cached;
 
-	if (origin_eid(origin, &eid)) {
+	if (res_scale_state_origin_eid(origin, &eid)) {
 		return;
 	}
 	/*

@@ -5,6 +5,8 @@
 #ifndef RES_SCALE_SHIM_H
 #define RES_SCALE_SHIM_H
 
+#include <stddef.h>
+
 struct ast_module;
 struct ast_config;
 
@@ -90,8 +92,17 @@ int res_scale_contact_observe(int on);
 /* Calls rs_scale_contact_changed(RES_SCALE_CONTACT_EXISTS, ..) for every contact there is. */
 void res_scale_contact_report_all(void);
 
+/* Tasks queued for sorcery's contact observers (res_pjsip's and ours), or -1 before the first
+ * contact was created while observing (the queue is found from inside an observer call). */
+long res_scale_contact_backlog(void);
+
 /* Device state (devstate.c). States are Asterisk's parseable names (ast_devstate_str), origins
  * entity IDs as text. */
+
+struct ast_eid;
+
+/* Parses another node's EID; non-zero when it is not an EID or is this node's own. */
+int res_scale_state_origin_eid(const char *origin, struct ast_eid *eid);
 
 /* Subscribes to the device state topic; rs_scale_device_state_changed() then hears of every
  * state this node itself published. Subscribing twice does nothing. */
@@ -99,6 +110,10 @@ int res_scale_devstate_subscribe(void);
 
 /* Ends the subscription and waits until its callback no longer runs. */
 void res_scale_devstate_unsubscribe(void);
+
+/* Calls rs_scale_device_state_held() for every state of this node's own that Asterisk holds
+ * (those set before the module was loaded too). */
+void res_scale_devstate_report_local(void);
 
 /* Publishes another node's state of a device under its EID (ast_publish_device_state_full);
  * non-zero when refused (an unparsable origin, or this node's own EID). */
@@ -110,5 +125,30 @@ void res_scale_devstate_forget(const char *device, const char *origin);
 
 /* The device's aggregate over every origin, as Asterisk's hints see it. */
 const char *res_scale_devstate_aggregate(const char *device);
+
+/* Mailbox state (mwi.c). Mailboxes are Asterisk's unique ids, "mailbox@context"; Asterisk
+ * keeps one state per mailbox, whichever node it came from. */
+
+/* Subscribes to the MWI topic; rs_scale_mwi_changed() then hears of every state this node
+ * itself published or deleted. Subscribing twice does nothing. */
+int res_scale_mwi_subscribe(void);
+
+/* Ends the subscription and waits until its callback no longer runs. */
+void res_scale_mwi_unsubscribe(void);
+
+/* Calls rs_scale_mwi_held() for every mailbox state of this node's own that Asterisk holds. */
+void res_scale_mwi_report_local(void);
+
+/* Publishes another node's state of a mailbox under its EID (ast_publish_mwi_state_full);
+ * non-zero when refused (an unparsable origin, or this node's own EID). */
+int res_scale_mwi_apply(const char *mailbox, int new_msgs, int old_msgs, const char *origin);
+
+/* Takes back `origin`'s state of the mailbox if Asterisk still holds it (phones hear "no
+ * messages", then the state is deleted): 1 when taken back, 0 when the mailbox holds a later
+ * state of this node or of another origin (left alone), -1 for a bad origin. */
+int res_scale_mwi_forget(const char *mailbox, const char *origin);
+
+/* What Asterisk holds for the mailbox: 0 and its counts and origin EID (as text), or -1. */
+int res_scale_mwi_cached(const char *mailbox, int *new_msgs, int *old_msgs, char *origin, size_t origin_size);
 
 #endif

@@ -4,12 +4,13 @@
 use res_scale_core::amqp::show::{self as amqp_show, AmqpView};
 use res_scale_core::consul::show;
 use res_scale_core::registrations::show::{self as registrations_show, RegistrationsView};
+use res_scale_core::state::mwi::show::{self as mwi_show, MwiView};
 use res_scale_core::state::show::{self as states_show, StatesView};
 use res_scale_core::status::{StatusReport, SubsystemLine};
 
 use crate::ast::cli::{no_completion, Command, Outcome};
-use crate::ast::{devstate, identity};
-use crate::lifecycle::{self, Running};
+use crate::ast::{devstate, identity, mwi as ast_mwi};
+use crate::running::{self, Running};
 
 #[cfg(not(feature = "test-hooks"))]
 pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SHOW_REGISTRATIONS, SHOW_STATES, SET_DRAIN];
@@ -19,7 +20,7 @@ pub static ALL: &[Command] = &[SHOW_STATUS, SHOW_NODES, SHOW_APPS, SHOW_AMQP, SH
 
 /// Runs `f` on the running state, or says that the module is not running.
 fn with_running(f: impl FnOnce(&Running) -> Outcome) -> Outcome {
-    match lifecycle::state().as_ref() {
+    match running::state().as_ref() {
         Some(running) => f(running),
         None => Outcome::Failed("res_scale is not running\n".into()),
     }
@@ -171,14 +172,24 @@ fn with_states<R>(running: &Running, f: impl FnOnce(&StatesView<'_>) -> R) -> Op
     Some(f(&view))
 }
 
+/// The mailbox part of `scale show states`, if MWI is shared.
+fn mwi_text(running: &Running, mailbox: Option<&str>) -> Option<String> {
+    let s = running.states.as_ref()?;
+    let mwi = s.mwi.as_ref()?;
+    let local = mwi.local.lock().unwrap_or_else(|e| e.into_inner()).states().clone();
+    let remote = s.book.lock().unwrap_or_else(|e| e.into_inner()).mwi().map(|book| book.remote().clone()).unwrap_or_default();
+    let view = MwiView { counters: &mwi.counters, mailboxes: &mwi.mailboxes, eid: &running.node.eid, local, remote, held: &ast_mwi::held };
+    Some(mwi_show::render(&view, mailbox))
+}
+
 fn states_line(running: &Running) -> SubsystemLine {
     with_states(running, states_show::status_line).unwrap_or(SubsystemLine { name: "state", state: "disabled".into(), counters: vec![] })
 }
 
 const SHOW_STATES: Command = Command {
     words: c"scale show states",
-    summary: c"List the device states shared across the pool",
-    usage: c"Usage: scale show states [<device>]\n       Lists the devices whose state this node shares, all or one: this node's\n       own state, the state each other node (by EID) published, and the\n       aggregate Asterisk makes of them (what hints and DEVICE_STATE() see).\n       Then the counters: published (and dropped: queue full), applied,\n       ignored (own messages, duplicates or old, devices not shared), rejected\n       by reason, and the connection to the state exchange.\n",
+    summary: c"List the device and mailbox states shared across the pool",
+    usage: c"Usage: scale show states [<device or mailbox>]\n       Lists the devices whose state this node shares, all or one: this node's\n       own state, the state each other node (by EID) published, and the\n       aggregate Asterisk makes of them (what hints and DEVICE_STATE() see).\n       Then the counters: published (and dropped: queue full), applied,\n       ignored (own messages, duplicates or old, devices not shared), rejected\n       by reason, and the connection to the state exchange.\n       With [state] mwi, the same for mailboxes (mailbox@context): this node's\n       new/old counts, each other node's, and the one state Asterisk holds\n       with the node it came from (what MWI subscribers hear), and MWI counters.\n",
     run: |args| {
         let device = match args {
             [] => None,
@@ -186,7 +197,10 @@ const SHOW_STATES: Command = Command {
             _ => return Outcome::ShowUsage,
         };
         with_running(|running| match with_states(running, |view| states_show::render(view, device.as_deref())) {
-            Some(text) => Outcome::Output(text),
+            Some(text) => Outcome::Output(match mwi_text(running, device.as_deref()) {
+                Some(mwi) => format!("{text}\n{mwi}"),
+                None => text,
+            }),
             None => Outcome::Failed("Device state sharing is disabled in res_scale.conf\n".into()),
         })
     },

@@ -13,6 +13,7 @@ mod events;
 mod lifecycle;
 mod node;
 mod registrations;
+mod running;
 mod states;
 mod sys;
 mod tasks;

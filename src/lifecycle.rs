@@ -1,13 +1,11 @@
-//! Load, unload and reload. The per-load state lives in a `Mutex<Option<..>>`: after
-//! `module unload` the library usually stays mapped and `module load` calls `load()` again, so
-//! nothing per-load may sit in a once-only static.
+//! Load, unload and reload: they build, change and take down the [`Running`] state (see
+//! `running`), which the CLI reads.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use res_scale_core::config::{self, Config, ConfigError, RawConfig};
 use res_scale_core::consul::apps::{self, AppsTable, EventCounters};
-use res_scale_core::consul::registration::NodeIdentity;
 
 use crate::amqp::{Amqp, EventPipe};
 use crate::ast::stasis::{self, AsteriskStasis};
@@ -17,37 +15,8 @@ use crate::consul::Consul;
 use crate::events::Forwarder;
 use crate::node;
 use crate::registrations::Registrations;
+use crate::running::{state, Running};
 use crate::states::States;
-
-/// Everything that exists while the module is loaded.
-pub struct Running {
-    pub config: Arc<Config>,
-    pub config_source: String,
-    pub started: Instant,
-    pub eid: String,
-    pub system_name: String,
-    pub node: NodeIdentity,
-    /// The Stasis applications this node registered; outlives Consul restarts on reload so
-    /// that calls in those applications are not disturbed.
-    pub apps: Arc<Mutex<AppsTable>>,
-    pub counters: Arc<EventCounters>,
-    pub consul: Option<Consul>,
-    pub amqp: Option<Amqp>,
-    pub registrations: Option<Registrations>,
-    pub states: Option<States>,
-    /// The event queue while the publisher is being restarted by a reload.
-    parked_pipe: Option<EventPipe>,
-    forwarder: Arc<Forwarder>,
-    runtime: Option<tokio::runtime::Runtime>,
-    cli: Option<cli::Registration>,
-}
-
-static STATE: Mutex<Option<Running>> = Mutex::new(None);
-
-/// The running state; a poisoned lock is taken over (a panic was already logged by the guard).
-pub fn state() -> MutexGuard<'static, Option<Running>> {
-    STATE.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// How long unload waits for tasks to stop before abandoning them.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,7 +109,8 @@ impl Running {
     fn start_states(&mut self) -> Result<(), String> {
         let config = &self.config;
         if config.state.is_enabled(&config.amqp) {
-            self.states = Some(States::start(self.runtime().handle(), &config.amqp, &config.state, &self.node)?);
+            let pool = self.consul.as_ref().map(|c| c.view.clone());
+            self.states = Some(States::start(self.runtime().handle(), &config.amqp, &config.state, &self.node, pool)?);
         }
         Ok(())
     }
@@ -324,9 +294,4 @@ fn validate(raw: &RawConfig) -> Result<Config, ()> {
         }
         tracing::error!("{} problem(s) in {}", errors.len(), config::FILE_NAME);
     })
-}
-
-/// The Consul service ID this node uses.
-pub fn node_id(config: &Config, eid: &str) -> String {
-    config.general.node_id.clone().unwrap_or_else(|| config::default_node_id(eid))
 }

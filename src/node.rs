@@ -1,13 +1,12 @@
 //! This node's identity as published in Consul: IDs from Asterisk, addresses from
 //! res_scale.conf or, when it is silent, from pjsip.conf and http.conf.
 
-use res_scale_core::config::Config;
+use res_scale_core::config::{self, Config};
 use res_scale_core::consul::registration::NodeIdentity;
 use res_scale_core::node_info::{self, Address};
 
 use crate::ast::config::Loaded;
 use crate::ast::{config as ast_config, identity};
-use crate::lifecycle::node_id;
 
 /// Stands in for an address that binds to every interface and so cannot be dialled.
 const FALLBACK_HOST: &str = "127.0.0.1";
@@ -61,4 +60,9 @@ fn ari_url(config: &Config) -> String {
         address.host = FALLBACK_HOST.into();
     }
     format!("http://{}:{}{path}", address.url_host(), address.port)
+}
+
+/// The Consul service ID this node uses.
+pub fn node_id(config: &Config, eid: &str) -> String {
+    config.general.node_id.clone().unwrap_or_else(|| config::default_node_id(eid))
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use res_scale_core::amqp::bus::{Bus, BusSettings, Destination, Inbound, Outgoing};
 use res_scale_core::amqp::publisher::AmqpStatus;
 use res_scale_core::config;
-use res_scale_core::consul::api::{ServiceInstance, MAINTENANCE_CHECK_PREFIX};
+use res_scale_core::consul::membership::{watch_members, Members, NodeWatch};
 use res_scale_core::consul::nodes::PoolView;
 use res_scale_core::consul::registration::NodeIdentity;
 use res_scale_core::registrations::book::{Book, Counters, Entry, Handled, Key, LocalBook, LocalChange};
@@ -59,14 +59,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the applier thread receives.
 enum Input {
     Bus(Inbound),
-    /// The EIDs of the nodes Consul lists, or None when Consul cannot be trusted right now.
-    Tick(Option<BTreeSet<String>>),
+    /// Every TICK: who is in the pool.
+    Tick(Members),
     Stop,
 }
 
 impl From<Inbound> for Input {
     fn from(inbound: Inbound) -> Input {
         Input::Bus(inbound)
+    }
+}
+
+impl From<Members> for Input {
+    fn from(members: Members) -> Input {
+        Input::Tick(members)
     }
 }
 
@@ -166,8 +172,7 @@ impl Registrations {
             publish_local: settings.publish_local,
             withdraw_on_node_loss: settings.withdraw_on_node_loss,
             own_eid: node.eid.clone(),
-            node_seen: HashMap::new(),
-            withdrawn: BTreeSet::new(),
+            nodes: NodeWatch::new(NODE_LOSS_GRACE),
             queue: None,
         };
         let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
@@ -187,7 +192,7 @@ impl Registrations {
                 meanwhile: "registrations wait",
                 urls: amqp.urls.clone(),
                 exchange: settings.exchange.clone(),
-                binding: "registration.#".into(),
+                bindings: vec!["registration.#".into()],
                 connection_name: format!("res_scale {} ({}) registrations", node.node_id, node.system_name),
                 heartbeat: amqp.heartbeat,
                 extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("registrations: cannot read ca_file {path}: {e}")).ok()),
@@ -196,7 +201,7 @@ impl Registrations {
             reconnects: reconnects.clone(),
         };
         tasks.spawn(runtime, bus.run(inbox.clone(), outbox_rx, tasks.shutdown()));
-        tasks.spawn(runtime, tick(inbox.clone(), pool, node.eid.clone(), tasks.shutdown()));
+        tasks.spawn(runtime, watch_members(inbox.clone(), pool, node.eid.clone(), TICK, tasks.shutdown()));
         Ok(Registrations { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), inbox, stopping, applier: Some(Applying { thread, ended }), tasks })
     }
 
@@ -238,32 +243,6 @@ fn spawn_applier(run: impl FnOnce() + Send + 'static) -> std::io::Result<std::th
     std::thread::Builder::new().name("res_scale-reg".into()).spawn(run)
 }
 
-/// Sends the pool's membership to the applier every TICK.
-async fn tick(inbox: mpsc::Sender<Input>, pool: Option<Arc<Mutex<PoolView>>>, own_eid: String, shutdown: tokio_util::sync::CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(TICK) => {}
-        }
-        let nodes = pool.as_ref().and_then(|pool| {
-            let view = lock(pool);
-            let eids: BTreeSet<String> = view.instances.iter().filter(|i| alive(i)).filter_map(|i| i.meta.get("eid").cloned()).collect();
-            // Only a fresh answer that lists this node itself says who is really gone.
-            (view.last_error.is_none() && view.updated.is_some() && eids.contains(&own_eid)).then_some(eids)
-        });
-        if inbox.send(Input::Tick(nodes)).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// A node counts as in the pool while Consul lists it and its own check is not critical: a
-/// crashed node is noticed after one TTL, not after Consul deregisters it (a minute at least).
-/// A drained node (maintenance) is still in the pool.
-fn alive(instance: &ServiceInstance) -> bool {
-    instance.checks.iter().filter(|c| !c.id.starts_with(MAINTENANCE_CHECK_PREFIX)).all(|c| c.status != "critical")
-}
-
 struct Applier {
     book: Arc<Mutex<Book>>,
     local: Arc<Mutex<LocalBook>>,
@@ -275,10 +254,7 @@ struct Applier {
     publish_local: bool,
     withdraw_on_node_loss: bool,
     own_eid: String,
-    /// Nodes seen in Consul, and since when each has been missing.
-    node_seen: HashMap<String, Option<Instant>>,
-    /// Nodes whose contacts were withdrawn; if one comes back, we ask for a SYNC.
-    withdrawn: BTreeSet<String>,
+    nodes: NodeWatch,
     /// Our queue on the current connection (where SYNC replies come).
     queue: Option<String>,
 }
@@ -303,12 +279,12 @@ impl Applier {
                     self.connected(&queue);
                     self.queue = Some(queue);
                 }
-                Input::Tick(nodes) => {
+                Input::Tick(Members(members)) => {
                     let now = unix_now();
                     lock(&self.book).sweep(now);
                     lock(&self.local).sweep(now);
-                    if let Some(nodes) = nodes {
-                        self.watch_nodes(&nodes, &mut location);
+                    if let Some(members) = members {
+                        self.watch_nodes(&members, &mut location);
                     }
                 }
                 Input::Stop => break,
@@ -369,37 +345,27 @@ impl Applier {
         Counters::count(&self.counters.sync_requests_answered);
     }
 
-    /// Withdraws the contacts of nodes that Consul stopped listing a while ago.
-    fn watch_nodes(&mut self, nodes: &BTreeSet<String>, location: &mut AsteriskLocation) {
-        for eid in nodes {
-            self.node_seen.insert(eid.clone(), None);
-            // Back after we withdrew its contacts (a stalled node, say): it does not know, so
-            // we ask the pool, which includes it, for what we dropped.
-            if self.withdrawn.remove(eid) {
-                if let Some(queue) = &self.queue {
-                    tracing::info!("registrations: node {eid} is back in the pool; asking for a SYNC");
-                    self.request_sync(queue);
-                }
-            }
-        }
-        let now = Instant::now();
-        let mut gone: Vec<String> = Vec::new();
-        for (eid, missing_since) in self.node_seen.iter_mut().filter(|(eid, _)| !nodes.contains(*eid)) {
-            match missing_since {
-                None => *missing_since = Some(now),
-                Some(since) if now.duration_since(*since) >= NODE_LOSS_GRACE => gone.push(eid.clone()),
-                Some(_) => {}
-            }
-        }
-        for eid in gone {
-            self.node_seen.remove(&eid);
+    /// Withdraws the contacts of nodes that left the pool; asks for a SYNC when one returns
+    /// after that (a stalled node, say: it does not know, so we ask the pool, which includes
+    /// it, for what we dropped).
+    fn watch_nodes(&mut self, members: &BTreeSet<String>, location: &mut AsteriskLocation) {
+        let changes = self.nodes.observe(members, Instant::now());
+        for eid in changes.gone {
             if !self.withdraw_on_node_loss {
                 tracing::info!("registrations: node {eid} left the pool; keeping the contacts it announced (withdraw_on_node_loss = no)");
                 continue;
             }
             let removed = Book::withdraw_origin_shared(&self.book, &eid, location, &self.counters);
             tracing::info!("registrations: node {eid} left the pool; withdrew the {removed} contact(s) it had announced");
-            self.withdrawn.insert(eid);
+        }
+        if !self.withdraw_on_node_loss {
+            return;
+        }
+        for eid in changes.back {
+            if let Some(queue) = &self.queue {
+                tracing::info!("registrations: node {eid} is back in the pool; asking for a SYNC");
+                self.request_sync(queue);
+            }
         }
     }
 }

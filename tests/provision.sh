@@ -101,7 +101,7 @@ MIRROR=${MIRROR%/}
 # ---------------------------------------------------------------- 1. host packages
 HOST_PKGS=(clang libclang-dev debootstrap curl ca-certificates openssl rabbitmq-server kamailio
            kamailio-rabbitmq-modules kamailio-json-modules kamailio-utils-modules
-           kamailio-extra-modules sip-tester iproute2 wrk)
+           kamailio-extra-modules kamailio-presence-modules sip-tester iproute2 wrk)
 PYTHON=python3
 # A venv-capable python3: the Debian one needs python3-venv; another one (e.g. pyenv) must already work.
 if ! command -v "$PYTHON" >/dev/null 2>&1 || ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then

@@ -61,8 +61,10 @@ cat <<EOF
 ==== res_scale pool: ready in ${ready} s ====
 Call in      sip:8000@$NET.20:5060   (Kamailio, round robin to node1 and node2;
              8000 = the conference, 8001 = echo test). \`make call\` places two SIPp callers.
-Phones       register alice or bob with Kamailio (sip:$NET.20:5060, no password): every node
-             learns the registration; dial "alice" or "bob" to call them.
+Phones       register alice, bob, 1001 or 1002 with Kamailio (sip:$NET.20:5060, no password):
+             every node learns the registration; dial the name or number to call them.
+Busy lamps   SUBSCRIBE to sip:1001@$NET.20 (Event: dialog) at Kamailio for 1001's lamp
+             (node1 publishes 1001 and alice, node2 1002 and bob).
 ARI          $GATEWAY/ari   user app, password demo-app-secret
              (scale-gateway: the pool as one Asterisk; events ws://$NET.30:8088/ari/events?app=<name>,
              health $GATEWAY/healthz, metrics $GATEWAY/metrics)

@@ -9,13 +9,20 @@
 //! the empty endpoint): before changing a contact, the module compares it with what it wrote
 //! (under the AOR lock, see [`same_registration`]) and leaves a refreshed one to the phone,
 //! reporting it to the sink as registered here.
+//!
+//! Pacing: sorcery tells its observers of every contact change through tasks on its
+//! `sorcery/contact` serializer, and while that queue is over its high-water mark (1,500 tasks)
+//! res_pjsip turns new SIP requests away. A SYNC or batch of thousands of contacts would get
+//! there within milliseconds, so every change waits while more than [`MAX_BACKLOG`] tasks are
+//! queued there.
 
-use std::ffi::{c_int, c_void, CStr, CString};
+use std::ffi::{c_int, c_long, c_void, CStr, CString};
 use std::os::raw::c_char;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use res_scale_core::registrations::book::{same_registration, LocalChange, Location, Refusal};
+use res_scale_core::rate_log::RateLimitedLog;
 use res_scale_core::registrations::message::Contact;
 
 use crate::ast::gate::Gate;
@@ -32,6 +39,37 @@ pub trait ContactSink: Send + Sync {
 
 static SINK: RwLock<Option<Arc<dyn ContactSink>>> = RwLock::new(None);
 static GATE: Gate = Gate::new();
+
+/// Tasks queued for sorcery's contact observers at most before the next change waits: two
+/// thirds of the serializer's high-water mark, which leaves room for the registrar's changes.
+pub const MAX_BACKLOG: c_long = 1_000;
+/// How long one change waits for the queue at most: a serializer that does not move is
+/// Asterisk's trouble, and applying stalls no longer than this per change.
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+static PACE_LOG: Mutex<Option<RateLimitedLog>> = Mutex::new(None);
+
+fn backlog() -> c_long {
+    // SAFETY: reads the size of the queue the shim holds a reference to, under its lock.
+    unsafe { sys::res_scale_contact_backlog() }
+}
+
+/// Waits until the observers' queue has room for one more change (see the module's doc).
+fn pace() {
+    if backlog() <= MAX_BACKLOG {
+        return;
+    }
+    let start = Instant::now();
+    while backlog() > MAX_BACKLOG {
+        if start.elapsed() >= MAX_PAUSE {
+            let mut log = PACE_LOG.lock().unwrap_or_else(|e| e.into_inner());
+            log.get_or_insert_with(|| RateLimitedLog::new("registrations")).warn("pacing", || {
+                format!("sorcery's contact observers still have {} tasks queued after {MAX_PAUSE:?}; applying on", backlog())
+            });
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
 
 pub fn set_sink(sink: Option<Arc<dyn ContactSink>>) {
     *SINK.write().unwrap_or_else(|e| e.into_inner()) = sink;
@@ -167,6 +205,10 @@ impl Location for AsteriskLocation {
 
     fn check(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal> {
         stored(aor, applied, sys::res_scale_contact_check)
+    }
+
+    fn pace(&mut self) {
+        pace();
     }
 }
 

@@ -8,24 +8,27 @@
 
 use std::ffi::{c_int, CStr, CString};
 use std::os::raw::c_char;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use res_scale_core::state::book::{DeviceStates, Refused};
 use res_scale_core::state::message::DeviceState;
 
 use crate::ast::guard::guarded;
+use crate::ast::sink::Sink;
 use crate::sys;
 
 /// Receives every change of this node's own device states.
 pub trait StateSink: Send + Sync {
     fn changed(&self, device: &str, state: &str, cachable: bool);
+    /// A state this node holds, as [`report_local`] finds it.
+    fn held(&self, device: &str, state: &str, cachable: bool);
 }
 
-static SINK: RwLock<Option<Arc<dyn StateSink>>> = RwLock::new(None);
+static SINK: Sink<dyn StateSink> = Sink::new();
 
 /// Subscribes and delivers to `sink` from now on.
 pub fn subscribe(sink: Arc<dyn StateSink>) -> Result<(), String> {
-    *SINK.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    SINK.set(Some(sink));
     // SAFETY: subscribes a plain C function of the shim to Asterisk's device state topic.
     if unsafe { sys::res_scale_devstate_subscribe() } != 0 {
         unsubscribe();
@@ -38,27 +41,46 @@ pub fn subscribe(sink: Arc<dyn StateSink>) -> Result<(), String> {
 pub fn unsubscribe() {
     // SAFETY: ends our subscription if there is one; joins its last callback.
     unsafe { sys::res_scale_devstate_unsubscribe() };
-    *SINK.write().unwrap_or_else(|e| e.into_inner()) = None;
+    SINK.set(None);
 }
 
 /// # Safety
 /// `p` must be NULL or a NUL-terminated string alive for the call.
-unsafe fn text(p: *const c_char) -> Option<String> {
+pub(super) unsafe fn text(p: *const c_char) -> Option<String> {
     // SAFETY: guaranteed by the caller.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-#[no_mangle]
-extern "C" fn rs_scale_device_state_changed(device: *const c_char, state: *const c_char, cachable: c_int) {
-    guarded("the device state callback", (), || {
-        // SAFETY: the shim passes the message's device name and ast_devstate_str's static
-        // name, both alive for the call (or NULL).
+/// Hands every state of this node's own that Asterisk holds to the sink's `held` (states set
+/// before the module was loaded are known to nobody else yet).
+pub fn report_local() {
+    // SAFETY: walks Asterisk's device state cache; calls rs_scale_device_state_held.
+    unsafe { sys::res_scale_devstate_report_local() };
+}
+
+/// # Safety
+/// `device` and `state` must be NULL or NUL-terminated strings alive for the call.
+unsafe fn to_sink(what: &str, device: *const c_char, state: *const c_char, deliver: impl FnOnce(&dyn StateSink, &str, &str)) {
+    guarded(what, (), || {
+        // SAFETY: guaranteed by the caller.
         let (Some(device), Some(state)) = (unsafe { text(device) }, unsafe { text(state) }) else { return };
-        let sink = SINK.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(sink) = sink {
-            sink.changed(&device, &state, cachable != 0);
+        if let Some(sink) = SINK.get() {
+            deliver(&*sink, &device, &state);
         }
     });
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_device_state_changed(device: *const c_char, state: *const c_char, cachable: c_int) {
+    // SAFETY: the shim passes the message's device name and ast_devstate_str's static name,
+    // both alive for the call (or NULL).
+    unsafe { to_sink("the device state callback", device, state, |sink, d, s| sink.changed(d, s, cachable != 0)) };
+}
+
+#[no_mangle]
+extern "C" fn rs_scale_device_state_held(device: *const c_char, state: *const c_char, cachable: c_int) {
+    // SAFETY: as above, from the cached message being reported.
+    unsafe { to_sink("the device state report", device, state, |sink, d, s| sink.held(d, s, cachable != 0)) };
 }
 
 /// What Asterisk makes of a device over every origin (what hints and DEVICE_STATE() see).
@@ -68,10 +90,10 @@ pub fn aggregate(device: &str) -> String {
     unsafe { text(sys::res_scale_devstate_aggregate(device.as_ptr())) }.unwrap_or_else(|| "UNKNOWN".into())
 }
 
-/// Asterisk's device states.
-pub struct AsteriskDeviceStates;
+/// Asterisk's device and (in `ast::mwi`) mailbox states.
+pub struct AsteriskStates;
 
-impl DeviceStates for AsteriskDeviceStates {
+impl DeviceStates for AsteriskStates {
     fn apply(&mut self, s: &DeviceState) -> Result<(), Refused> {
         let (Ok(device), Ok(state), Ok(origin)) = (CString::new(s.device.as_str()), CString::new(s.state), CString::new(s.origin.as_str())) else {
             return Err(Refused);

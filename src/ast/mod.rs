@@ -11,4 +11,6 @@ mod gate;
 pub mod guard;
 pub mod identity;
 pub mod log;
+pub mod mwi;
+mod sink;
 pub mod stasis;

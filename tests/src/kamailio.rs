@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::child::{print_log_tail, terminate, tied_command};
+use crate::pool::Pool;
 use crate::ports::free_port;
 use crate::wait;
 
@@ -101,6 +102,20 @@ impl Kamailio {
             }
             kamailio.kamcmd(&["core.version"])?;
             kamailio.sip_options().then_some(())
+        });
+        kamailio
+    }
+
+    /// Kamailio in front of every node of the pool (dispatcher set 1, keepalives every second,
+    /// registrations to the pool's broker), once it takes every node as active.
+    pub fn in_front_of(pool: &Pool) -> Kamailio {
+        let mut spec = KamailioSpec::new(&pool.rabbitmq.as_ref().expect("the pool has a broker").url());
+        spec.destinations = pool.nodes.iter().map(|n| format!("sip:127.0.0.1:{}", n.sip_port)).collect();
+        spec.defines = vec!["DS_PING_INTERVAL=1".into()];
+        let kamailio = Kamailio::start(&pool.dir.join("kamailio"), spec);
+        let active = format!("Kamailio sees all {} nodes", pool.nodes.len());
+        wait::until(&active, Duration::from_secs(20), Duration::from_millis(200), || {
+            kamailio.kamcmd(&["dispatcher.list"]).filter(|l| l.matches("FLAGS: AP").count() == pool.nodes.len()).map(|_| ())
         });
         kamailio
     }

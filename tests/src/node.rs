@@ -19,6 +19,8 @@ pub const POOL_ENDPOINT: &str = "res_scale_pool";
 pub const POOL_SECRET: &str = "pool-secret";
 /// How long a CLI command may take before the test fails (a wedged node must not hang CI).
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// The file pjsip.conf includes if it exists: the node's extension state publisher.
+const BLF_CONFIG: &str = "pjsip_blf.conf";
 /// Where Debian's asterisk-modules put the modules inside the rootfs.
 const SYSTEM_MODULES: &str = "/usr/lib/x86_64-linux-gnu/asterisk/modules";
 
@@ -35,7 +37,12 @@ const MODULES: &[&str] = &[
     "res_ari_applications", "res_ari_asterisk", "res_ari_bridges", "res_ari_channels",
     "res_ari_device_states", "res_ari_endpoints", "res_ari_events", "res_ari_playbacks",
     "res_ari_recordings", "res_ari_sounds", "res_stasis_answer", "res_stasis_playback",
-    "res_stasis_recording", "res_stasis_snoop", "res_stasis_device_state"
+    "res_stasis_recording", "res_stasis_snoop", "res_stasis_device_state",
+    // Busy lamps: extension state PUBLISHed to Kamailio (see `Node::publish_extension_state`).
+    "res_pjsip_outbound_publish", "res_pjsip_exten_state", "res_pjsip_dialog_info_body_generator",
+    // MWI: SUBSCRIBE/NOTIFY message-summary, and MinivmMWI (run by `channel originate`) to set a
+    // mailbox's counts.
+    "res_pjsip_mwi", "res_pjsip_mwi_body_generator", "app_minivm", "res_clioriginate"
 ];
 
 /// The last line of a generated config file (`modules`, `pjsip`, `extensions`): a test or
@@ -184,8 +191,13 @@ impl Node {
                  [{user}]\ntype = aor\nmax_contacts = 5\nremove_existing = yes\n"
             ));
         }
-        // dave registers without authentication: the registration tests' SIPp phone.
-        pjsip.push_str("[dave]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = dave\ndirect_media = no\n[dave]\ntype = aor\nmax_contacts = 5\n");
+        // SIPp phones that register without authentication: dave for the registration tests,
+        // 1001 and 1002 for the busy lamp tests.
+        for user in ["dave", "1001", "1002"] {
+            pjsip.push_str(&format!("[{user}]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = {user}\ndirect_media = no\n[{user}]\ntype = aor\nmax_contacts = 5\n"));
+        }
+        // erin subscribes for MWI (SIPp, no authentication) to mailbox 1001@default.
+        pjsip.push_str("[erin]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\naors = erin\n[erin]\ntype = aor\nmax_contacts = 5\nmailboxes = 1001@default\n");
         pjsip.push_str("[sipp]\ntype = endpoint\ncontext = from-sip\ndisallow = all\nallow = ulaw\ndirect_media = no\n");
         // The pool's own members: scale-gateway's helper legs between nodes (see
         // configs/asterisk/pjsip.conf for the same endpoint as operators configure it).
@@ -197,6 +209,7 @@ impl Node {
         for i in 0..spec.extra_aors {
             pjsip.push_str(&format!("[bench-aor-{i}]\ntype = aor\nmax_contacts = 5\n"));
         }
+        pjsip.push_str(&format!("#tryinclude \"{BLF_CONFIG}\"\n"));
         pjsip.push_str(&extra_include("pjsip"));
         self.write_config("pjsip.conf", &pjsip);
         let mut extensions = String::from(
@@ -207,6 +220,7 @@ impl Node {
              exten => _X.,1,Stasis(conf)\n same => n,Hangup()\n\
              exten => _[a-z].,1,Dial(PJSIP/${EXTEN},10)\n same => n,Hangup()\n\
              [hints]\nexten => agent1,hint,Custom:agent1\nexten => dave,hint,PJSIP/dave\n\
+             exten => 1001,hint,PJSIP/1001\nexten => 1002,hint,PJSIP/1002\n\
              [res-scale-pool]\n\
              exten => _[0-9a-f].,1,Stasis(${CUT(EXTEN,~,2)},${CUT(EXTEN,~,1)})\n same => n,Hangup()\n",
         );
@@ -218,6 +232,40 @@ impl Node {
                 let _ = fs::remove_file(self.dir.join("etc/res_scale.conf"));
             }
         }
+    }
+
+    /// Makes the node PUBLISH the state of the hints of context `hints` whose extension matches
+    /// `exten_regex` to the presence server `server` (e.g. `127.0.0.1:5060`), as
+    /// configs/asterisk/pjsip.conf does for the Dockerized pool, and reloads the publishers.
+    pub fn publish_extension_state(&self, server: &str, exten_regex: &str) {
+        self.write_config(
+            BLF_CONFIG,
+            &format!(
+                "[blf]\ntype = outbound-publish\nserver_uri = sip:{server}\nfrom_uri = sip:{server}\nevent = dialog\nmulti_user = yes\n\
+                 @body = application/dialog-info+xml\n@context = ^hints$\n@exten = {exten_regex}\n"
+            ),
+        );
+        self.cli("module reload res_pjsip_outbound_publish.so");
+    }
+
+    /// Waits until `scale show <subsystem>` (e.g. `states`, `registrations`) says its bus is
+    /// connected.
+    pub fn wait_connected(&self, subsystem: &str) {
+        wait::until(&format!("{subsystem} connected on {}", self.name), Duration::from_secs(15), Duration::from_millis(50), || {
+            self.cli(&format!("scale show {subsystem}")).contains("State:       connected").then_some(())
+        });
+    }
+
+    /// The state `core show hint` reports for extension `exten` of context hints (e.g. InUse).
+    pub fn hint_state(&self, exten: &str) -> String {
+        let text = self.cli(&format!("core show hint {exten}"));
+        text.split("State:").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap_or_else(|| panic!("no hint state in: {text}")).to_string()
+    }
+
+    pub fn wait_hint(&self, exten: &str, state: &str) {
+        wait::until(&format!("hint {exten} {state} on {}", self.name), Duration::from_secs(5), Duration::from_millis(20), || {
+            (self.hint_state(exten) == state).then_some(())
+        });
     }
 
     /// Writes (or replaces) a file in the node's config folder.

@@ -3,12 +3,11 @@
 //! nodes with res_scale; every caller ends up in the one bridge `conf`, and each hears the
 //! others (checked by the tones they send, not by packet counts).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use res_scale_tests::ari_app::AriApp;
 use res_scale_tests::gateway::{Gateway, CLIENT_PASSWORD, CLIENT_USER};
-use res_scale_tests::kamailio::{Kamailio, KamailioSpec};
+use res_scale_tests::kamailio::Kamailio;
 use res_scale_tests::phone::{Caller, TonePhone};
 use res_scale_tests::{wait, Node, Pool};
 use serde_json::Value;
@@ -35,24 +34,12 @@ fn joined(app: &AriApp) -> usize {
     app.lines().iter().filter(|l| l["unparsed"].as_str().is_some_and(|t| t.contains(" joined conf"))).count()
 }
 
-fn kamailio_in_front_of(pool: &Pool) -> Kamailio {
-    let dir: PathBuf = pool.dir.join("kamailio");
-    let mut spec = KamailioSpec::new(&pool.rabbitmq.as_ref().expect("the pool has a broker").url());
-    spec.destinations = pool.nodes.iter().map(|n| format!("sip:127.0.0.1:{}", n.sip_port)).collect();
-    spec.defines = vec!["DS_PING_INTERVAL=1".into()];
-    let kamailio = Kamailio::start(&dir, spec);
-    wait::until("Kamailio sees both nodes", SECONDS_20, Duration::from_millis(200), || {
-        kamailio.kamcmd(&["dispatcher.list"]).filter(|l| l.matches("FLAGS: AP").count() == 2).map(|_| ())
-    });
-    kamailio
-}
-
 #[test]
 fn callers_on_two_nodes_hear_each_other_in_one_conference_and_nothing_is_left() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
     let gw = Gateway::start(&pool, "gw-conference", &[]);
     gw.wait_healthy(2);
-    let kamailio = kamailio_in_front_of(&pool);
+    let kamailio = Kamailio::in_front_of(&pool);
     let app = AriApp::example("conference/conference.py", &["--url", &gw.url(), "--user", CLIENT_USER, "--password", CLIENT_PASSWORD, "--app", "conference"]);
     app.expect("the app connected", SECONDS_20, |l| l["unparsed"].as_str().is_some_and(|t| t.contains("connected to")));
     for node in &pool.nodes {

@@ -32,9 +32,7 @@ fn withdraw(aor: &str, uri: &str, origin: &str, seq: u64) -> Vec<u8> {
 }
 
 fn wait_bus(node: &Node) {
-    wait::until(&format!("registrations connected on {}", node.name), Duration::from_secs(15), Duration::from_millis(50), || {
-        node.cli("scale show registrations").contains("State:       connected").then_some(())
-    });
+    node.wait_connected("registrations");
 }
 
 /// Whether `pjsip show aor <aor>` on the node lists a contact with this URI.
@@ -534,4 +532,65 @@ fn the_cli_reads_the_registrations_while_a_lost_nodes_contacts_go() {
     });
     eprintln!("{} reads, {} of them during the withdrawal", seen.len(), seen.iter().filter(|n| **n != 0 && **n != total).count());
     assert!(seen.iter().any(|n| *n != 0 && *n != total), "only all or nothing seen: {seen:?}");
+}
+
+/// The contact observers' serializer (`sorcery/contact-...`): its deepest queue since the last
+/// reset, and its high-water mark (over it, res_pjsip turns SIP requests away).
+fn contact_queue(node: &Node) -> (u64, u64) {
+    let text = node.cli("core show taskprocessors like sorcery/contact");
+    let fields: Vec<&str> = text.lines().find(|l| l.starts_with("sorcery/contact-")).unwrap_or_else(|| panic!("{text}")).split_whitespace().collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+    (number(3), number(5))
+}
+
+fn reset_contact_queue(node: &Node) {
+    let text = node.cli("core show taskprocessors like sorcery/contact");
+    for name in text.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.starts_with("sorcery/contact-")) {
+        node.cli(&format!("core reset taskprocessor {name}"));
+    }
+}
+
+/// "N contact(s): ..." of `scale show registrations`.
+fn contact_count(node: &Node) -> usize {
+    let text = node.cli("scale show registrations");
+    text.lines().find_map(|l| l.split_once(" contact(s):")).and_then(|(n, _)| n.trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn ten_thousand_contacts_apply_and_withdraw_without_overloading_asterisk() {
+    const N: usize = 10_000;
+    let pool = Pool::builder().nodes(1).with_rabbitmq().extra_aors(N).start();
+    let node = pool.node(0);
+    wait_bus(node);
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    let uri = |i: usize| format!("sip:phone-{i}@10.0.0.1:5060");
+    reset_contact_queue(node);
+
+    // As a SYNC answer brings them: batches of 500.
+    let expires = now() + 600;
+    let batches: Vec<Vec<u8>> = (0..N)
+        .step_by(500)
+        .map(|first| {
+            let items: Vec<String> = (first..first + 500)
+                .map(|i| format!(r#"{{"aor":"bench-aor-{i}","contact":{{"uri":"{}","expires":{expires},"user_agent":"bulk"}},"origin":"registrar-9","seq":1}}"#, uri(i)))
+                .collect();
+            format!(r#"{{"type":"ANNOUNCE","origin":"registrar-9","contacts":[{}]}}"#, items.join(",")).into_bytes()
+        })
+        .collect();
+    probe.publish_burst(EXCHANGE, |_| "registration.batch".into(), &batches, &[], false);
+    wait::until("10,000 contacts applied", Duration::from_secs(120), Duration::from_millis(200), || (contact_count(node) == N).then_some(()));
+    for i in [0, N / 2, N - 1] {
+        assert!(has_contact(node, &format!("bench-aor-{i}"), &uri(i)), "bench-aor-{i} in PJSIP");
+    }
+    let (depth, high) = contact_queue(node);
+    assert!(depth < high, "the contact observers' queue reached {depth} of its high-water mark {high} while applying");
+
+    reset_contact_queue(node);
+    let withdrawals: Vec<Vec<u8>> = (0..N).map(|i| withdraw(&format!("bench-aor-{i}"), &uri(i), "registrar-9", 2)).collect();
+    probe.publish_burst(EXCHANGE, |_| "registration.bench".into(), &withdrawals, &[], false);
+    wait::until("10,000 contacts withdrawn", Duration::from_secs(120), Duration::from_millis(200), || (contact_count(node) == 0).then_some(()));
+    assert!(!has_contact(node, &format!("bench-aor-{}", N - 1), &uri(N - 1)), "gone from PJSIP too");
+    let (depth, high) = contact_queue(node);
+    assert!(depth < high, "the contact observers' queue reached {depth} of its high-water mark {high} while withdrawing");
+    assert!(!node.log().contains("task processor queue reached"), "Asterisk logged a taskprocessor overload");
 }

@@ -155,11 +155,15 @@ pub struct State {
     pub exchange: String,
     /// The devices whose state is shared (published and applied).
     pub devices: DevicePatterns,
+    /// Mailbox (MWI) state is shared too.
+    pub mwi: bool,
+    /// The mailboxes (`mailbox@context`) whose state is shared, with the patterns of `devices`.
+    pub mailboxes: DevicePatterns,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { enabled: None, exchange: "res_scale.state".into(), devices: DevicePatterns::default() }
+        State { enabled: None, exchange: "res_scale.state".into(), devices: DevicePatterns::default(), mwi: true, mailboxes: DevicePatterns::default() }
     }
 }
 
@@ -305,13 +309,15 @@ impl Config {
             (
                 "state",
                 format!(
-                    "enabled={} exchange={} devices={}",
+                    "enabled={} exchange={} devices={} mwi={} mailboxes={}",
                     match st.enabled {
                         Some(enabled) => on_off(enabled).to_string(),
                         None => format!("{} (as [amqp])", on_off(st.is_enabled(a))),
                     },
                     st.exchange,
-                    st.devices
+                    st.devices,
+                    on_off(st.mwi),
+                    st.mailboxes
                 ),
             ),
         ]
@@ -429,6 +435,8 @@ fn set_state(s: &mut State, key: &str, v: &str) -> Result<(), Reject> {
         "enabled" => s.enabled = Some(boolean(v)?),
         "exchange" => s.exchange = exchange_name(v)?,
         "devices" => s.devices = DevicePatterns::parse(v)?,
+        "mwi" => s.mwi = boolean(v)?,
+        "mailboxes" => s.mailboxes = DevicePatterns::parse(v)?,
         _ => return Err(Reject::UnknownKey),
     }
     Ok(())
@@ -692,6 +700,14 @@ mod tests {
         let e = Config::from_raw(&raw("[state]\nexchange = res_scale.registrations\n")).unwrap_err();
         assert_eq!(e[0].to_string(), "res_scale.conf [state] exchange = 'res_scale.registrations': must differ from [registrations] exchange");
         assert!(Config::from_raw(&raw("[state]\ndevices = PJSIP/*, !\n")).is_err());
+    }
+
+    #[test]
+    fn mailbox_state_is_shared_unless_said_otherwise() {
+        assert!(Config::default().state.mwi && Config::default().state.mailboxes.shares("1001@default"));
+        let c = Config::from_raw(&raw("[state]\nmwi = no\nmailboxes = *@default, !9*\n")).unwrap();
+        assert!(!c.state.mwi && c.state.mailboxes.shares("1001@default") && !c.state.mailboxes.shares("1001@sales") && !c.state.mailboxes.shares("9000@default"));
+        assert!(Config::from_raw(&raw("[state]\nmwi = maybe\n")).is_err());
     }
 
     #[test]

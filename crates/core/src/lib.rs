@@ -4,6 +4,7 @@
 
 pub mod amqp;
 pub mod backoff;
+pub mod batches;
 pub mod config;
 pub mod consul;
 pub mod duration;

@@ -1,5 +1,5 @@
 //! A node's link to one of the pool's exchanges (registrations, state): one connection that
-//! consumes the node's own exclusive queue (bound with the subsystem's key, e.g.
+//! consumes the node's own exclusive queue (bound with the subsystem's keys, e.g.
 //! `registration.#`) and publishes what the node has to say. It only moves bytes; what they
 //! mean is the subsystem's applier's business.
 //!
@@ -38,7 +38,7 @@ pub struct BusSettings {
     pub urls: Vec<String>,
     pub exchange: String,
     /// What the node's queue is bound with, e.g. `registration.#`.
-    pub binding: String,
+    pub bindings: Vec<String>,
     pub connection_name: String,
     pub heartbeat: Duration,
     pub extra_ca: Option<String>,
@@ -120,10 +120,12 @@ impl Bus {
         let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(text)?;
         let name = queue.name().clone();
-        channel
-            .queue_bind(name.clone(), s.exchange.as_str().into(), s.binding.as_str().into(), QueueBindOptions::default(), FieldTable::default())
-            .await
-            .map_err(text)?;
+        for binding in &s.bindings {
+            channel
+                .queue_bind(name.clone(), s.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .await
+                .map_err(text)?;
+        }
         channel.basic_qos(PREFETCH, BasicQosOptions::default()).await.map_err(text)?;
         let consumer = channel
             .basic_consume(name.clone(), "res_scale".into(), BasicConsumeOptions::default(), FieldTable::default())

@@ -35,6 +35,9 @@ pub trait Location {
     fn remove(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal>;
     /// Whether the contact is still the one the book applied (Ok also when it is gone).
     fn check(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal>;
+    /// Waits, if need be, until the store can take another change without falling behind;
+    /// called before each update, while the book is not locked.
+    fn pace(&mut self) {}
 }
 
 /// Whether a stored contact is still the registration the book wrote. A registrar refresh
@@ -336,9 +339,13 @@ fn handle_in(mut book: impl Access, body: &[u8], loc: &mut impl Location, local:
         }
     };
     match message {
-        Message::Single(update) => book.with(|b| b.apply(update, loc, local, counters, now)),
+        Message::Single(update) => {
+            loc.pace();
+            book.with(|b| b.apply(update, loc, local, counters, now));
+        }
         Message::Batch { updates, .. } => {
             for update in updates {
+                loc.pace();
                 book.with(|b| b.apply(update, loc, local, counters, now));
             }
         }
@@ -351,6 +358,7 @@ fn handle_in(mut book: impl Access, body: &[u8], loc: &mut impl Location, local:
 fn withdraw_origin_in(mut book: impl Access, origin: &str, loc: &mut impl Location, counters: &Counters) -> usize {
     let owned: Vec<Key> = book.with(|b| b.remote.iter().filter(|(_, e)| e.origin == origin).map(|(k, _)| k.clone()).collect());
     for key in &owned {
+        loc.pace();
         book.with(|b| b.remove(key, loc, counters));
         Counters::count(&counters.node_loss_removed);
     }
@@ -460,6 +468,9 @@ mod tests {
     struct FakeLocation {
         aors: Vec<&'static str>,
         contacts: BTreeMap<Key, Contact>,
+        /// Calls of `pace`, each checked to come while `book` (if set) is not locked.
+        paced: usize,
+        book: Option<std::sync::Arc<Mutex<Book>>>,
     }
 
     impl FakeLocation {
@@ -495,6 +506,10 @@ mod tests {
         fn check(&mut self, aor: &str, applied: &Contact) -> Result<(), Refusal> {
             self.owned(aor, &applied.uri, Some(applied))
         }
+        fn pace(&mut self) {
+            assert!(self.book.as_ref().is_none_or(|b| b.try_lock().is_ok()), "paced with the book locked: the CLI would wait");
+            self.paced += 1;
+        }
     }
 
     const NOW: u64 = 1_800_000_000;
@@ -509,6 +524,23 @@ mod tests {
 
     fn no_local(_: &Key) -> bool {
         false
+    }
+
+    #[test]
+    fn every_change_is_paced_before_the_book_is_locked() {
+        let (book, mut loc, c) = setup();
+        let book = std::sync::Arc::new(Mutex::new(book));
+        loc.book = Some(book.clone());
+        Book::handle_shared(&book, &announce("ANNOUNCE", "alice", "sip:a@h", "n1", 1), &mut loc, &no_local, &c, NOW);
+        assert_eq!(loc.paced, 1);
+        let batch = format!(
+            r#"{{"type":"ANNOUNCE","origin":"n1","contacts":[{{"aor":"bob","contact":{{"uri":"sip:b@h","expires":{e}}},"origin":"n1","seq":2}},{{"aor":"alice","contact":{{"uri":"sip:c@h","expires":{e}}},"origin":"n1","seq":3}}]}}"#,
+            e = NOW + 60
+        );
+        Book::handle_shared(&book, batch.as_bytes(), &mut loc, &no_local, &c, NOW);
+        assert_eq!((loc.paced, loc.contacts.len()), (3, 3));
+        assert_eq!(Book::withdraw_origin_shared(&book, "n1", &mut loc, &c), 3);
+        assert_eq!((loc.paced, loc.contacts.len()), (6, 0));
     }
 
     #[test]

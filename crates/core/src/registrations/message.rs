@@ -15,6 +15,8 @@ use std::fmt;
 
 use serde_json::{json, Map, Value};
 
+use crate::batches;
+
 /// Larger bodies are refused before parsing (a SYNC batch of 500 contacts is about 150 KiB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
@@ -157,28 +159,8 @@ pub fn encode_sync_request(origin: &str) -> Vec<u8> {
 /// Announcements (a SYNC reply, or a node re-announcing its phones) as batches that each stay
 /// under `max_bytes`, so that every receiver accepts them.
 pub fn encode_batches(origin: &str, updates: &[Update], max_bytes: usize) -> Vec<Vec<u8>> {
-    const ENVELOPE: usize = 256;
-    let mut batches = Vec::new();
-    let mut items: Vec<Value> = Vec::new();
-    let mut size = ENVELOPE + origin.len();
-    let mut flush = |items: &mut Vec<Value>| {
-        if !items.is_empty() {
-            let batch = json!({"type": "ANNOUNCE", "origin": origin, "contacts": std::mem::take(items)});
-            batches.push(batch.to_string().into_bytes());
-        }
-    };
-    for u in updates.iter().filter(|u| u.kind == Kind::Announce) {
-        let item = json!({"aor": u.aor, "contact": contact_json(&u.contact), "origin": u.origin, "seq": u.seq});
-        let item_size = item.to_string().len() + 1;
-        if size + item_size > max_bytes && !items.is_empty() {
-            flush(&mut items);
-            size = ENVELOPE + origin.len();
-        }
-        size += item_size;
-        items.push(item);
-    }
-    flush(&mut items);
-    batches
+    let items = updates.iter().filter(|u| u.kind == Kind::Announce).map(|u| json!({"aor": u.aor, "contact": contact_json(&u.contact), "origin": u.origin, "seq": u.seq}));
+    batches::encode(items, max_bytes.saturating_sub(origin.len()), |contacts| json!({"type": "ANNOUNCE", "origin": origin, "contacts": contacts}))
 }
 
 fn bad(field: &str, why: &str) -> Rejection {

@@ -6,14 +6,16 @@
 //! - per (origin, device), only a message newer than the last one applied counts;
 //! - devices this node does not share (`[state] devices`) are left alone;
 //! - bad input is refused with a reason, counted, logged (rate-limited), and the next message
-//!   still applies.
+//!   still applies;
+//! - when a node leaves the pool, everything it said is taken back.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::devices::DevicePatterns;
-use super::message::{self, DeviceState};
+use super::message::{self, DeviceState, Message, Update};
+use super::mwi::book::{Mailboxes, MwiBook};
 use crate::rate_log::RateLimitedLog;
 use crate::reasons::ByReason;
 
@@ -34,6 +36,14 @@ pub trait DeviceStates {
 /// The reasons a message is rejected, each with its counter.
 pub const REASONS: [&str; 8] = ["too_large", "bad_json", "unknown_type", "missing_field", "bad_field", "unknown_state", "too_many", "refused"];
 
+/// What [`StateBook::handle`] leaves to its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Applied,
+    /// Another node asks for this node's own states.
+    SyncRequest { origin: String },
+}
+
 /// (device, origin) pairs kept at most: every one is also an entry in Asterisk's cache, and
 /// a publisher that makes up device names must not fill the node's memory.
 pub const MAX_REMOTE: usize = 50_000;
@@ -52,6 +62,12 @@ pub struct Counters {
     pub ignored_stale: AtomicU64,
     /// Devices this node does not share.
     pub ignored_not_shared: AtomicU64,
+    /// SYNC requests of other nodes answered.
+    pub sync_answered: AtomicU64,
+    /// SYNC requests this node sent (after a (re)connect, or when a node came back).
+    pub sync_requested: AtomicU64,
+    /// States taken back because the node they came from left the pool.
+    pub cleared_lost: AtomicU64,
     pub rejected: ByReason<{ REASONS.len() }>,
 }
 
@@ -64,6 +80,9 @@ impl Default for Counters {
             ignored_own: AtomicU64::new(0),
             ignored_stale: AtomicU64::new(0),
             ignored_not_shared: AtomicU64::new(0),
+            sync_answered: AtomicU64::new(0),
+            sync_requested: AtomicU64::new(0),
+            cleared_lost: AtomicU64::new(0),
             rejected: ByReason::new(REASONS),
         }
     }
@@ -76,6 +95,12 @@ impl Counters {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Counts a refused message under `reason` and says why in the log (rate-limited).
+    pub fn refuse(&self, log: &mut RateLimitedLog, reason: &'static str, text: impl FnOnce() -> String) {
+        self.rejected.count(reason);
+        log.warn(reason, text);
     }
 }
 
@@ -96,36 +121,70 @@ pub struct StateBook {
     devices: DevicePatterns,
     remote: RemoteStates,
     count: usize,
+    /// None when mailbox state is not shared: MWI messages are then left alone.
+    mwi: Option<MwiBook>,
     log: RateLimitedLog,
 }
 
 impl StateBook {
     /// `origin` is this node's EID.
-    pub fn new(origin: &str, devices: DevicePatterns) -> StateBook {
-        StateBook { origin: origin.to_ascii_lowercase(), devices, remote: RemoteStates::new(), count: 0, log: RateLimitedLog::new("state") }
+    pub fn new(origin: &str, devices: DevicePatterns, mwi: Option<MwiBook>) -> StateBook {
+        StateBook { origin: origin.to_ascii_lowercase(), devices, remote: RemoteStates::new(), count: 0, mwi, log: RateLimitedLog::new("state") }
     }
 
     pub fn remote(&self) -> &RemoteStates {
         &self.remote
     }
 
-    /// Decodes one message body and applies it.
-    pub fn handle(&mut self, body: &[u8], target: &mut impl DeviceStates, counters: &Counters) {
+    pub fn mwi(&self) -> Option<&MwiBook> {
+        self.mwi.as_ref()
+    }
+
+    pub fn mwi_mut(&mut self) -> Option<&mut MwiBook> {
+        self.mwi.as_mut()
+    }
+
+    /// Decodes one message body and applies what it says; a SYNC request is the caller's to
+    /// answer (it knows where the reply goes).
+    pub fn handle(&mut self, body: &[u8], target: &mut (impl DeviceStates + Mailboxes), counters: &Counters) -> Handled {
         match message::decode(body) {
-            Ok(state) => self.apply(state, target, counters),
-            Err(rejection) => {
-                let reason = rejection.reason();
-                self.refuse(counters, reason, || format!("message refused ({reason}): {rejection}"));
+            Ok(Message::Update(update)) => self.apply(update, target, counters),
+            Ok(Message::Batch { items, .. }) => {
+                for item in items {
+                    match item {
+                        Ok(update) => self.apply(update, target, counters),
+                        Err(rejection) => self.rejected(counters, &rejection),
+                    }
+                }
             }
+            // Its own request comes back to the asker too.
+            Ok(Message::SyncRequest { origin }) if origin == self.origin => {}
+            Ok(Message::SyncRequest { origin }) => return Handled::SyncRequest { origin },
+            Err(rejection) => self.rejected(counters, &rejection),
         }
+        Handled::Applied
+    }
+
+    fn rejected(&mut self, counters: &Counters, rejection: &message::Rejection) {
+        let reason = rejection.reason();
+        self.refuse(counters, reason, || format!("message refused ({reason}): {rejection}"));
     }
 
     fn refuse(&mut self, counters: &Counters, reason: &'static str, text: impl FnOnce() -> String) {
-        counters.rejected.count(reason);
-        self.log.warn(reason, text);
+        counters.refuse(&mut self.log, reason, text);
     }
 
-    fn apply(&mut self, state: DeviceState, target: &mut impl DeviceStates, counters: &Counters) {
+    fn apply(&mut self, update: Update, target: &mut (impl DeviceStates + Mailboxes), counters: &Counters) {
+        match update {
+            Update::Device(state) => self.apply_device(state, target, counters),
+            Update::Mwi(state) => match &mut self.mwi {
+                Some(mwi) => mwi.apply(state, target),
+                None => Counters::count(&counters.ignored_not_shared),
+            },
+        }
+    }
+
+    fn apply_device(&mut self, state: DeviceState, target: &mut impl DeviceStates, counters: &Counters) {
         if state.origin == self.origin {
             return Counters::count(&counters.ignored_own);
         }
@@ -151,6 +210,22 @@ impl StateBook {
         }
     }
 
+    /// Takes back every state that `origin` (a node that left the pool) said; returns how many.
+    /// Its seq numbers go too: a restarted node starts from a new clock anyway.
+    pub fn forget_origin(&mut self, origin: &str, target: &mut impl DeviceStates, counters: &Counters) -> usize {
+        let mut cleared = 0;
+        self.remote.retain(|device, origins| {
+            if origins.remove(origin).is_some() {
+                target.forget(device, origin);
+                cleared += 1;
+            }
+            !origins.is_empty()
+        });
+        self.count -= cleared;
+        counters.cleared_lost.fetch_add(cleared as u64, Ordering::Relaxed);
+        cleared
+    }
+
     /// Takes back every state learned from others (at unload: nothing would keep them right),
     /// until `deadline`; the book forgets the rest. Returns how many were taken back and how
     /// many left in place.
@@ -174,6 +249,8 @@ impl StateBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::mwi::message::MwiState;
+    use std::sync::Arc;
     use std::time::Duration;
 
     /// Asterisk's per-EID slots as a map; devices named `refuse*` are refused.
@@ -181,6 +258,23 @@ mod tests {
     struct FakeStates {
         slots: BTreeMap<(String, String), &'static str>,
         forgotten: Vec<(String, String)>,
+        mailboxes: BTreeMap<String, (String, u32)>,
+    }
+
+    /// Mailboxes as Asterisk's one slot each: (origin, new).
+    impl Mailboxes for FakeStates {
+        fn apply(&mut self, s: &MwiState) -> Result<(), Refused> {
+            self.mailboxes.insert(s.mailbox.clone(), (s.origin.clone(), s.new));
+            Ok(())
+        }
+
+        fn forget(&mut self, mailbox: &str, origin: &str) -> bool {
+            let holds = self.mailboxes.get(mailbox).is_some_and(|(o, _)| o == origin);
+            if holds {
+                self.mailboxes.remove(mailbox);
+            }
+            holds
+        }
     }
 
     impl DeviceStates for FakeStates {
@@ -207,7 +301,8 @@ mod tests {
     }
 
     fn setup(devices: &str) -> (StateBook, FakeStates, Counters) {
-        (StateBook::new(ME, DevicePatterns::parse(devices).unwrap()), FakeStates::default(), Counters::default())
+        let mwi = MwiBook::new(ME, DevicePatterns::default(), Arc::new(Counters::default()));
+        (StateBook::new(ME, DevicePatterns::parse(devices).unwrap(), Some(mwi)), FakeStates::default(), Counters::default())
     }
 
     #[test]
@@ -270,6 +365,35 @@ mod tests {
     }
 
     #[test]
+    fn batches_apply_item_by_item_and_sync_requests_go_to_the_caller() {
+        let (mut book, mut ast, c) = setup("");
+        let batch = format!(
+            r#"{{"type":"STATE_BATCH","origin":"{A}","states":[{},{{"type":"DEVICE_STATE"}},{}]}}"#,
+            String::from_utf8(msg("Custom:agent1", "INUSE", A, 1)).unwrap(),
+            String::from_utf8(msg("Custom:agent2", "BUSY", A, 2)).unwrap()
+        );
+        assert_eq!(book.handle(batch.as_bytes(), &mut ast, &c), Handled::Applied);
+        assert_eq!((ast.slots.len(), c.rejected.by_reason()), (2, "missing_field=1".to_string()));
+        let ask = |origin: &str| format!(r#"{{"type":"STATE_SYNC","origin":"{origin}"}}"#).into_bytes();
+        assert_eq!(book.handle(&ask(B), &mut ast, &c), Handled::SyncRequest { origin: B.into() });
+        assert_eq!(book.handle(&ask(ME), &mut ast, &c), Handled::Applied, "its own request, back from the exchange");
+    }
+
+    #[test]
+    fn a_lost_nodes_states_are_taken_back_and_only_its_own() {
+        let (mut book, mut ast, c) = setup("");
+        book.handle(&msg("Custom:agent1", "INUSE", A, 1), &mut ast, &c);
+        book.handle(&msg("Custom:agent1", "NOT_INUSE", B, 1), &mut ast, &c);
+        book.handle(&msg("PJSIP/alice", "INUSE", A, 2), &mut ast, &c);
+        assert_eq!(book.forget_origin(A, &mut ast, &c), 2);
+        assert_eq!(ast.slots.keys().cloned().collect::<Vec<_>>(), [("Custom:agent1".to_string(), B.to_string())]);
+        assert_eq!(book.remote().len(), 1, "devices without any origin left are forgotten");
+        assert_eq!(Counters::get(&c.cleared_lost), 2);
+        book.handle(&msg("PJSIP/alice", "INUSE", A, 1), &mut ast, &c);
+        assert_eq!(ast.slots.len(), 2, "back with a seq from before: it counts again");
+    }
+
+    #[test]
     fn clear_takes_back_everything_learned_until_the_deadline() {
         let (mut book, mut ast, c) = setup("");
         book.handle(&msg("Custom:agent1", "INUSE", A, 1), &mut ast, &c);
@@ -280,5 +404,23 @@ mod tests {
         assert_eq!(ast.forgotten.len(), 3);
         book.handle(&msg("Custom:agent1", "INUSE", A, 3), &mut ast, &c);
         assert_eq!(book.clear(&mut ast, Instant::now()), (0, 1), "past the deadline nothing more is taken back");
+    }
+
+    #[test]
+    fn mwi_messages_alone_or_in_a_batch_go_to_the_mailboxes_unless_mwi_is_off() {
+        let (mut book, mut ast, c) = setup("");
+        let mwi = |mailbox: &str, new: u32, seq: u64| format!(r#"{{"type":"MWI","mailbox":"{mailbox}","new":{new},"old":0,"origin":"{A}","seq":{seq}}}"#);
+        book.handle(mwi("1001@default", 2, 1).as_bytes(), &mut ast, &c);
+        let batch = format!(r#"{{"type":"STATE_BATCH","origin":"{A}","states":[{},{}]}}"#, mwi("1002@default", 1, 2), String::from_utf8(msg("Custom:agent1", "INUSE", A, 3)).unwrap());
+        book.handle(batch.as_bytes(), &mut ast, &c);
+        assert_eq!((ast.mailboxes.len(), ast.slots.len()), (2, 1));
+        assert_eq!(Counters::get(&book.mwi().unwrap().counters().applied), 2);
+        assert_eq!(Counters::get(&c.applied), 1, "device and MWI counters are apart");
+        book.handle(br#"{"type":"MWI","mailbox":"@x","new":1,"old":0,"origin":"02:00:00:00:00:0a","seq":9}"#, &mut ast, &c);
+        assert_eq!(c.rejected.get("bad_field"), 1, "what cannot be decoded counts with the exchange");
+
+        let mut off = StateBook::new(ME, DevicePatterns::default(), None);
+        off.handle(mwi("1003@default", 1, 1).as_bytes(), &mut ast, &c);
+        assert_eq!((ast.mailboxes.len(), Counters::get(&c.ignored_not_shared)), (2, 1));
     }
 }

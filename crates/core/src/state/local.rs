@@ -11,6 +11,8 @@ use super::message::{self, DeviceState};
 pub struct LocalState {
     pub state: &'static str,
     pub cachable: bool,
+    /// The seq of the message that told the pool.
+    pub seq: u64,
 }
 
 #[derive(Debug)]
@@ -37,13 +39,27 @@ impl LocalStates {
     /// shared or that no receiver would accept.
     pub fn changed(&mut self, device: &str, state: &str, cachable: bool) -> Option<DeviceState> {
         let state = message::state_name(state)?;
-        if !message::valid_device(device) || !self.devices.shares(device) {
+        if !message::valid_name(device) || !self.devices.shares(device) {
             return None;
         }
-        self.states.insert(device.to_string(), LocalState { state, cachable });
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.states.insert(device.to_string(), LocalState { state, cachable, seq });
         Some(DeviceState { device: device.to_string(), state, cachable, origin: self.origin.clone(), seq })
+    }
+
+    /// Records a state that Asterisk already held (one set before the module was loaded), unless
+    /// a change of that device was recorded meanwhile: that one is newer.
+    pub fn adopt(&mut self, device: &str, state: &str, cachable: bool) {
+        if !self.states.contains_key(device) {
+            self.changed(device, state, cachable);
+        }
+    }
+
+    /// Every state as the pool should know it, each with the seq it was told with (a receiver
+    /// that already has it ignores it).
+    pub fn all(&self) -> Vec<DeviceState> {
+        self.states.iter().map(|(device, s)| DeviceState { device: device.clone(), state: s.state, cachable: s.cachable, origin: self.origin.clone(), seq: s.seq }).collect()
     }
 }
 
@@ -61,6 +77,16 @@ mod tests {
         assert_eq!(local.changed("Custom:agent1", "Sleeping", true), None, "not a state name");
         assert_eq!(local.changed(&"x".repeat(300), "INUSE", true), None, "no receiver would take it");
         assert_eq!(local.states().len(), 1);
-        assert_eq!(local.states()["Custom:agent1"], LocalState { state: "NOT_INUSE", cachable: true });
+        assert_eq!(local.states()["Custom:agent1"], LocalState { state: "NOT_INUSE", cachable: true, seq: 101 });
+    }
+
+    #[test]
+    fn adopts_what_asterisk_held_before_without_overwriting_a_newer_change() {
+        let mut local = LocalStates::new("02:00:00:00:00:0a", DevicePatterns::default(), 1);
+        local.changed("Custom:agent1", "BUSY", true);
+        local.adopt("Custom:agent1", "NOT_INUSE", true);
+        local.adopt("PJSIP/alice", "INUSE", true);
+        let all = local.all();
+        assert_eq!(all.iter().map(|s| (s.device.as_str(), s.state, s.seq)).collect::<Vec<_>>(), [("Custom:agent1", "BUSY", 1), ("PJSIP/alice", "INUSE", 2)]);
     }
 }

@@ -57,19 +57,14 @@ pub fn render(v: &StatesView<'_>, device: Option<&str>) -> String {
             None => writeln!(out, "No device state known: none changed here or was shared by others."),
         };
     } else {
-        let width = |i: usize, min: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).clamp(min, 60);
-        let (wd, wh, wr) = (width(0, 6), width(1, 9), width(2, 6));
-        let _ = writeln!(out, "{:<wd$}  {:<wh$}  {:<wr$}  Aggregate", "Device", "This node", "Others");
-        for [d, here, others, aggregate] in &rows {
-            let _ = writeln!(out, "{d:<wd$}  {here:<wh$}  {others:<wr$}  {aggregate}");
-        }
+        table(&mut out, ["Device", "This node", "Others", "Aggregate"], &rows);
     }
     let local = names.iter().filter(|d| v.local.contains_key(**d)).count();
     let remote = names.iter().filter(|d| v.remote.contains_key(**d)).count();
     let _ = writeln!(out, "{} device(s): {local} with a state of this node, {remote} with states of others.", names.len());
     let c = v.counters;
     let _ = writeln!(out);
-    let lines: [(&str, String); 8] = [
+    let lines: [(&str, String); 9] = [
         ("State", format!("{} (exchange {})", v.status.state, v.exchange)),
         ("Broker", if v.status.broker.is_empty() { "-".into() } else { v.status.broker.clone() }),
         ("Devices", format!("{} shared", v.devices)),
@@ -77,12 +72,28 @@ pub fn render(v: &StatesView<'_>, device: Option<&str>) -> String {
         ("Applied", Counters::get(&c.applied).to_string()),
         ("Ignored", format!("{} own, {} duplicate/old, {} not shared", Counters::get(&c.ignored_own), Counters::get(&c.ignored_stale), Counters::get(&c.ignored_not_shared))),
         ("Rejected", format!("{} ({})", c.rejected.total(), c.rejected.by_reason())),
+        ("SYNC", format!("{} asked, {} answered; {} state(s) cleared for nodes that left", Counters::get(&c.sync_requested), Counters::get(&c.sync_answered), Counters::get(&c.cleared_lost))),
         ("Last error", v.status.last_error.clone().unwrap_or_else(|| "-".into())),
     ];
-    for (k, val) in lines {
-        let _ = writeln!(out, "  {:<12} {val}", format!("{k}:"));
-    }
+    fields(&mut out, 12, &lines);
     out
+}
+
+/// Columns as wide as their widest cell (at most 60), the last one as it is.
+pub(crate) fn table(out: &mut String, header: [&str; 4], rows: &[[String; 4]]) {
+    let width = |i: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0).clamp(header[i].len(), 60);
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let _ = writeln!(out, "{:<w0$}  {:<w1$}  {:<w2$}  {}", header[0], header[1], header[2], header[3]);
+    for [a, b, c, d] in rows {
+        let _ = writeln!(out, "{a:<w0$}  {b:<w1$}  {c:<w2$}  {d}");
+    }
+}
+
+/// `  Label:      value` lines, the values aligned after `width` characters of label.
+pub(crate) fn fields(out: &mut String, width: usize, lines: &[(&str, String)]) {
+    for (k, val) in lines {
+        let _ = writeln!(out, "  {:<width$} {val}", format!("{k}:"));
+    }
 }
 
 pub fn status_line(v: &StatesView<'_>) -> SubsystemLine {
@@ -115,7 +126,7 @@ mod tests {
         let mut remote = RemoteStates::new();
         remote.entry("Custom:agent1".into()).or_default().insert("02:00:00:00:00:0a".into(), Remote { state: "INUSE", cachable: true, seq: 1 });
         remote.entry("Local/x".into()).or_default().insert("02:00:00:00:00:0b".into(), Remote { state: "RINGING", cachable: false, seq: 1 });
-        let local = BTreeMap::from([("Custom:agent1".to_string(), LocalState { state: "NOT_INUSE", cachable: true }), ("PJSIP/bob".to_string(), LocalState { state: "UNAVAILABLE", cachable: true })]);
+        let local = BTreeMap::from([("Custom:agent1".to_string(), LocalState { state: "NOT_INUSE", cachable: true, seq: 1 }), ("PJSIP/bob".to_string(), LocalState { state: "UNAVAILABLE", cachable: true, seq: 2 })]);
         let aggregate = |d: &str| if d == "Custom:agent1" { "INUSE".to_string() } else { "UNKNOWN".to_string() };
         let view = StatesView { status: &status, counters: &counters, reconnects: 0, exchange: "res_scale.state", devices: &devices, local, remote, aggregate: &aggregate };
         let text = render(&view, None);

@@ -236,7 +236,7 @@ fn mwi_message(mailbox: &str, new: i64, old: i64, origin: &str, seq: u64) -> Vec
 #[test]
 fn a_mailbox_count_set_on_one_node_is_what_another_reports_and_notifies_its_phone_of() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
     probe.bind_queue_to_existing("watch-mwi", EXCHANGE, "mwi.#");
     let (a, b) = (pool.node(0), pool.node(1));
@@ -270,7 +270,7 @@ fn a_mailbox_count_set_on_one_node_is_what_another_reports_and_notifies_its_phon
 #[test]
 fn hostile_mwi_messages_are_counted_and_refused_and_the_next_valid_one_applies() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
     let b = pool.node(1);
     let key = format!("mwi.{MAILBOX}");
@@ -307,7 +307,7 @@ fn hostile_mwi_messages_are_counted_and_refused_and_the_next_valid_one_applies()
 #[test]
 fn unloading_takes_back_a_mailbox_state_learned_but_not_one_written_here_since() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let (a, b) = (pool.node(0), pool.node(1));
     let dir = pool.dir.join("sipp");
     let (phone, trace) = mwi_phone(&dir, b, "mwi-erin", 6);
@@ -397,7 +397,7 @@ fn the_states_of_a_node_that_leaves_the_pool_are_cleared_and_it_catches_up_when_
 #[test]
 fn mailbox_states_come_back_by_sync_and_go_with_a_node_that_left_the_pool() {
     let mut pool = Pool::builder().nodes(2).with_consul().with_rabbitmq().start();
-    pool.nodes.iter().for_each(wait_bus);
+    pool.nodes.iter().for_each(|n| n.wait_connected("states"));
     let dir = pool.dir.join("sipp");
     let (phone, trace) = mwi_phone(&dir, pool.node(1), "mwi-erin", 3);
     assert_eq!(wait_notify(&trace, 1), notify("no", "0/0"));

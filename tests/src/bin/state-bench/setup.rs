@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use res_scale_tests::ami::{manager_conf, Ami};
 use res_scale_tests::control_socket::socket_cli;
 use res_scale_tests::ports::free_port;
-use res_scale_tests::{wait, Node, Pool};
+use res_scale_tests::{Node, Pool};
 
 /// Devices (and hints of the same name) of each measurement: `Custom:lat0` .. `Custom:lat999`.
 pub const DEVICES: usize = 1000;
@@ -96,11 +96,7 @@ impl Bench {
             node.start();
         }
         if mechanism == Mechanism::ResScale {
-            for node in &self.pool.nodes {
-                wait::until(&format!("state connected on {}", node.name), Duration::from_secs(20), Duration::from_millis(50), || {
-                    state_line(node).contains("connected").then_some(())
-                });
-            }
+            self.pool.nodes.iter().for_each(|node| node.wait_connected("states"));
         }
         let (mut a, b) = (Ami::connect(self.ami_ports[0], "off"), Ami::connect(self.ami_ports[1], "call"));
         wait_path(&mut a, &b);

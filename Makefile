@@ -119,12 +119,14 @@ $(DEMO_WHEELS)/.stamp: examples/conference/requirements.txt
 
 ## bench: measurements against a real pool (figures go to BENCHMARKS.md): apps, events,
 ## registrations, then the gateway against the node's own ARI (gateway-bench), then conferences
-## across nodes through the gateway (conference-bench); `cargo run --release -p res-scale-tests --bin scale-bench -- <name>` runs one
+## across nodes through the gateway (conference-bench), then device state between two nodes against
+## res_pjsip_publish_asterisk (state-bench); `cargo run --release -p res-scale-tests --bin scale-bench -- <name>` runs one
 ## (uses the test-hooks build: `scale test events` injects events into the real callback path)
 bench: provision $(TEST_MODULE) gateway
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin scale-bench
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin gateway-bench
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin conference-bench
+	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin state-bench
 
 ## mutants: mutation testing of crates/core with cargo-mutants (slow, hence not in `make test`:
 ## hours for the whole crate on 2 cores). MUTANTS_FILES scopes it to some files, MUTANTS_ARGS

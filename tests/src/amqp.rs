@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -69,6 +71,14 @@ impl AmqpProbe {
         let what = format!("delete exchange {exchange:?}");
         self.run(&what, CALL_TIMEOUT, |ch| async move {
             ch.exchange_delete(short(exchange), ExchangeDeleteOptions::default()).await.unwrap_or_else(|e| panic!("AMQP exchange.delete {exchange:?}: {e}"));
+        });
+    }
+
+    /// Deletes `queue` (and whatever it still holds).
+    pub fn delete_queue(&self, queue: &str) {
+        let what = format!("delete queue {queue:?}");
+        self.run(&what, CALL_TIMEOUT, |ch| async move {
+            ch.queue_delete(short(queue), QueueDeleteOptions::default()).await.unwrap_or_else(|e| panic!("AMQP queue.delete {queue:?}: {e}"));
         });
     }
 

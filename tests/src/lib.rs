@@ -5,11 +5,13 @@
 //! Provisioning (the Asterisk rootfs/image, Consul, RabbitMQ, SIPp, pjsua2) is done once by
 //! `tests/provision.sh`; this crate reads what it produced from `testbed.env`.
 
+pub mod ami;
 pub mod amqp;
 pub mod ari;
 pub mod ari_app;
 pub mod child;
 pub mod consul;
+pub mod control_socket;
 pub mod cpu;
 pub mod event_socket;
 pub mod gateway;

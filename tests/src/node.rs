@@ -95,6 +95,13 @@ const MODULES: &[&str] = &[
     "res_clioriginate",
 ];
 
+/// The last line of a generated config file (`modules`, `pjsip`, `extensions`): a test or
+/// benchmark adds to a node's config with `node.write_config("pjsip_extra.conf", ...)` before
+/// a (re)start or reload. The file may be absent.
+fn extra_include(stem: &str) -> String {
+    format!("#tryinclude {stem}_extra.conf\n")
+}
+
 /// How a node is set up before it boots.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
@@ -205,6 +212,7 @@ impl Node {
         if spec.preload_module {
             modules.push_str("load => res_scale.so\n");
         }
+        modules.push_str(&extra_include("modules"));
         self.write_config("modules.conf", &modules);
         self.write_config("logger.conf", "[general]\ndateformat = %F %T.%3q\n[logfiles]\nmessages.log => notice,warning,error,verbose(3)\nconsole => notice,warning,error\n");
         self.write_config("http.conf", &format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {}\n", self.http_port));
@@ -246,9 +254,9 @@ impl Node {
             pjsip.push_str(&format!("[bench-aor-{i}]\ntype = aor\nmax_contacts = 5\n"));
         }
         pjsip.push_str(&format!("#tryinclude \"{BLF_CONFIG}\"\n"));
+        pjsip.push_str(&extra_include("pjsip"));
         self.write_config("pjsip.conf", &pjsip);
-        self.write_config(
-            "extensions.conf",
+        let mut extensions = String::from(
             "[from-sip]\nexten => 100,1,Answer()\n same => n,Wait(5)\n same => n,Hangup()\n\
              exten => 101,1,Answer()\n same => n,Wait(300)\n same => n,Hangup()\n\
              exten => 102,1,Answer()\n same => n,Echo()\n same => n,Hangup()\n\
@@ -260,6 +268,8 @@ impl Node {
              [res-scale-pool]\n\
              exten => _[0-9a-f].,1,Stasis(${CUT(EXTEN,~,2)},${CUT(EXTEN,~,1)})\n same => n,Hangup()\n",
         );
+        extensions.push_str(&extra_include("extensions"));
+        self.write_config("extensions.conf", &extensions);
         match &spec.res_scale_conf {
             Some(text) => self.write_config("res_scale.conf", text),
             None => {

@@ -164,6 +164,21 @@ impl AmqpProbe {
         });
     }
 
+    /// Publishes one message with publisher confirms and says whether the broker took it: a
+    /// user without write permission on the exchange gets the channel closed (ACCESS_REFUSED).
+    pub fn try_publish(&self, exchange: &str, routing_key: &str, body: &[u8]) -> Result<(), String> {
+        let what = format!("publish to exchange {exchange:?} with routing key {routing_key:?}");
+        self.run(&what, CALL_TIMEOUT, |ch| async move {
+            ch.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
+            let confirm = ch.basic_publish(short(exchange), short(routing_key), BasicPublishOptions::default(), body, json_properties()).await.map_err(|e| e.to_string())?;
+            if confirm.await.map_err(|e| e.to_string())?.is_ack() {
+                Ok(())
+            } else {
+                Err("not acknowledged".into())
+            }
+        })
+    }
+
     /// The benchmark baseline: publishes every body in order on one channel as fast as lapin
     /// takes them (each publish is handed to lapin at once; only a window of them is awaited for
     /// being written out). Returns the time from the first publish to the broker's answer to the

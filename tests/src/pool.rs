@@ -22,11 +22,13 @@ pub struct PoolBuilder {
     same_eid: bool,
     res_scale_conf: Option<String>,
     extra_aors: usize,
+    /// The nodes' broker user: (user, password) with the `node` permissions of grant.sh.
+    amqp_user: Option<(String, String)>,
 }
 
 impl Default for PoolBuilder {
     fn default() -> Self {
-        PoolBuilder { nodes: 1, consul: false, consul_token: None, rabbitmq: false, rabbitmq_tls: false, preload_module: true, same_eid: false, res_scale_conf: None, extra_aors: 0 }
+        PoolBuilder { nodes: 1, consul: false, consul_token: None, rabbitmq: false, rabbitmq_tls: false, preload_module: true, same_eid: false, res_scale_conf: None, extra_aors: 0, amqp_user: None }
     }
 }
 
@@ -50,6 +52,14 @@ impl PoolBuilder {
 
     pub fn with_rabbitmq(mut self) -> Self {
         self.rabbitmq = true;
+        self
+    }
+
+    /// RabbitMQ, and the nodes connect as `user` with only the permissions
+    /// `configs/rabbitmq/grant.sh node` gives (instead of the administrator guest).
+    pub fn with_rabbitmq_user(mut self, user: &str, password: &str) -> Self {
+        self.rabbitmq = true;
+        self.amqp_user = Some((user.to_string(), password.to_string()));
         self
     }
 
@@ -101,7 +111,10 @@ impl PoolBuilder {
         let consul = self.consul.then(|| Consul::start(&testbed, &dir.join("consul"), self.consul_token.as_deref()));
         let rabbitmq = self.rabbitmq.then(|| RabbitMq::start(&dir.join("rabbitmq"), self.rabbitmq_tls));
         let consul_url = consul.as_ref().map(Consul::url);
-        let amqp_url = rabbitmq.as_ref().map(RabbitMq::url);
+        let amqp_url = rabbitmq.as_ref().map(|mq| match &self.amqp_user {
+            Some((user, password)) => mq.grant("node", user, password),
+            None => mq.url(),
+        });
         let conf = self
             .res_scale_conf
             .clone()

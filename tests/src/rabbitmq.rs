@@ -132,6 +132,15 @@ impl RabbitMq {
         fs::read_to_string(self.dir.join("rabbit.pid")).ok()?.trim().parse().ok()
     }
 
+    /// Creates `user` with the permissions of `role` (node, kamailio, app) as
+    /// `configs/rabbitmq/grant.sh` gives them, and returns the user's URL.
+    pub fn grant(&self, role: &str, user: &str, password: &str) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/rabbitmq/grant.sh");
+        let out = self.command("bash").arg(&script).args([role, user, password]).env("RABBITMQCTL", format!("{BIN}/rabbitmqctl -n {}", self.node_name)).output().expect("run grant.sh");
+        assert!(out.status.success(), "grant.sh {role} {user}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        format!("amqp://{user}:{password}@127.0.0.1:{}/%2f", self.port)
+    }
+
     /// Runs rabbitmqctl against this broker, e.g. `["list_queues"]`.
     pub fn ctl(&self, args: &[&str]) -> String {
         let out = self.command(&format!("{BIN}/rabbitmqctl")).arg("-n").arg(&self.node_name).args(args).output().expect("run rabbitmqctl");

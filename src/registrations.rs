@@ -18,12 +18,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_core::amqp::bus::{Bus, BusSettings, Destination, Inbound, Outgoing};
 use res_scale_core::amqp::publisher::AmqpStatus;
 use res_scale_core::config;
-use res_scale_core::consul::membership::{watch_members, Members, NodeWatch};
+use res_scale_core::consul::membership::{watch_members, Members, NodeWatch, NODE_LOSS_GRACE};
 use res_scale_core::consul::nodes::PoolView;
 use res_scale_core::consul::registration::NodeIdentity;
 use res_scale_core::registrations::book::{Book, Counters, Entry, Handled, Key, LocalBook, LocalChange};
@@ -31,22 +31,10 @@ use res_scale_core::registrations::message::{self, routing_key, Contact, MAX_MES
 use tokio::sync::mpsc;
 
 use crate::ast::contacts::{self, AsteriskLocation, ContactSink};
-use crate::tasks::{Applying, Tasks};
+use crate::tasks::{send, Applying, Input, Tasks, CLEAR_TIME, INBOX, OUTBOX, STOP_TIMEOUT, TICK};
 
-/// Messages waiting to be published (this node's phones, SYNC replies).
-const OUTBOX: usize = 10_000;
-/// Messages received and not yet applied.
-const INBOX: usize = 4_096;
 /// SYNC replies and re-announcements are cut into batches this large (receivers take 256 KiB).
 const BATCH_BYTES: usize = MAX_MESSAGE_BYTES * 3 / 4;
-/// How often the applier looks at the pool and forgets expired contacts.
-const TICK: Duration = Duration::from_secs(2);
-/// A node must be missing from Consul this long before its contacts are withdrawn, so that a
-/// Consul restart or a blip in the watch does not empty every AOR.
-const NODE_LOSS_GRACE: Duration = Duration::from_secs(6);
-const STOP_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long stopping spends removing the contacts learned from others.
-const CLEAR_TIME: Duration = Duration::from_secs(5);
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -54,26 +42,6 @@ fn unix_now() -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What the applier thread receives.
-enum Input {
-    Bus(Inbound),
-    /// Every TICK: who is in the pool.
-    Tick(Members),
-    Stop,
-}
-
-impl From<Inbound> for Input {
-    fn from(inbound: Inbound) -> Input {
-        Input::Bus(inbound)
-    }
-}
-
-impl From<Members> for Input {
-    fn from(members: Members) -> Input {
-        Input::Tick(members)
-    }
 }
 
 pub struct Registrations {
@@ -119,16 +87,8 @@ impl ContactSink for LocalSink {
         drop(local);
         if self.publish {
             let message = Outgoing { to: Destination::Exchange { routing_key: routing_key(aor) }, body: message::encode_update(&update), reply_to: None };
-            send(&self.outbox, &self.counters, message);
+            send(&self.outbox, message, &self.counters.published, &self.counters.publish_dropped);
         }
-    }
-}
-
-/// Queues a message for the bus without waiting; a full queue drops it and counts.
-fn send(outbox: &mpsc::Sender<Outgoing>, counters: &Counters, message: Outgoing) {
-    match outbox.try_send(message) {
-        Ok(()) => Counters::count(&counters.published),
-        Err(_) => Counters::count(&counters.publish_dropped),
     }
 }
 
@@ -254,6 +214,10 @@ struct Applier {
 }
 
 impl Applier {
+    fn send(&self, message: Outgoing) {
+        send(&self.outbox, message, &self.counters.published, &self.counters.publish_dropped);
+    }
+
     fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         let mut location = AsteriskLocation;
         while let Some(input) = inbox.blocking_recv() {
@@ -311,7 +275,7 @@ impl Applier {
         if self.publish_local {
             let known = lock(&self.local).known(unix_now());
             for body in message::encode_batches(&self.own_eid, &known, BATCH_BYTES) {
-                send(&self.outbox, &self.counters, Outgoing { to: Destination::Exchange { routing_key: routing_key("batch") }, body, reply_to: None });
+                self.send(Outgoing { to: Destination::Exchange { routing_key: routing_key("batch") }, body, reply_to: None });
             }
         }
         if self.sync_on_connect {
@@ -321,7 +285,7 @@ impl Applier {
 
     fn request_sync(&self, queue: &str) {
         let body = message::encode_sync_request(&self.own_eid);
-        send(&self.outbox, &self.counters, Outgoing { to: Destination::Exchange { routing_key: routing_key("sync") }, body, reply_to: Some(queue.to_string()) });
+        self.send(Outgoing { to: Destination::Exchange { routing_key: routing_key("sync") }, body, reply_to: Some(queue.to_string()) });
     }
 
     /// Everything we know, origins kept, straight to the asker's queue.
@@ -334,7 +298,7 @@ impl Applier {
         let batches = message::encode_batches(&self.own_eid, &known, BATCH_BYTES);
         tracing::debug!("registrations: answering the SYNC request of {origin} with {} contact(s) in {} batch(es)", known.len(), batches.len());
         for body in batches {
-            send(&self.outbox, &self.counters, Outgoing { to: Destination::Queue(queue.clone()), body, reply_to: None });
+            self.send(Outgoing { to: Destination::Queue(queue.clone()), body, reply_to: None });
         }
         Counters::count(&self.counters.sync_requests_answered);
     }

@@ -22,12 +22,12 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_core::amqp::bus::{Bus, BusSettings, Destination, Inbound, Outgoing};
 use res_scale_core::amqp::publisher::AmqpStatus;
 use res_scale_core::config;
-use res_scale_core::consul::membership::{watch_members, Members, NodeWatch};
+use res_scale_core::consul::membership::{watch_members, Members, NodeWatch, NODE_LOSS_GRACE};
 use res_scale_core::consul::nodes::PoolView;
 use res_scale_core::consul::registration::NodeIdentity;
 use res_scale_core::state::book::{Counters, Handled, StateBook};
@@ -41,45 +41,13 @@ use tokio::sync::mpsc;
 
 use crate::ast::devstate::{self, AsteriskStates, StateSink};
 use crate::ast::mwi::{self, MwiSink};
-use crate::tasks::{Applying, Tasks};
+use crate::tasks::{send, Applying, Input, Tasks, CLEAR_TIME, INBOX, OUTBOX, STOP_TIMEOUT, TICK};
 
-/// Changes waiting to be published.
-const OUTBOX: usize = 10_000;
-/// Messages received and not yet applied.
-const INBOX: usize = 4_096;
 /// SYNC answers and re-announcements are cut into batches this large (receivers take 256 KiB).
 const BATCH_BYTES: usize = MAX_MESSAGE_BYTES * 3 / 4;
-/// How often the applier looks at who is in the pool.
-const TICK: Duration = Duration::from_secs(2);
-/// A node must be missing from Consul this long before its states are taken back (as its
-/// contacts are withdrawn: the same rule as registrations).
-const NODE_LOSS_GRACE: Duration = Duration::from_secs(6);
-const STOP_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long stopping spends taking back the states learned from others.
-const CLEAR_TIME: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// What the applier thread receives.
-enum Input {
-    Bus(Inbound),
-    /// Every TICK: who is in the pool.
-    Tick(Members),
-    Stop,
-}
-
-impl From<Inbound> for Input {
-    fn from(inbound: Inbound) -> Input {
-        Input::Bus(inbound)
-    }
-}
-
-impl From<Members> for Input {
-    fn from(members: Members) -> Input {
-        Input::Tick(members)
-    }
 }
 
 pub struct States {
@@ -110,7 +78,7 @@ impl StateSink for LocalSink {
     fn changed(&self, device: &str, state: &str, cachable: bool) {
         let Some(change) = lock(&self.local).changed(device, state, cachable) else { return };
         let message = Outgoing { to: Destination::Exchange { routing_key: routing_key(&change.device) }, body: message::encode(&change), reply_to: None };
-        send(&self.outbox, &self.counters, message);
+        send(&self.outbox, message, &self.counters.published, &self.counters.publish_dropped);
     }
 
     /// Told to the pool by the re-announcement after the next connect.
@@ -136,20 +104,12 @@ impl MwiSink for MailboxSink {
     fn changed(&self, mailbox: &str, new: i32, old: i32, deleted: bool) {
         let Some(change) = lock(&self.mwi.local).changed(mailbox, new, old, deleted) else { return };
         let message = Outgoing { to: Destination::Exchange { routing_key: mwi_message::routing_key(&change.mailbox) }, body: mwi_message::encode(&change), reply_to: None };
-        send(&self.outbox, &self.mwi.counters, message);
+        send(&self.outbox, message, &self.mwi.counters.published, &self.mwi.counters.publish_dropped);
     }
 
     /// Told to the pool by the re-announcement after the next connect.
     fn held(&self, mailbox: &str, new: i32, old: i32) {
         lock(&self.mwi.local).adopt(mailbox, new, old);
-    }
-}
-
-/// Queues a message for the bus without waiting; a full queue drops it and counts.
-fn send(outbox: &mpsc::Sender<Outgoing>, counters: &Counters, message: Outgoing) {
-    match outbox.try_send(message) {
-        Ok(()) => Counters::count(&counters.published),
-        Err(_) => Counters::count(&counters.publish_dropped),
     }
 }
 
@@ -264,6 +224,10 @@ struct Applier {
 }
 
 impl Applier {
+    fn send(&self, message: Outgoing) {
+        send(&self.outbox, message, &self.counters.published, &self.counters.publish_dropped);
+    }
+
     fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         let mut asterisk = AsteriskStates;
         while let Some(input) = inbox.blocking_recv() {
@@ -318,14 +282,14 @@ impl Applier {
     /// the others said surely is. Re-announce ours, ask for theirs.
     fn connected(&self, queue: &str) {
         for body in self.own_batches().1 {
-            send(&self.outbox, &self.counters, Outgoing { to: Destination::Exchange { routing_key: message::BATCH_KEY.into() }, body, reply_to: None });
+            self.send(Outgoing { to: Destination::Exchange { routing_key: message::BATCH_KEY.into() }, body, reply_to: None });
         }
         self.request_sync(queue);
     }
 
     fn request_sync(&self, queue: &str) {
         let body = message::encode_sync_request(&self.own_eid);
-        send(&self.outbox, &self.counters, Outgoing { to: Destination::Exchange { routing_key: message::SYNC_REQUEST_KEY.into() }, body, reply_to: Some(queue.to_string()) });
+        self.send(Outgoing { to: Destination::Exchange { routing_key: message::SYNC_REQUEST_KEY.into() }, body, reply_to: Some(queue.to_string()) });
         Counters::count(&self.counters.sync_requested);
     }
 
@@ -335,7 +299,7 @@ impl Applier {
         let (count, batches) = self.own_batches();
         tracing::debug!("state: answering the SYNC request of {origin} with {count} state(s) in {} batch(es)", batches.len());
         for body in batches {
-            send(&self.outbox, &self.counters, Outgoing { to: Destination::Queue(queue.clone()), body, reply_to: None });
+            self.send(Outgoing { to: Destination::Queue(queue.clone()), body, reply_to: None });
         }
         Counters::count(&self.counters.sync_answered);
     }

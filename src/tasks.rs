@@ -1,12 +1,55 @@
 //! The background tasks of one subsystem (Consul, AMQP): spawned on the module's runtime with a
-//! shared shutdown token, and stopped together with a bounded wait; and the thread a subsystem
-//! applies its messages on (registrations, device state), joined with a bounded wait too.
+//! shared shutdown token, and stopped together with a bounded wait; and what the subsystems that
+//! apply other nodes' messages on a thread of their own (registrations, device state) share:
+//! their bounds, what their thread receives, how they queue for the bus, and the bounded join.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use res_scale_core::amqp::bus::{Inbound, Outgoing};
+use res_scale_core::consul::membership::Members;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Messages waiting to be published (this node's own, SYNC answers).
+pub const OUTBOX: usize = 10_000;
+/// Messages received and not yet applied.
+pub const INBOX: usize = 4_096;
+/// How often an applier looks at who is in the pool.
+pub const TICK: Duration = Duration::from_secs(2);
+/// How long stopping waits for tasks and for an applier's message at hand.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long stopping spends taking back what was learned from other nodes.
+pub const CLEAR_TIME: Duration = Duration::from_secs(5);
+
+/// What an applier thread receives.
+pub enum Input {
+    Bus(Inbound),
+    /// Every TICK: who is in the pool.
+    Tick(Members),
+    Stop,
+}
+
+impl From<Inbound> for Input {
+    fn from(inbound: Inbound) -> Input {
+        Input::Bus(inbound)
+    }
+}
+
+impl From<Members> for Input {
+    fn from(members: Members) -> Input {
+        Input::Tick(members)
+    }
+}
+
+/// Queues a message for the bus without waiting; counts it as `published`, or as `dropped` when
+/// the queue is full.
+pub fn send(outbox: &mpsc::Sender<Outgoing>, message: Outgoing, published: &AtomicU64, dropped: &AtomicU64) {
+    let counter = if outbox.try_send(message).is_ok() { published } else { dropped };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
 
 pub struct Tasks {
     shutdown: CancellationToken,

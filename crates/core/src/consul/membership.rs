@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::api::{ServiceInstance, MAINTENANCE_CHECK_PREFIX};
 use super::nodes::PoolView;
 
+/// A node must be missing (or critical) this long before it has left: a Consul restart or a
+/// blip in the watch must not empty every AOR and clear every state.
+pub const NODE_LOSS_GRACE: Duration = Duration::from_secs(6);
+
 /// One sample of the pool: the EIDs of the nodes in it, or None when Consul cannot be trusted
 /// right now (an error, no answer yet, or an answer that does not list this node itself).
 #[derive(Debug, Clone, PartialEq, Eq)]

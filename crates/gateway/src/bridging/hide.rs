@@ -56,6 +56,11 @@ impl Marks {
     fn may_name_helper(&self, body: &[u8]) -> bool {
         memchr::memmem::find(body, HELPER_BRIDGE_PREFIX.as_bytes()).is_some() || memchr::memmem::find(body, self.helper_call_name.as_bytes()).is_some()
     }
+
+    /// Whether the raw event may describe a bridge (to be remembered).
+    fn may_name_bridge(body: &[u8]) -> bool {
+        memchr::memmem::find(body, b"\"bridge\"").is_some()
+    }
 }
 
 /// Learns what the event shows of helpers; `true` when it is about a helper call.
@@ -90,12 +95,17 @@ fn learn(reg: &mut Registry, marks: &Marks, event: &Value, kind: &str, channel: 
 
 /// Judges one application event; remembers the application bridges' latest snapshots.
 pub fn judge(reg: &mut Registry, marks: &Marks, body: &[u8]) -> Verdict {
-    if reg.is_empty() && !marks.may_name_helper(body) {
+    let plain = reg.is_empty() && !marks.may_name_helper(body);
+    if plain && !Marks::may_name_bridge(body) {
         return Verdict::Keep;
     }
     let Ok(mut event) = serde_json::from_slice::<Value>(body) else { return Verdict::Keep };
     let kind = str_at(&event, "/type").unwrap_or("").to_string();
     let channel = str_at(&event, "/channel/id").map(str::to_string);
+    reg.remember(&kind, event.get("bridge"));
+    if plain {
+        return Verdict::Keep;
+    }
     if learn(reg, marks, &event, &kind, channel.as_deref()) {
         // A helper call in an application's bridge: that bridge is a cross-node one, and this
         // is its snapshot (a replica that did not set the leg up has none yet).
@@ -118,11 +128,13 @@ pub fn judge(reg: &mut Registry, marks: &Marks, body: &[u8]) -> Verdict {
             return Verdict::Drop;
         }
         // Without a snapshot of the application's bridge (its legs are another replica's),
-        // the helper bridge's own stands in for it.
+        // the bridge as its node last showed it stands in, or else the helper bridge's own.
         let stand_in = (!reg.snapshots.contains_key(&app_bridge)).then(|| {
-            let mut own = event.get("bridge").cloned().unwrap_or_default();
-            own["name"] = Value::String(String::new());
-            own
+            reg.occupied.get(&app_bridge).cloned().unwrap_or_else(|| {
+                let mut own = event.get("bridge").cloned().unwrap_or_default();
+                own["name"] = Value::String(String::new());
+                own
+            })
         });
         bridge_view(reg, &app_bridge, stand_in.as_ref(), entering, leaving)
     } else if reg.bridges.contains_key(&bridge) || reg.snapshots.contains_key(&bridge) || reg.helper_bridges.values().any(|b| *b == bridge) {
@@ -285,6 +297,23 @@ mod tests {
         let mut listing = json!([{"id": "scale-helper-77", "bridge_type": "mixing", "channels": []}, {"id": "n9", "name": "PJSIP/res_scale_pool-0000002a", "dialplan": {}}]);
         rewrite_answer(&Registry::default(), &marks(), "helper", &mut listing);
         assert_eq!(listing, json!([]), "helpers are known by their names and ids even with nothing learned");
+    }
+
+    #[test]
+    fn a_member_seen_before_the_helper_call_joins_the_bridge_as_its_node_last_showed_it() {
+        let mut r = Registry::default();
+        let own = json!({"type": "ChannelEnteredBridge", "bridge": {"id": "conf", "name": "", "channels": ["a1"]}, "channel": {"id": "a1", "name": "PJSIP/sipp-00000001"}});
+        assert_eq!(judge(&mut r, &marks(), own.to_string().as_bytes()), Verdict::Keep);
+        // The member node's events arrive before the bridge node's helper call entered.
+        let member = json!({"type": "ChannelEnteredBridge", "bridge": {"id": "scale-helper-77", "name": "scale-gateway-helper:conf", "channels": ["scale-leg-77", "b1"]}, "channel": {"id": "b1", "name": "PJSIP/sipp-00000002"}});
+        let v = rewritten(judge(&mut r, &marks(), member.to_string().as_bytes()));
+        assert_eq!((&v["bridge"]["id"], &v["bridge"]["channels"]), (&json!("conf"), &json!(["a1", "b1"])));
+        // An emptied or destroyed bridge is forgotten.
+        let left = json!({"type": "ChannelLeftBridge", "bridge": {"id": "other", "channels": []}, "channel": {"id": "x"}});
+        judge(&mut r, &marks(), json!({"type": "ChannelEnteredBridge", "bridge": {"id": "other", "channels": ["x"]}, "channel": {"id": "x"}}).to_string().as_bytes());
+        assert!(r.occupied.contains_key("other"));
+        judge(&mut r, &marks(), left.to_string().as_bytes());
+        assert!(!r.occupied.contains_key("other"));
     }
 
     #[test]

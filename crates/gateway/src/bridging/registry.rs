@@ -61,8 +61,16 @@ pub struct Registry {
     pub snapshots: HashMap<String, Value>,
     /// Members of helper bridges as the events showed them (also of other replicas' legs).
     pub seen_members: HashMap<String, BTreeSet<String>>,
+    /// Every application bridge that holds channels, as its node last described it. A replica
+    /// that learns of a leg only from its events may see the member's side first (the nodes'
+    /// events race): this is then the application's bridge it extends.
+    pub occupied: HashMap<String, Value>,
     retired: VecDeque<Retired>,
 }
+
+/// At most this many bridges are remembered in [`Registry::occupied`] (a node that dies takes
+/// its `BridgeDestroyed` events with it; past the bound new bridges are not remembered).
+const OCCUPIED_MAX: usize = 20_000;
 
 /// The ids of a torn-down leg, forgotten once their time is up.
 struct Retired {
@@ -74,7 +82,8 @@ struct Retired {
 }
 
 impl Registry {
-    /// Whether anything is known: when not, events and answers pass untouched.
+    /// Whether anything is known of helpers: when not, events and answers pass untouched
+    /// (bridge events are still remembered).
     pub fn is_empty(&self) -> bool {
         self.bridges.is_empty() && self.helper_bridges.is_empty() && self.helper_channels.is_empty() && self.snapshots.is_empty() && self.seen_members.is_empty()
     }
@@ -165,6 +174,23 @@ impl Registry {
         let bridge = name?.strip_prefix(HELPER_NAME_PREFIX)?.to_string();
         self.helper_bridges.insert(helper.to_string(), bridge.clone());
         Some(bridge)
+    }
+
+    /// Remembers an application bridge an event described, or forgets it once it is empty.
+    pub fn remember(&mut self, kind: &str, bridge: Option<&Value>) {
+        if !matches!(kind, "ChannelEnteredBridge" | "ChannelLeftBridge" | "BridgeDestroyed") {
+            return;
+        }
+        let Some((id, bridge)) = bridge.and_then(|b| Some((b.get("id")?.as_str()?, b))) else { return };
+        if id.starts_with(HELPER_BRIDGE_PREFIX) {
+            return;
+        }
+        let empty = bridge.get("channels").and_then(Value::as_array).is_none_or(|c| c.is_empty());
+        if kind == "BridgeDestroyed" || empty {
+            self.occupied.remove(id);
+        } else if self.occupied.len() < OCCUPIED_MAX || self.occupied.contains_key(id) {
+            self.occupied.insert(id.to_string(), bridge.clone());
+        }
     }
 
     /// A helper bridge or call an event said has ended: forgotten after [`RETIRED_FOR`].

@@ -306,8 +306,17 @@ impl Book {
 
     /// Everything still valid, as announcements keeping their origin and seq (a SYNC reply).
     pub fn known(&self, now: u64) -> Vec<Update> {
-        self.remote.iter().filter(|(_, e)| e.expires() > now).map(|((aor, _), e)| e.update(aor)).collect()
+        announcements(&self.remote, now)
     }
+}
+
+/// The entries still valid at `now` as announcements keeping their origin and seq, in seq
+/// order: a receiver applies only a seq newer than the last of the same origin and AOR, so in
+/// the map's (URI) order the older of two contacts of one AOR would be refused.
+fn announcements(entries: &BTreeMap<Key, Entry>, now: u64) -> Vec<Update> {
+    let mut updates: Vec<Update> = entries.iter().filter(|(_, e)| e.expires() > now).map(|((aor, _), e)| e.update(aor)).collect();
+    updates.sort_by_key(|u| u.seq);
+    updates
 }
 
 /// A book reached directly, or through its lock (taken for each call).
@@ -451,7 +460,7 @@ impl LocalBook {
     }
 
     pub fn known(&self, now: u64) -> Vec<Update> {
-        self.entries.iter().filter(|(_, e)| e.expires() > now).map(|((aor, _), e)| e.update(aor)).collect()
+        announcements(&self.entries, now)
     }
 }
 
@@ -713,6 +722,19 @@ mod tests {
         assert_eq!(book.entries().len(), 1);
         book.sweep(NOW + 60);
         assert!(book.entries().is_empty());
+    }
+
+    #[test]
+    fn a_sync_reply_gives_every_contact_of_an_aor_to_a_node_that_holds_none() {
+        let (mut book, mut loc, c) = setup();
+        // Registered in this order: the URI sorting first came second.
+        book.handle(&announce("ANNOUNCE", "alice", "sip:b@h1", "kam", 5), &mut loc, &no_local, &c, NOW);
+        book.handle(&announce("ANNOUNCE", "alice", "sip:a@h1", "kam", 6), &mut loc, &no_local, &c, NOW);
+        let (mut joining, mut joining_loc, jc) = setup();
+        for update in book.known(NOW) {
+            joining.apply(update, &mut joining_loc, &no_local, &jc, NOW);
+        }
+        assert_eq!(joining_loc.contacts.len(), 2, "the joining node has both contacts: {:?}", joining_loc.contacts);
     }
 
     #[test]

@@ -17,7 +17,7 @@ const HELP: &str = "res_scale needs the headers of the Asterisk 22 it will be lo
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let shim_dir = manifest.join("asterisk-headers");
-    for file in ["wrapper.h", "shim.h", "shim.c", "contacts.c", "devstate.c", "mwi.c", "fetch-headers.sh", "host-mirror.sh"] {
+    for file in ["wrapper.h", "shim.h", "shim.c", "contacts.c", "contact_store.c", "devstate.c", "mwi.c", "fetch-headers.sh", "host-mirror.sh"] {
         println!("cargo:rerun-if-changed={}", shim_dir.join(file).display());
     }
     println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");
@@ -34,6 +34,7 @@ fn main() {
     cc::Build::new()
         .file(shim_dir.join("shim.c"))
         .file(shim_dir.join("contacts.c"))
+        .file(shim_dir.join("contact_store.c"))
         .file(shim_dir.join("devstate.c"))
         .file(shim_dir.join("mwi.c"))
         .include(&include)
@@ -43,6 +44,8 @@ fn main() {
         // Asterisk's own headers trip this one (`static int force_inline ...`).
         .flag_if_supported("-Wno-old-style-declaration")
         .flag_if_supported("-Wno-ignored-qualifiers")
+        // Callbacks of sorcery and ao2 have fixed signatures; most use only some arguments.
+        .flag_if_supported("-Wno-unused-parameter")
         // The shim holds the ELF constructor that registers the module; nothing in Rust refers
         // to it, so without whole-archive the linker would drop it.
         .link_lib_modifier("+whole-archive")

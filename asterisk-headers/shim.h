@@ -96,6 +96,23 @@ void res_scale_contact_report_all(void);
  * contact was created while observing (the queue is found from inside an observer call). */
 long res_scale_contact_backlog(void);
 
+/* The indexed contact store (contact_store.c). Not thread-safe: lifecycle calls install and
+ * uninstall from one thread at a time. */
+enum res_scale_contact_store {
+	RES_SCALE_CONTACT_STORE_INSTALLED = 0,  /* in place of `memory` (or it already was) */
+	RES_SCALE_CONTACT_STORE_NOT_MEMORY = 1, /* contacts are not mapped to `memory` alone: left as they are */
+	RES_SCALE_CONTACT_STORE_FAILED = 2,     /* sorcery refused a step; `memory` is still in place */
+};
+
+/* Puts the indexed store in place of the `memory` wizard for contacts, moving them over. */
+enum res_scale_contact_store res_scale_contact_store_install(void);
+
+/* Puts `memory` back with every contact; -1 (and the store stays) if sorcery refused. */
+int res_scale_contact_store_uninstall(void);
+
+/* Contacts in the indexed store, or -1 when it is not installed. */
+long res_scale_contact_store_size(void);
+
 /* Device state (devstate.c). States are Asterisk's parseable names (ast_devstate_str), origins
  * entity IDs as text. */
 

@@ -3,7 +3,7 @@
 
 use res_scale_core::amqp::show::{self as amqp_show, AmqpView};
 use res_scale_core::consul::show;
-use res_scale_core::registrations::show::{self as registrations_show, RegistrationsView};
+use res_scale_core::registrations::show::{self as registrations_show, Listed, RegistrationsView};
 use res_scale_core::state::mwi::show::{self as mwi_show, MwiView};
 use res_scale_core::state::show::{self as states_show, StatesView};
 use res_scale_core::status::{StatusReport, SubsystemLine};
@@ -114,17 +114,28 @@ const SHOW_AMQP: Command = Command {
 };
 
 /// Runs `f` on a snapshot of the registrations subsystem, if it runs.
-fn with_registrations<R>(running: &Running, f: impl FnOnce(&RegistrationsView<'_>) -> R) -> Option<R> {
+fn with_registrations<R>(running: &Running, listed: Listed<'_>, f: impl FnOnce(&RegistrationsView<'_>) -> R) -> Option<R> {
     let r = running.registrations.as_ref()?;
     let status = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let (local, remote) = r.snapshot();
+    let ((local, local_total), (remote, remote_total)) = r.snapshot(listed);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let view = RegistrationsView { status: &status, counters: &r.counters, reconnects: r.reconnects.load(std::sync::atomic::Ordering::Relaxed), exchange: &r.exchange, local, remote, now };
+    let view = RegistrationsView {
+        status: &status,
+        counters: &r.counters,
+        reconnects: r.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        exchange: &r.exchange,
+        local,
+        local_total,
+        remote,
+        remote_total,
+        now,
+        indexed: r.indexed.then(crate::ast::contact_store::size).flatten(),
+    };
     Some(f(&view))
 }
 
 fn registrations_line(running: &Running) -> SubsystemLine {
-    with_registrations(running, registrations_show::status_line).unwrap_or(SubsystemLine { name: "registrations", state: "disabled".into(), counters: vec![] })
+    with_registrations(running, Listed::Counts, registrations_show::status_line).unwrap_or(SubsystemLine { name: "registrations", state: "disabled".into(), counters: vec![] })
 }
 
 const SHOW_REGISTRATIONS: Command = Command {
@@ -137,7 +148,7 @@ const SHOW_REGISTRATIONS: Command = Command {
             [aor] => Some(aor.clone()),
             _ => return Outcome::ShowUsage,
         };
-        with_running(|running| match with_registrations(running, |view| registrations_show::render(view, aor.as_deref())) {
+        with_running(|running| match with_registrations(running, aor.as_deref().map_or(Listed::All, Listed::Aor), |view| registrations_show::render(view, aor.as_deref())) {
             Some(text) => Outcome::Output(text),
             None => Outcome::Failed("Registrations are disabled in res_scale.conf\n".into()),
         })

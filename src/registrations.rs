@@ -15,7 +15,7 @@
 //! were acked, and what they would create is removed at once), and removing the contacts
 //! learned from others stops after [`CLEAR_TIME`] (the rest expire by themselves).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -28,8 +28,10 @@ use res_scale_core::consul::nodes::PoolView;
 use res_scale_core::consul::registration::NodeIdentity;
 use res_scale_core::registrations::book::{Book, Counters, Entry, Handled, Key, LocalBook, LocalChange};
 use res_scale_core::registrations::message::{self, routing_key, Contact, MAX_MESSAGE_BYTES};
+use res_scale_core::registrations::show::Listed;
 use tokio::sync::mpsc;
 
+use crate::ast::contact_store::{self, Installed};
 use crate::ast::contacts::{self, AsteriskLocation, ContactSink};
 use crate::tasks::{send, Applying, Input, Tasks, CLEAR_TIME, INBOX, OUTBOX, STOP_TIMEOUT, TICK};
 
@@ -56,6 +58,8 @@ pub struct Registrations {
     stopping: Arc<AtomicBool>,
     applier: Option<Applying>,
     tasks: Tasks,
+    /// Whether PJSIP's contacts are in the indexed store (to be moved back at stop).
+    pub indexed: bool,
 }
 
 /// Contacts without endpoint whose change the observer reported, latest report per contact:
@@ -106,10 +110,17 @@ impl Registrations {
         let refreshed = Refreshed::default();
         let stopping = Arc::new(AtomicBool::new(false));
 
+        let indexed = settings.indexed_contacts && index_contacts();
         contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), refreshed: refreshed.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
         // From here on, a failed start must take the observer back: the load or reload that
         // fails never calls stop, and the next start would add a second one.
-        contacts::observe(true).inspect_err(|_| stop_observing())?;
+        let undo = |indexed: bool| {
+            stop_observing();
+            if indexed {
+                unindex_contacts();
+            }
+        };
+        contacts::observe(true).inspect_err(|_| undo(indexed))?;
         // Phones that registered before we were loaded.
         lock(&local).snapshot_begins();
         contacts::report_all();
@@ -135,7 +146,7 @@ impl Registrations {
             applier.run(inbox_rx);
         })
         .map_err(|e| {
-            stop_observing();
+            undo(indexed);
             format!("cannot start the registrations thread: {e}")
         })?;
 
@@ -156,7 +167,7 @@ impl Registrations {
         };
         tasks.spawn(runtime, bus.run(inbox.clone(), outbox_rx, tasks.shutdown()));
         tasks.spawn(runtime, watch_members(inbox.clone(), pool, node.eid.clone(), TICK, tasks.shutdown()));
-        Ok(Registrations { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), inbox, stopping, applier: Some(Applying { thread, ended }), tasks })
+        Ok(Registrations { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), inbox, stopping, applier: Some(Applying { thread, ended }), tasks, indexed })
     }
 
     /// Stops observing and consuming, then removes the contacts applied from others: without
@@ -172,6 +183,35 @@ impl Registrations {
         if let Some(applier) = self.applier.take() {
             applier.join(STOP_TIMEOUT + CLEAR_TIME, "registrations");
         }
+        // After the applied contacts are gone: what is left, this node's phones, goes back.
+        if self.indexed {
+            unindex_contacts();
+        }
+    }
+}
+
+/// Puts PJSIP's contacts in the indexed store; whether they are there.
+fn index_contacts() -> bool {
+    match contact_store::install() {
+        Ok(Installed::Indexed) => {
+            tracing::info!("registrations: PJSIP contacts are in res_scale's indexed store ({} now)", contact_store::size().unwrap_or(0));
+            true
+        }
+        Ok(Installed::LeftAlone) => {
+            tracing::warn!("registrations: sorcery.conf maps contacts to other than `memory` alone; they stay there (each contact change then costs more the more contacts a node holds)");
+            false
+        }
+        Err(e) => {
+            tracing::error!("registrations: {e}");
+            false
+        }
+    }
+}
+
+fn unindex_contacts() {
+    match contact_store::uninstall() {
+        Ok(()) => tracing::info!("registrations: PJSIP contacts are back in sorcery's `memory` store"),
+        Err(e) => tracing::error!("registrations: {e}"),
     }
 }
 
@@ -332,10 +372,20 @@ impl Applier {
 pub type Contacts = Vec<(Key, Entry)>;
 
 impl Registrations {
-    /// Copies of the contacts registered here and of those applied from others.
-    pub fn snapshot(&self) -> (Contacts, Contacts) {
-        let local = lock(&self.local).entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
-        let remote = lock(&self.book).entries().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+    /// Copies of the contacts registered here and of those applied from others (those `listed`
+    /// says), each with how many there are in all: a node holds every phone of the pool, and
+    /// a look at one AOR or at the counts must not copy them all under the applier's lock.
+    pub fn snapshot(&self, listed: Listed<'_>) -> ((Contacts, usize), (Contacts, usize)) {
+        let copy = |all: &BTreeMap<Key, Entry>| {
+            let rows = match listed {
+                Listed::Counts => Vec::new(),
+                Listed::All => all.iter().map(|(k, e)| (k.clone(), e.clone())).collect(),
+                Listed::Aor(aor) => all.range((aor.to_string(), String::new())..).take_while(|(k, _)| k.0 == aor).map(|(k, e)| (k.clone(), e.clone())).collect(),
+            };
+            (rows, all.len())
+        };
+        let local = copy(lock(&self.local).entries());
+        let remote = copy(lock(&self.book).entries());
         (local, remote)
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod contact_store;
 pub mod contacts;
 pub mod devstate;
 mod entry;

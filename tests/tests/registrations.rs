@@ -587,3 +587,61 @@ fn ten_thousand_contacts_apply_and_withdraw_without_overloading_asterisk() {
     assert!(depth < high, "the contact observers' queue reached {depth} of its high-water mark {high} while withdrawing");
     assert!(!node.log().contains("task processor queue reached"), "Asterisk logged a taskprocessor overload");
 }
+
+/// `Objects found: N` of `pjsip show contacts` (0 when none).
+fn pjsip_contact_objects(node: &Node) -> usize {
+    node.cli("pjsip show contacts").lines().find_map(|l| l.trim().strip_prefix("Objects found:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn contacts_move_into_the_indexed_store_at_load_and_back_at_unload_with_nothing_lost() {
+    let pool = Pool::builder().nodes(1).with_rabbitmq().without_module_loaded().start();
+    let node = pool.node(0);
+    let dir = scratch(&pool, "sipp");
+    let port = free_port();
+    // A phone that registered before res_scale was loaded: its contact is in sorcery's `memory`.
+    let phone = Register { user: "1001".into(), call_id: "1001-reg-1".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: port };
+    phone.send(&dir, node.sip_port).expect("1001 registers");
+    let uri = phone.contact_uri();
+    wait_contact(node, "1001", &uri, true, Duration::from_secs(5));
+
+    let log_from = node.log().len();
+    node.cli("module load res_scale.so");
+    wait_bus(node);
+    assert!(counter_line(node, "PJSIP store:").contains("indexed by res_scale (1 contact(s)"), "{}", counter_line(node, "PJSIP store:"));
+    let probe = AmqpProbe::new(&pool.rabbitmq.as_ref().unwrap().url());
+    probe.publish(EXCHANGE, "registration.alice", &announce("alice", "sip:alice@10.0.0.7:5060", now() + 300, "registrar-1", 1));
+    wait_contact(node, "alice", "sip:alice@10.0.0.7:5060", true, Duration::from_secs(5));
+    assert!(counter_line(node, "PJSIP store:").contains("(2 contact(s)"), "{}", counter_line(node, "PJSIP store:"));
+
+    // Found by its AOR (an id prefix search) in the new store: it is dialled, and a refresh
+    // changes the one contact instead of adding a second.
+    let uas = answering_phone(&dir, port);
+    assert!(call(node, "1001"), "the phone registered before the load is not reachable from the indexed store");
+    uas.wait(Duration::from_secs(10)).expect("the phone answered one call");
+    Register { cseq: 2, ..phone.clone() }.send(&dir, node.sip_port).expect("1001 refreshes");
+    assert_eq!(pjsip_contact_objects(node), 2, "{}", node.cli("pjsip show contacts"));
+
+    // At unload the learned contact goes and the phone's goes back to `memory`, still reachable.
+    node.cli("module unload res_scale.so");
+    assert!(!has_contact(node, "alice", "sip:alice@10.0.0.7:5060"), "the learned contact outlived the module");
+    assert!(has_contact(node, "1001", &uri), "the phone's contact went with the module");
+    assert_eq!(pjsip_contact_objects(node), 1, "{}", node.cli("pjsip show contacts"));
+    let uas = answering_phone(&dir, port);
+    assert!(call(node, "1001"), "the phone is not reachable after the unload");
+    uas.wait(Duration::from_secs(10)).expect("the phone answered one call");
+    Register { cseq: 3, expires: 0, ..phone }.send(&dir, node.sip_port).expect("1001 unregisters");
+    wait_contact(node, "1001", &uri, false, Duration::from_secs(5));
+    assert_eq!(pjsip_contact_objects(node), 0, "a copy of the contact stayed behind: {}", node.cli("pjsip show contacts"));
+    let log = node.log();
+    assert!(!log[log_from..].contains("ERROR["), "errors in the log:\n{}", &log[log_from..]);
+}
+
+#[test]
+fn with_indexed_contacts_off_the_contacts_stay_in_sorcerys_store() {
+    let conf = "[consul]\nenabled = no\n[amqp]\nenabled = yes\nurl = {amqp_url}\n[registrations]\nenabled = yes\nindexed_contacts = no\n";
+    let pool = Pool::builder().nodes(1).with_rabbitmq().res_scale_conf(conf).start();
+    let node = pool.node(0);
+    wait_bus(node);
+    assert!(counter_line(node, "PJSIP store:").contains("sorcery.conf's (not indexed)"), "{}", counter_line(node, "PJSIP store:"));
+}

@@ -134,11 +134,13 @@ pub struct Registrations {
     pub publish_local: bool,
     pub sync_on_start: bool,
     pub withdraw_on_node_loss: bool,
+    /// PJSIP's contacts in res_scale's indexed store instead of sorcery's `memory` wizard.
+    pub indexed_contacts: bool,
 }
 
 impl Default for Registrations {
     fn default() -> Self {
-        Registrations { enabled: true, exchange: "res_scale.registrations".into(), publish_local: true, sync_on_start: true, withdraw_on_node_loss: true }
+        Registrations { enabled: true, exchange: "res_scale.registrations".into(), publish_local: true, sync_on_start: true, withdraw_on_node_loss: true, indexed_contacts: true }
     }
 }
 
@@ -270,12 +272,13 @@ impl Config {
             (
                 "registrations",
                 format!(
-                    "enabled={} exchange={} publish_local={} sync_on_start={} withdraw_on_node_loss={}",
+                    "enabled={} exchange={} publish_local={} sync_on_start={} withdraw_on_node_loss={} indexed_contacts={}",
                     on_off(r.enabled),
                     r.exchange,
                     on_off(r.publish_local),
                     on_off(r.sync_on_start),
-                    on_off(r.withdraw_on_node_loss)
+                    on_off(r.withdraw_on_node_loss),
+                    on_off(r.indexed_contacts)
                 ),
             ),
             (
@@ -378,6 +381,7 @@ fn set_registrations(r: &mut Registrations, key: &str, v: &str) -> Result<(), Re
         "publish_local" => r.publish_local = boolean(v)?,
         "sync_on_start" => r.sync_on_start = boolean(v)?,
         "withdraw_on_node_loss" => r.withdraw_on_node_loss = boolean(v)?,
+        "indexed_contacts" => r.indexed_contacts = boolean(v)?,
         _ => return Err(Reject::UnknownKey),
     }
     Ok(())

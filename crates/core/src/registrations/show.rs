@@ -7,17 +7,30 @@ use crate::amqp::publisher::AmqpStatus;
 use crate::status::SubsystemLine;
 
 /// One snapshot of the registrations subsystem.
+/// Which contacts a view copies: none (the counts are enough), all, or those of one AOR.
+#[derive(Debug, Clone, Copy)]
+pub enum Listed<'a> {
+    Counts,
+    All,
+    Aor(&'a str),
+}
+
 pub struct RegistrationsView<'a> {
     pub status: &'a AmqpStatus,
     pub counters: &'a Counters,
     pub reconnects: u64,
     pub exchange: &'a str,
-    /// Contacts phones registered on this node.
+    /// Contacts phones registered on this node (those listed), and how many there are in all.
     pub local: Vec<(Key, Entry)>,
-    /// Contacts applied from other nodes and registrars.
+    pub local_total: usize,
+    /// Contacts applied from other nodes and registrars (those listed), and how many in all.
     pub remote: Vec<(Key, Entry)>,
+    pub remote_total: usize,
     /// Unix seconds.
     pub now: u64,
+    /// How many contacts res_scale's indexed store holds; None: PJSIP keeps them in sorcery's
+    /// own store (`indexed_contacts = no`, or sorcery.conf maps them elsewhere).
+    pub indexed: Option<u64>,
 }
 
 /// `in 3599 s` or `expired`.
@@ -56,8 +69,15 @@ pub fn render(v: &RegistrationsView<'_>, aor: Option<&str>) -> String {
     let _ = writeln!(out, "{} contact(s): {local} registered on this node, {} from others.", rows.len(), rows.len() - local);
     let c = v.counters;
     let _ = writeln!(out);
-    let lines: [(&str, String); 8] = [
+    let lines: [(&str, String); 9] = [
         ("State", format!("{} (exchange {})", v.status.state, v.exchange)),
+        (
+            "PJSIP store",
+            match v.indexed {
+                Some(n) => format!("indexed by res_scale ({n} contact(s) in PJSIP)"),
+                None => "sorcery.conf's (not indexed)".into(),
+            },
+        ),
         ("Broker", if v.status.broker.is_empty() { "-".into() } else { v.status.broker.clone() }),
         ("Applied", format!("{} created or refreshed, {} removed, {} taken over by this node's registrar", Counters::get(&c.applied), Counters::get(&c.removed), Counters::get(&c.taken_over))),
         ("Ignored", format!("{} own, {} duplicate/old/not owner", Counters::get(&c.ignored_own), Counters::get(&c.ignored_stale))),
@@ -86,8 +106,8 @@ pub fn status_line(v: &RegistrationsView<'_>) -> SubsystemLine {
         name: "registrations",
         state: v.status.state.clone(),
         counters: vec![
-            ("local", v.local.len() as u64),
-            ("remote", v.remote.len() as u64),
+            ("local", v.local_total as u64),
+            ("remote", v.remote_total as u64),
             ("applied", Counters::get(&c.applied)),
             ("ignored", Counters::get(&c.ignored_own) + Counters::get(&c.ignored_stale)),
             ("rejected", c.rejected_total()),
@@ -116,8 +136,11 @@ mod tests {
             reconnects: 0,
             exchange: "res_scale.registrations",
             local: vec![(("bob".into(), "sip:bob@10.0.0.2".into()), entry("me", "sip:bob@10.0.0.2", 1_060, "Yealink"))],
+            local_total: 1,
             remote: vec![(("alice".into(), "sip:alice@10.0.0.1".into()), entry("02:42:ac:11:00:03", "sip:alice@10.0.0.1", 1_030, ""))],
+            remote_total: 1,
             now: 1_000,
+            indexed: Some(2),
         };
         let text = render(&view, None);
         let lines: Vec<&str> = text.lines().collect();
@@ -126,6 +149,7 @@ mod tests {
         assert!(lines[2].contains("this node") && lines[2].ends_with("60 s  Yealink"), "{text}");
         assert!(text.contains("2 contact(s): 1 registered on this node, 1 from others."), "{text}");
         assert!(text.contains("  Rejected:    1 (bad_json=1)"), "{text}");
+        assert!(text.contains("  PJSIP store: indexed by res_scale (2 contact(s) in PJSIP)"), "{text}");
         assert!(render(&view, Some("alice")).contains("1 contact(s): 0 registered on this node, 1 from others."));
         assert!(render(&view, Some("carol")).starts_with("No contact known for AOR 'carol'."));
         assert_eq!(status_line(&view).counters[..2], [("local", 1), ("remote", 1)]);

@@ -11,7 +11,7 @@ TEST_MODULE  := target/test-module/res_scale.so
 CACHE        := $(or $(RES_SCALE_CACHE),/var/cache/res_scale)
 
 .PHONY: build gateway install provision lint test unit-test integration-test run call stop images \
-        provision-demo demo-bin demo-wheels bench mutants clean
+        provision-demo demo-bin demo-wheels bench scale mutants clean
 
 ## build: target/release/res_scale.so and target/release/scale-gateway
 build: gateway
@@ -127,6 +127,13 @@ bench: provision $(TEST_MODULE) gateway
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin gateway-bench
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin conference-bench
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin state-bench
+
+## scale: growth measurements (figures go to CAPACITY.md): a pool of 10 nodes (start-up, memory
+## at rest, Consul's load, app and registration propagation to every node), then the cost per
+## contact as a node holds 1,000 to 100,000, in res_scale's indexed store and in sorcery's
+## `memory` side by side (about 20 minutes)
+scale: provision $(TEST_MODULE)
+	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin scale-bench -- pool registrations-growth
 
 ## mutants: mutation testing of crates/core with cargo-mutants (slow, hence not in `make test`:
 ## hours for the whole crate on 2 cores). MUTANTS_FILES scopes it to some files, MUTANTS_ARGS

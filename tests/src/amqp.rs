@@ -132,20 +132,36 @@ impl AmqpProbe {
     /// throughput measurement counts 100,000 messages and should not pay for parsing them.
     /// Returns how many arrived.
     pub fn consume_each(&self, queue: &str, n: usize, within: Duration, ready: impl FnOnce(), mut take: impl FnMut(lapin::message::Delivery)) -> usize {
-        let what = format!("consume {n} messages from {queue:?}");
+        let mut arrived = 0;
+        self.consume_while(queue, within, ready, |delivery| {
+            take(delivery);
+            arrived += 1;
+            arrived < n
+        });
+        arrived
+    }
+
+    /// Consumes (basic.consume, auto-ack), handing each delivery to `more`, until it returns
+    /// false or `within` passed; returns how many arrived.
+    pub fn consume_while(&self, queue: &str, within: Duration, ready: impl FnOnce(), mut more: impl FnMut(lapin::message::Delivery) -> bool) -> usize {
+        let what = format!("consume messages from {queue:?}");
         self.run(&what, within + CALL_TIMEOUT, |ch| async move {
             let options = BasicConsumeOptions { no_ack: true, ..Default::default() };
             let mut consumer = ch.basic_consume(short(queue), short("res_scale-tests"), options, FieldTable::default()).await.unwrap_or_else(|e| panic!("AMQP basic.consume {queue:?}: {e}"));
             ready();
             let mut arrived = 0;
             let deadline = tokio::time::Instant::now() + within;
-            while arrived < n {
+            loop {
                 match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(Some(Ok(delivery))) => take(delivery),
+                    Ok(Some(Ok(delivery))) => {
+                        arrived += 1;
+                        if !more(delivery) {
+                            break;
+                        }
+                    }
                     Ok(Some(Err(e))) => panic!("AMQP consume {queue:?}: {e}"),
                     Ok(None) | Err(_) => break,
                 }
-                arrived += 1;
             }
             arrived
         })

@@ -251,7 +251,7 @@ impl Node {
              from_user = {POOL_ENDPOINT}\nauth = {POOL_ENDPOINT}\noutbound_auth = {POOL_ENDPOINT}\n"
         ));
         for i in 0..spec.extra_aors {
-            pjsip.push_str(&format!("[bench-aor-{i}]\ntype = aor\nmax_contacts = 5\n"));
+            pjsip.push_str(&format!("[bench-aor-{i}]\ntype = aor\nmax_contacts = 20\n"));
         }
         pjsip.push_str(&format!("#tryinclude \"{BLF_CONFIG}\"\n"));
         pjsip.push_str(&extra_include("pjsip"));

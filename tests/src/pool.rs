@@ -90,7 +90,7 @@ impl PoolBuilder {
         self
     }
 
-    /// Adds `n` AORs named `bench-aor-0` .. `bench-aor-<n-1>` (`max_contacts = 5`, no endpoint)
+    /// Adds `n` AORs named `bench-aor-0` .. `bench-aor-<n-1>` (`max_contacts = 20`, no endpoint)
     /// to every node's pjsip.conf, for benchmarks that announce many contacts.
     pub fn extra_aors(mut self, n: usize) -> Self {
         self.extra_aors = n;

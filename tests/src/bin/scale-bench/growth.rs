@@ -19,7 +19,8 @@ use res_scale_tests::control_socket::socket_cli;
 use res_scale_tests::{wait, Node, Pool};
 
 use super::{
-    applied, bench_update, process_cpu, registrations_counters, registrations_line, reset_contact_taskprocessor, until_contact_applied, until_taskprocessors_idle, BENCH_ORIGIN, REGISTRATIONS_EXCHANGE,
+    applied, bench_update, process_cpu, registrations_counters, registrations_line, reset_contact_taskprocessor, rss_mib, until_contact_applied, until_taskprocessors_idle, BENCH_ORIGIN,
+    REGISTRATIONS_EXCHANGE,
 };
 
 /// Contacts per batch message, as a registrar's SYNC answer sends them.
@@ -56,12 +57,6 @@ impl Cost {
 fn removed(text: &str) -> u64 {
     let line = registrations_line(text, "Applied:");
     line.split(", ").find_map(|part| part.strip_suffix(" removed")).and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("unexpected Applied line: {line}"))
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
-    kib / 1024.0
 }
 
 /// The registrar's per-origin counter: each message about an AOR must carry a higher `seq`

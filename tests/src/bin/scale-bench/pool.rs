@@ -14,18 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use res_scale_tests::amqp::AmqpProbe;
 use res_scale_tests::Pool;
 
-use super::{app_rounds, process_cpu, summary, REGISTRATIONS_EXCHANGE};
+use super::{app_rounds, process_cpu, rss_mib, summary, REGISTRATIONS_EXCHANGE};
 
 /// The phone whose contact goes back and forth: an endpoint of every node (so its state is
 /// published) that registers nowhere.
 const PHONE: &str = "dave";
 const STATE_EXCHANGE: &str = "res_scale.state";
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
-    kib / 1024.0
-}
 
 pub fn many_nodes(nodes: usize, app_rounds_n: usize, registration_rounds: usize) {
     let started = Instant::now();

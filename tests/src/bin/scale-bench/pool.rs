@@ -6,15 +6,19 @@
 //! - registration propagation: an ANNOUNCE (then a WITHDRAW) of a phone's contact until every
 //!   node has applied it, seen from outside through the device state every node then publishes
 //!   (the phone's endpoint turns reachable, or unavailable, on each node): an upper bound on the
-//!   time to apply, since it includes the node's own state publication.
+//!   time to apply, since it includes the node's own state publication;
+//! - events of many nodes into one broker: 1, 2, 5 and all nodes each forwarding a burst of
+//!   Stasis events at once (`scale test events`, the real callback path) to one consumer: the
+//!   rate delivered and the broker's CPU per event, to see where the broker, not the modules,
+//!   sets the pace.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_tests::amqp::AmqpProbe;
-use res_scale_tests::Pool;
+use res_scale_tests::{wait, Pool};
 
-use super::{app_rounds, process_cpu, rss_mib, summary, REGISTRATIONS_EXCHANGE};
+use super::{app_rounds, process_cpu, rss_mib, summary, test_events, REGISTRATIONS_EXCHANGE};
 
 /// The phone whose contact goes back and forth: an endpoint of every node (so its state is
 /// published) that registers nowhere.
@@ -23,7 +27,9 @@ const STATE_EXCHANGE: &str = "res_scale.state";
 
 pub fn many_nodes(nodes: usize, app_rounds_n: usize, registration_rounds: usize) {
     let started = Instant::now();
-    let pool = Pool::builder().nodes(nodes).with_consul().with_rabbitmq().start();
+    // Room for a whole burst in each node's event queue: this measures rates, not the drop policy.
+    let conf = "[consul]\nurl = {consul_url}\ncheck_ttl = 3s\n[amqp]\nurl = {amqp_url}\nqueue_capacity = 200000\n";
+    let pool = Pool::builder().nodes(nodes).with_consul().with_rabbitmq().res_scale_conf(conf).start();
     let boot = started.elapsed();
     for node in &pool.nodes {
         node.wait_connected("registrations");
@@ -58,6 +64,54 @@ pub fn many_nodes(nodes: usize, app_rounds_n: usize, registration_rounds: usize)
         summary(&mut announced),
         summary(&mut withdrawn)
     );
+
+    events_into_one_broker(&pool, EVENTS_PER_NODE);
+}
+
+/// Events each forwarding node injects in one burst.
+const EVENTS_PER_NODE: usize = 10_000;
+
+/// 1, 2, 5, ... up to every node forward a burst of `per_node` events at the same moment; one
+/// consumer takes them all off one queue.
+fn events_into_one_broker(pool: &Pool, per_node: usize) {
+    let mq = pool.rabbitmq.as_ref().unwrap();
+    let broker_pid = mq.vm_pid().expect("the broker's PID file");
+    pool.consul.as_ref().unwrap().put_kv("res_scale/apps/bench", "{}");
+    for node in &pool.nodes {
+        wait::until(&format!("app bench on {}", node.name), Duration::from_secs(10), Duration::from_millis(20), || (node.ari().get("/applications/bench").status == 200).then_some(()));
+    }
+    let consumer = AmqpProbe::new(&mq.url());
+    consumer.bind_queue("scale-pool-events", "res_scale.events", "stasis.app.bench.#");
+    println!("- events into one broker ({per_node} events from each forwarding node at once, one consumer):");
+    println!("  | forwarding nodes | events | until all consumed | events/s | broker CPU µs/event | broker CPU (one core = 100%) |");
+    println!("  |---:|---:|---:|---:|---:|---:|");
+    let mut counts: Vec<usize> = [1, 2, 5].into_iter().filter(|&k| k < pool.nodes.len()).collect();
+    counts.push(pool.nodes.len());
+    for k in counts {
+        let total = k * per_node;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (took, broker) = std::thread::scope(|s| {
+            let taking = s.spawn(|| {
+                let mut last = None;
+                let arrived = consumer.consume_each("scale-pool-events", total, Duration::from_secs(300), || tx.send(()).unwrap(), |_| last = Some(Instant::now()));
+                assert_eq!(arrived, total, "every event of the burst reaches the consumer");
+                last.expect("an event arrived")
+            });
+            rx.recv().expect("the consumer is ready");
+            let (broker_before, started) = (process_cpu(broker_pid), Instant::now());
+            let injecting: Vec<_> = pool.nodes[..k].iter().map(|node| s.spawn(move || test_events(node, &format!("bench {per_node}")))).collect();
+            injecting.into_iter().for_each(|i| drop(i.join().unwrap()));
+            let last = taking.join().unwrap();
+            (last - started, process_cpu(broker_pid) - broker_before)
+        });
+        println!(
+            "  | {k} | {total} | {:.2} s | {:.0} | {:.1} | {:.0}% |",
+            took.as_secs_f64(),
+            total as f64 / took.as_secs_f64(),
+            broker.as_secs_f64() * 1e6 / total as f64,
+            broker.as_secs_f64() / took.as_secs_f64() * 100.0
+        );
+    }
 }
 
 /// Announces and withdraws [`PHONE`]'s contact `rounds` times; each time, how long until every

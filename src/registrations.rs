@@ -114,13 +114,13 @@ impl Registrations {
         contacts::set_sink(Some(Arc::new(LocalSink { local: local.clone(), refreshed: refreshed.clone(), outbox: outbox.clone(), counters: counters.clone(), publish: settings.publish_local })));
         // From here on, a failed start must take the observer back: the load or reload that
         // fails never calls stop, and the next start would add a second one.
-        let undo = |indexed: bool| {
+        let undo = || {
             stop_observing();
             if indexed {
                 unindex_contacts();
             }
         };
-        contacts::observe(true).inspect_err(|_| undo(indexed))?;
+        contacts::observe(true).inspect_err(|_| undo())?;
         // Phones that registered before we were loaded.
         lock(&local).snapshot_begins();
         contacts::report_all();
@@ -146,7 +146,7 @@ impl Registrations {
             applier.run(inbox_rx);
         })
         .map_err(|e| {
-            undo(indexed);
+            undo();
             format!("cannot start the registrations thread: {e}")
         })?;
 

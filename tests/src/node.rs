@@ -446,6 +446,11 @@ impl Node {
         names
     }
 
+    /// How many contacts PJSIP holds (`Objects found: N` of `pjsip show contacts`; 0 when none).
+    pub fn pjsip_contacts(&self) -> usize {
+        self.cli("pjsip show contacts").lines().find_map(|l| l.trim().strip_prefix("Objects found:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    }
+
     /// The node's messages log (notice and above, verbose 3).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("log/messages.log")).unwrap_or_default()

@@ -588,11 +588,6 @@ fn ten_thousand_contacts_apply_and_withdraw_without_overloading_asterisk() {
     assert!(!node.log().contains("task processor queue reached"), "Asterisk logged a taskprocessor overload");
 }
 
-/// `Objects found: N` of `pjsip show contacts` (0 when none).
-fn pjsip_contact_objects(node: &Node) -> usize {
-    node.cli("pjsip show contacts").lines().find_map(|l| l.trim().strip_prefix("Objects found:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
-}
-
 #[test]
 fn contacts_move_into_the_indexed_store_at_load_and_back_at_unload_with_nothing_lost() {
     let pool = Pool::builder().nodes(1).with_rabbitmq().without_module_loaded().start();
@@ -620,19 +615,19 @@ fn contacts_move_into_the_indexed_store_at_load_and_back_at_unload_with_nothing_
     assert!(call(node, "1001"), "the phone registered before the load is not reachable from the indexed store");
     uas.wait(Duration::from_secs(10)).expect("the phone answered one call");
     Register { cseq: 2, ..phone.clone() }.send(&dir, node.sip_port).expect("1001 refreshes");
-    assert_eq!(pjsip_contact_objects(node), 2, "{}", node.cli("pjsip show contacts"));
+    assert_eq!(node.pjsip_contacts(), 2, "{}", node.cli("pjsip show contacts"));
 
     // At unload the learned contact goes and the phone's goes back to `memory`, still reachable.
     node.cli("module unload res_scale.so");
     assert!(!has_contact(node, "alice", "sip:alice@10.0.0.7:5060"), "the learned contact outlived the module");
     assert!(has_contact(node, "1001", &uri), "the phone's contact went with the module");
-    assert_eq!(pjsip_contact_objects(node), 1, "{}", node.cli("pjsip show contacts"));
+    assert_eq!(node.pjsip_contacts(), 1, "{}", node.cli("pjsip show contacts"));
     let uas = answering_phone(&dir, port);
     assert!(call(node, "1001"), "the phone is not reachable after the unload");
     uas.wait(Duration::from_secs(10)).expect("the phone answered one call");
     Register { cseq: 3, expires: 0, ..phone }.send(&dir, node.sip_port).expect("1001 unregisters");
     wait_contact(node, "1001", &uri, false, Duration::from_secs(5));
-    assert_eq!(pjsip_contact_objects(node), 0, "a copy of the contact stayed behind: {}", node.cli("pjsip show contacts"));
+    assert_eq!(node.pjsip_contacts(), 0, "a copy of the contact stayed behind: {}", node.cli("pjsip show contacts"));
     let log = node.log();
     assert!(!log[log_from..].contains("ERROR["), "errors in the log:\n{}", &log[log_from..]);
 }

@@ -6,7 +6,6 @@ use super::book::{Counters, Entry, Key};
 use crate::amqp::publisher::AmqpStatus;
 use crate::status::SubsystemLine;
 
-/// One snapshot of the registrations subsystem.
 /// Which contacts a view copies: none (the counts are enough), all, or those of one AOR.
 #[derive(Debug, Clone, Copy)]
 pub enum Listed<'a> {
@@ -15,6 +14,7 @@ pub enum Listed<'a> {
     Aor(&'a str),
 }
 
+/// One snapshot of the registrations subsystem.
 pub struct RegistrationsView<'a> {
     pub status: &'a AmqpStatus,
     pub counters: &'a Counters,

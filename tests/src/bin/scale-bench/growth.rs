@@ -83,12 +83,11 @@ fn batches(kind: &str, contacts: &[serde_json::Value]) -> Vec<Vec<u8>> {
 /// Announces contacts `from..to` and waits until the node applied them all.
 fn announce(probe: &AmqpProbe, node: &Node, updates: &[serde_json::Value], from: usize, to: usize) -> Cost {
     let before = applied(&registrations_counters(node));
-    measured(node, || {
+    measured(node, to - from, || {
         let bodies = batches("ANNOUNCE", &updates[from..to]);
         probe.publish_burst(REGISTRATIONS_EXCHANGE, |_| "registration.batch".to_string(), &bodies, &[], false);
         until_contact_applied(node, &aor_of(to - 1), to - 1, before + (to - from) as u64, Instant::now());
     })
-    .of(to - from)
 }
 
 /// Withdraws contacts `from..to` (one message each: batches are for announcing) and waits until
@@ -104,7 +103,7 @@ fn withdraw(probe: &AmqpProbe, node: &Node, updates: &[serde_json::Value], from:
         })
         .collect();
     let keys: Vec<String> = updates[from..to].iter().map(|u| format!("registration.{}", u["aor"].as_str().unwrap_or_default())).collect();
-    measured(node, || {
+    measured(node, to - from, || {
         probe.publish_burst(REGISTRATIONS_EXCHANGE, |i| keys[i].clone(), &bodies, &[], false);
         // The last one gone from PJSIP (cheap to ask), then the counter must agree.
         let uri = format!("phone-{}@", to - 1);
@@ -112,29 +111,17 @@ fn withdraw(probe: &AmqpProbe, node: &Node, updates: &[serde_json::Value], from:
             (!socket_cli(node, &format!("pjsip show aor {}", aor_of(to - 1))).contains(&uri) && removed(&registrations_counters(node)) >= target).then_some(())
         });
     })
-    .of(to - from)
 }
 
-struct Measured {
-    cpu: Duration,
-    wall: Duration,
-    max_depth: u64,
-}
-
-impl Measured {
-    fn of(self, n: usize) -> Cost {
-        Cost { cpu: self.cpu, wall: self.wall, n, max_depth: self.max_depth }
-    }
-}
-
-fn measured(node: &Node, work: impl FnOnce()) -> Measured {
+/// What `work` on `n` contacts cost the node, its observers' tail included.
+fn measured(node: &Node, n: usize, work: impl FnOnce()) -> Cost {
     reset_contact_taskprocessor(node);
     let (cpu, started) = (process_cpu(node.pid()), Instant::now());
     work();
     let wall = started.elapsed();
     // The observers' work after the last contact is stored belongs to the cost too.
     let (_, max_depth) = until_taskprocessors_idle(node);
-    Measured { cpu: process_cpu(node.pid()) - cpu, wall, max_depth }
+    Cost { cpu: process_cpu(node.pid()) - cpu, wall, n, max_depth }
 }
 
 pub fn registrations_growth(levels: &[usize], probe_size: usize) {

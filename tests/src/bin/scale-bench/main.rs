@@ -534,12 +534,6 @@ fn wait_registrations_connected(node: &Node) {
     });
 }
 
-/// How many contacts PJSIP holds (`Objects found: N` of `pjsip show contacts`; 0 when none).
-fn pjsip_contacts(node: &Node) -> usize {
-    let text = node.cli("pjsip show contacts");
-    text.lines().find_map(|l| l.trim().strip_prefix("Objects found:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
-}
-
 /// The `registrations` line of `scale show status`.
 fn status_registrations(node: &Node) -> String {
     let text = node.cli("scale show status");
@@ -694,7 +688,7 @@ fn publish_and_wait(probe: &AmqpProbe, node: &Node, keys: &[String], bodies: &[V
 /// counters for the report.
 fn check_all_visible(node: &Node, n: usize) -> String {
     let t = Instant::now();
-    let in_pjsip = pjsip_contacts(node);
+    let in_pjsip = node.pjsip_contacts();
     let listing = t.elapsed();
     let status = status_registrations(node);
     assert!(in_pjsip >= n, "{}: only {in_pjsip} contacts in `pjsip show contacts`, expected {n}", node.name);
@@ -759,7 +753,7 @@ fn registrations_apply(n: usize, batch: usize) {
     let t = Instant::now();
     node1.cli("module unload res_scale.so");
     let unload_time = t.elapsed();
-    let left = pjsip_contacts(node1);
+    let left = node1.pjsip_contacts();
     assert_eq!(left, 0, "node1 still holds {left} contacts after unloading the module");
     node1.cli("module load res_scale.so");
     wait_registrations_connected(node1);
@@ -773,7 +767,7 @@ fn registrations_apply(n: usize, batch: usize) {
     let batched_check = check_all_visible(node1, n);
 
     // 3. SYNC of a joining node that holds none.
-    assert_eq!(pjsip_contacts(node2), 0, "node2 should start with no contact");
+    assert_eq!(node2.pjsip_contacts(), 0, "node2 should start with no contact");
     reset_contact_taskprocessor(node2);
     let (watch, answering) = (CpuWatch::start(node2.pid()), CpuWatch::start(node1.pid()));
     let started = Instant::now();

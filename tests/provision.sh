@@ -12,6 +12,8 @@
 #   $CACHE/pjsua2-venv               python venv with pjsua2-python
 #   $CACHE/ari-clients-venv          python venv with the third-party ARI clients asyncari, aioari
 #   docker image res_scale/asterisk:22 (only if a Docker engine answers)
+#   docker images res_scale/rabbitmq, res_scale/consul (the cluster tests' brokers and agents:
+#                                    configs/docker/Dockerfile's stages on that image)
 #   $CACHE/testbed.env               sourceable KEY=value file with the paths above
 # Host packages: rabbitmq, kamailio, sipp, clang, debootstrap, ...
 # Idempotent and cached: a second run only checks. Quiet unless a step fails
@@ -23,6 +25,7 @@ IMAGE=res_scale/asterisk:22
 ROOTFS=$CACHE/rootfs
 MARKER=$ROOTFS/.res_scale-ready
 LOGDIR=$CACHE/log
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 T0=$(date +%s.%N)
 
 say() { echo "provision: $*"; }
@@ -234,6 +237,19 @@ else
     say "no Docker engine answers: tests will use chroot"
 fi
 
+# ---------------------------------------------------------------- 4b. service images (cluster tests)
+# Each broker and Consul agent of a cluster test is a container of its own; Docker's layer cache
+# makes a second build take a second.
+SERVICE_IMAGES_ENV=
+if [ "$DEMO" = 0 ] && [ -n "$IMAGE_ENV" ]; then
+    for role in rabbitmq consul; do
+        run "image-$role" docker build -q -f "$REPO/configs/docker/Dockerfile" --target "$role" \
+            --build-arg BASE="$IMAGE" --build-arg DEBIAN_MIRROR="$MIRROR" -t "res_scale/$role" "$REPO"
+    done
+    SERVICE_IMAGES_ENV=1
+    say "docker images res_scale/rabbitmq, res_scale/consul ready"
+fi
+
 # ---------------------------------------------------------------- 5. consul 1.8.7 (bullseye, private apt dir)
 CONSUL=$CACHE/consul/usr/bin/consul
 if [ "$DEMO" = 1 ]; then
@@ -300,6 +316,7 @@ fi
     echo "RES_SCALE_PJSUA_PYTHON=$VENV/bin/python"
     echo "RES_SCALE_ARI_PYTHON=$ARI_VENV/bin/python"
     echo "RES_SCALE_ASTERISK_IMAGE=$IMAGE_ENV"
+    echo "RES_SCALE_SERVICE_IMAGES=${SERVICE_IMAGES_ENV:+res_scale/rabbitmq,res_scale/consul}"
     echo "RES_SCALE_ASTERISK_VERSION=$AST_VERSION"
     echo "RES_SCALE_HEADERS=$HDR/include"
 } > "$CACHE/testbed.env.tmp"

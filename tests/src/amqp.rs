@@ -57,13 +57,21 @@ impl AmqpProbe {
     /// non-exclusive, non-auto-delete queue `queue`, and binds them with `binding_key`
     /// (e.g. `stasis.app.conf.#`). Idempotent.
     pub fn bind_queue(&self, queue: &str, exchange: &str, binding_key: &str) {
-        self.bind(queue, exchange, binding_key, true);
+        self.bind(queue, exchange, binding_key, true, FieldTable::default());
+    }
+
+    /// Like `bind_queue_to_existing`, with a quorum queue: replicated on every node of a
+    /// RabbitMQ cluster, so it outlives the loss of any one.
+    pub fn bind_quorum_queue(&self, queue: &str, exchange: &str, binding_key: &str) {
+        let mut arguments = FieldTable::default();
+        arguments.insert(short("x-queue-type"), AMQPValue::LongString("quorum".into()));
+        self.bind(queue, exchange, binding_key, false, arguments);
     }
 
     /// Like `bind_queue`, but the exchange must already exist (the module must have declared
     /// it): the bind fails with NOT_FOUND otherwise.
     pub fn bind_queue_to_existing(&self, queue: &str, exchange: &str, binding_key: &str) {
-        self.bind(queue, exchange, binding_key, false);
+        self.bind(queue, exchange, binding_key, false, FieldTable::default());
     }
 
     /// Deletes `exchange` (and with it every binding to it).
@@ -82,7 +90,7 @@ impl AmqpProbe {
         });
     }
 
-    fn bind(&self, queue: &str, exchange: &str, binding_key: &str, declare_exchange: bool) {
+    fn bind(&self, queue: &str, exchange: &str, binding_key: &str, declare_exchange: bool, arguments: FieldTable) {
         let what = format!("bind queue {queue:?} to exchange {exchange:?} with {binding_key:?}");
         self.run(&what, CALL_TIMEOUT, |ch| async move {
             if declare_exchange {
@@ -92,7 +100,7 @@ impl AmqpProbe {
                     .unwrap_or_else(|e| panic!("AMQP exchange.declare {exchange:?} (durable topic): {e}"));
             }
             let queue_options = QueueDeclareOptions { durable: true, exclusive: false, auto_delete: false, ..Default::default() };
-            ch.queue_declare(short(queue), queue_options, FieldTable::default()).await.unwrap_or_else(|e| panic!("AMQP queue.declare {queue:?} (durable): {e}"));
+            ch.queue_declare(short(queue), queue_options, arguments).await.unwrap_or_else(|e| panic!("AMQP queue.declare {queue:?} (durable): {e}"));
             ch.queue_bind(short(queue), short(exchange), short(binding_key), QueueBindOptions::default(), FieldTable::default())
                 .await
                 .unwrap_or_else(|e| panic!("AMQP queue.bind {queue:?} -> {exchange:?} ({binding_key:?}): {e}"));

@@ -1,4 +1,5 @@
-//! A private Consul 1.8.7 dev agent on free loopback ports.
+//! A private Consul 1.8.7 dev agent on free loopback ports, and the HTTP API of any agent
+//! (`ConsulApi`: the dev agent's, or a cluster agent's in a container).
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -13,8 +14,7 @@ use crate::wait;
 
 pub struct Consul {
     pub http_port: u16,
-    /// With ACLs on (default deny), the management token every request of ours carries.
-    pub token: Option<String>,
+    api: ConsulApi,
     binary: PathBuf,
     dir: PathBuf,
     ports: [u16; 3],
@@ -25,14 +25,11 @@ impl Consul {
     /// `token`: turn ACLs on with default deny and this management token.
     pub fn start(testbed: &Testbed, dir: &Path, token: Option<&str>) -> Consul {
         fs::create_dir_all(dir).unwrap();
-        let mut consul =
-            Consul { http_port: free_port(), token: token.map(str::to_string), binary: testbed.consul.clone(), dir: dir.to_path_buf(), ports: [free_port(), free_port(), free_port()], child: None };
+        let http_port = free_port();
+        let api = ConsulApi { url: format!("http://127.0.0.1:{http_port}"), token: token.map(str::to_string) };
+        let mut consul = Consul { http_port, api, binary: testbed.consul.clone(), dir: dir.to_path_buf(), ports: [free_port(), free_port(), free_port()], child: None };
         consul.restart();
         consul
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
     }
 
     /// The agent's PID while it runs.
@@ -58,7 +55,7 @@ impl Consul {
             .args(["-http-port", &self.http_port.to_string(), "-dns-port", "-1", "-grpc-port", "-1"])
             .args(["-server-port", &server.to_string()])
             .args(["-serf-lan-port", &serf_lan.to_string(), "-serf-wan-port", &serf_wan.to_string()])
-            .args(self.token.iter().flat_map(|t| {
+            .args(self.api.token.iter().flat_map(|t| {
                 let acl = format!("acl {{ enabled = true\n default_policy = \"deny\"\n tokens {{ master = \"{t}\"\n agent = \"{t}\" }} }}");
                 ["-hcl".to_string(), acl]
             }))
@@ -70,17 +67,57 @@ impl Consul {
             .spawn()
             .expect("spawn consul");
         self.child = Some(child);
+        self.api.wait_leader("consul to elect itself leader");
+    }
+}
+
+impl std::ops::Deref for Consul {
+    type Target = ConsulApi;
+
+    fn deref(&self) -> &ConsulApi {
+        &self.api
+    }
+}
+
+impl Drop for Consul {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The HTTP API of one Consul agent.
+#[derive(Debug, Clone)]
+pub struct ConsulApi {
+    url: String,
+    /// With ACLs on (default deny), the management token every request of ours carries.
+    pub token: Option<String>,
+}
+
+impl ConsulApi {
+    pub fn new(url: &str) -> ConsulApi {
+        ConsulApi { url: url.to_string(), token: None }
+    }
+
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The address (`ip:port`) of the cluster's Raft leader, `None` while it has none or the
+    /// agent does not answer.
+    pub fn leader(&self) -> Option<String> {
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
-        let leader = format!("{}/v1/status/leader", self.url());
-        wait::until("consul to elect itself leader", Duration::from_secs(20), Duration::from_millis(100), || {
-            let body = agent.get(&leader).call().ok()?.into_string().ok()?;
-            (body.trim() != "\"\"").then_some(())
-        });
+        let body = agent.get(&format!("{}/v1/status/leader", self.url)).call().ok()?.into_string().ok()?;
+        Some(body.trim().trim_matches('"').to_string()).filter(|leader| !leader.is_empty())
+    }
+
+    /// Waits (20 s at most) until the agent knows a leader.
+    pub fn wait_leader(&self, what: &str) {
+        wait::until(what, Duration::from_secs(20), Duration::from_millis(100), || self.leader());
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
         // A bound on every call: a wedged agent fails the test instead of hanging it.
-        let request = ureq::request(method, &format!("{}{path}", self.url())).timeout(Duration::from_secs(10));
+        let request = ureq::request(method, &format!("{}{path}", self.url)).timeout(Duration::from_secs(10));
         match &self.token {
             Some(token) => request.set("X-Consul-Token", token),
             None => request,
@@ -89,8 +126,13 @@ impl Consul {
 
     /// GET a Consul API path and parse the JSON answer.
     pub fn get(&self, path: &str) -> serde_json::Value {
-        let body = self.request("GET", path).call().expect("consul GET").into_string().unwrap();
-        serde_json::from_str(&body).unwrap()
+        self.try_get(path).unwrap_or_else(|e| panic!("consul GET {path}: {e}"))
+    }
+
+    /// `get`, with an error instead of a panic (an agent without a leader answers 500).
+    pub fn try_get(&self, path: &str) -> Result<serde_json::Value, String> {
+        let body = self.request("GET", path).call().map_err(|e| e.to_string())?.into_string().map_err(|e| e.to_string())?;
+        serde_json::from_str(&body).map_err(|e| e.to_string())
     }
 
     /// Writes a KV key.
@@ -113,11 +155,5 @@ impl Consul {
 
     pub fn delete(&self, path: &str) {
         self.request("DELETE", path).call().expect("consul DELETE");
-    }
-}
-
-impl Drop for Consul {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

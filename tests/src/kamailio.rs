@@ -107,9 +107,15 @@ impl Kamailio {
     }
 
     /// Kamailio in front of every node of the pool (dispatcher set 1, keepalives every second,
-    /// registrations to the pool's broker), once it takes every node as active.
+    /// registrations to the pool's broker, or to the last node of its RabbitMQ cluster), once
+    /// it takes every node as active.
     pub fn in_front_of(pool: &Pool) -> Kamailio {
-        let mut spec = KamailioSpec::new(&pool.rabbitmq.as_ref().expect("the pool has a broker").url());
+        let amqp_url = match (&pool.rabbitmq, &pool.cluster) {
+            (Some(rabbitmq), _) => rabbitmq.url(),
+            (None, Some(cluster)) => cluster.rabbitmq.url(cluster.rabbitmq.nodes.len() - 1),
+            (None, None) => panic!("the pool has no broker for Kamailio"),
+        };
+        let mut spec = KamailioSpec::new(&amqp_url);
         spec.destinations = pool.nodes.iter().map(|n| format!("sip:127.0.0.1:{}", n.sip_port)).collect();
         spec.defines = vec!["DS_PING_INTERVAL=1".into()];
         let kamailio = Kamailio::start(&pool.dir.join("kamailio"), spec);

@@ -10,6 +10,7 @@ pub mod amqp;
 pub mod ari;
 pub mod ari_app;
 pub mod child;
+pub mod cluster;
 pub mod consul;
 pub mod control_socket;
 pub mod cpu;
@@ -22,6 +23,7 @@ pub mod pool;
 pub mod ports;
 pub mod rabbitmq;
 pub mod stats;
+pub mod talk_wav;
 pub mod testbed;
 pub mod wait;
 

@@ -260,6 +260,7 @@ impl Node {
             "[from-sip]\nexten => 100,1,Answer()\n same => n,Wait(5)\n same => n,Hangup()\n\
              exten => 101,1,Answer()\n same => n,Wait(300)\n same => n,Hangup()\n\
              exten => 102,1,Answer()\n same => n,Echo()\n same => n,Hangup()\n\
+             exten => 7000,1,Answer()\n same => n,Stasis(conf)\n same => n,Hangup()\n\
              exten => 8000,1,Stasis(conference)\n same => n,Hangup()\n\
              exten => _X.,1,Stasis(conf)\n same => n,Hangup()\n\
              exten => _[a-z].,1,Dial(PJSIP/${EXTEN},10)\n same => n,Hangup()\n\

@@ -1,11 +1,12 @@
 //! A pool: N Asterisk nodes with res_scale, optionally a Consul agent and a RabbitMQ broker,
-//! all private to one test.
+//! or clustered Consul and RabbitMQ in containers (`cluster.rs`), all private to one test.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::cluster::Cluster;
 use crate::consul::Consul;
 use crate::node::{Node, NodePorts, NodeSpec, PoolPlace};
 use crate::ports::free_port;
@@ -24,11 +25,25 @@ pub struct PoolBuilder {
     extra_aors: usize,
     /// The nodes' broker user: (user, password) with the `node` permissions of grant.sh.
     amqp_user: Option<(String, String)>,
+    /// (RabbitMQ nodes, Consul servers) of a clustered pool.
+    cluster: Option<(usize, usize)>,
 }
 
 impl Default for PoolBuilder {
     fn default() -> Self {
-        PoolBuilder { nodes: 1, consul: false, consul_token: None, rabbitmq: false, rabbitmq_tls: false, preload_module: true, same_eid: false, res_scale_conf: None, extra_aors: 0, amqp_user: None }
+        PoolBuilder {
+            nodes: 1,
+            consul: false,
+            consul_token: None,
+            rabbitmq: false,
+            rabbitmq_tls: false,
+            preload_module: true,
+            same_eid: false,
+            res_scale_conf: None,
+            extra_aors: 0,
+            amqp_user: None,
+            cluster: None,
+        }
     }
 }
 
@@ -60,6 +75,16 @@ impl PoolBuilder {
     pub fn with_rabbitmq_user(mut self, user: &str, password: &str) -> Self {
         self.rabbitmq = true;
         self.amqp_user = Some((user.to_string(), password.to_string()));
+        self
+    }
+
+    /// A RabbitMQ cluster of `brokers` nodes and a Consul cluster of `servers` servers, each
+    /// broker and agent in a container of its own, with a Consul client agent per Asterisk
+    /// node: every node lists all brokers in `[amqp] url` and talks to its own agent
+    /// (`{consul_url}` is that agent's URL, `{amqp_url}` the list). Instead of `with_consul`
+    /// and `with_rabbitmq`.
+    pub fn clustered(mut self, brokers: usize, servers: usize) -> Self {
+        self.cluster = Some((brokers, servers));
         self
     }
 
@@ -110,16 +135,23 @@ impl PoolBuilder {
 
         let consul = self.consul.then(|| Consul::start(&testbed, &dir.join("consul"), self.consul_token.as_deref()));
         let rabbitmq = self.rabbitmq.then(|| RabbitMq::start(&dir.join("rabbitmq"), self.rabbitmq_tls));
-        let consul_url = consul.as_ref().map(Consul::url);
-        let amqp_url = rabbitmq.as_ref().map(|mq| match &self.amqp_user {
-            Some((user, password)) => mq.grant("node", user, password),
-            None => mq.url(),
-        });
+        let cluster = self.cluster.map(|(brokers, servers)| Cluster::start(&id, brokers, servers, self.nodes));
+        // Each node's own Consul agent in a clustered pool, else the pool's one agent.
+        let consul_url_of = |i: usize| match &cluster {
+            Some(cluster) => Some(cluster.consul.agent(i).url()),
+            None => consul.as_ref().map(|c| c.url()),
+        };
+        let amqp_url = match &cluster {
+            Some(cluster) => Some(cluster.rabbitmq.urls()),
+            None => rabbitmq.as_ref().map(|mq| match &self.amqp_user {
+                Some((user, password)) => mq.grant("node", user, password),
+                None => mq.url(),
+            }),
+        };
         let conf = self
             .res_scale_conf
             .clone()
-            .unwrap_or_else(|| default_conf(consul_url.as_deref(), amqp_url.as_deref()))
-            .replace("{consul_url}", consul_url.as_deref().unwrap_or(""))
+            .unwrap_or_else(|| default_conf(consul_url_of(0).is_some().then_some("{consul_url}"), amqp_url.as_deref()))
             .replace("{amqp_url}", amqp_url.as_deref().unwrap_or(""))
             .replace("{amqps_url}", &rabbitmq.as_ref().and_then(RabbitMq::tls_url).unwrap_or_default())
             // Asterisk sees the pool folder at the same path inside the rootfs.
@@ -133,7 +165,7 @@ impl PoolBuilder {
                 name: format!("node{i}"),
                 eid: format!("02:{:02x}:{:02x}:00:00:{:02x}", salt >> 8, salt & 0xff, if self.same_eid { 1 } else { i }),
                 preload_module: self.preload_module,
-                res_scale_conf: Some(conf.clone()),
+                res_scale_conf: Some(conf.replace("{consul_url}", consul_url_of(i - 1).as_deref().unwrap_or(""))),
                 extra_aors: self.extra_aors,
             };
             // RTP ranges sit below Linux's ephemeral range (32768-60999), where free_port and
@@ -141,7 +173,7 @@ impl PoolBuilder {
             let ports = NodePorts { sip: free_port(), http: free_port(), rtp_base: 10_000 + (free_port() % 113) * 200 };
             nodes.push(Node::create(&testbed, &place, &spec, ports));
         }
-        let mut pool = Pool { nodes, consul, rabbitmq, dir };
+        let mut pool = Pool { nodes, consul, rabbitmq, cluster, dir };
         for node in &mut pool.nodes {
             node.start();
         }
@@ -149,17 +181,20 @@ impl PoolBuilder {
     }
 }
 
-/// Removes the node containers of test processes that died without their teardown (killed by
-/// a timeout, say): their names carry the PID of the process that made them.
+/// Removes the containers (nodes, brokers, agents) and networks of test processes that died
+/// without their teardown (killed by a timeout, say): their names carry the PID of the process
+/// that made them.
 fn reap_orphaned_containers() {
-    let Ok(out) = Command::new("docker").args(["ps", "-a", "--filter", "name=^res_scale-", "--format", "{{.Names}}"]).output() else {
-        return;
-    };
-    for name in String::from_utf8_lossy(&out.stdout).lines() {
-        let owner = name.strip_prefix("res_scale-").and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
-        if let Some(pid) = owner.filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            eprintln!("removing container {name}, left behind by test process {pid}");
-            let _ = Command::new("docker").args(["rm", "-f", name]).output();
+    for (list, remove) in [(&["ps", "-a", "--format", "{{.Names}}"][..], &["rm", "-f", "-v"][..]), (&["network", "ls", "--format", "{{.Name}}"], &["network", "rm"])] {
+        let Ok(out) = Command::new("docker").args(list).args(["--filter", "name=^res_scale-"]).output() else {
+            return;
+        };
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            let owner = name.strip_prefix("res_scale-").and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = owner.filter(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                eprintln!("removing {name}, left behind by test process {pid}");
+                let _ = Command::new("docker").args(remove).arg(name).output();
+            }
         }
     }
 }
@@ -179,6 +214,8 @@ pub struct Pool {
     pub nodes: Vec<Node>,
     pub consul: Option<Consul>,
     pub rabbitmq: Option<RabbitMq>,
+    /// The clustered services of a `clustered` pool.
+    pub cluster: Option<Cluster>,
     /// The pool's folder on the host: node folders, service data and logs.
     pub dir: PathBuf,
 }
@@ -203,6 +240,7 @@ impl Drop for Pool {
         self.nodes.clear();
         self.consul = None;
         self.rabbitmq = None;
+        self.cluster = None;
         if std::thread::panicking() || std::env::var_os("RES_SCALE_KEEP").is_some() {
             eprintln!("pool folder kept for inspection: {}", self.dir.display());
         } else {

@@ -13,8 +13,8 @@ use res_scale_tests::ports::free_port;
 use res_scale_tests::{cpu, wait, Node, Pool};
 
 use crate::sipp_results::{sipp_counts, sipp_setup_times};
-use crate::talk_wav::write_talk_wav;
 use crate::{spread, wait_app_on, wait_idle, SECONDS_20};
+use res_scale_tests::talk_wav::write_talk_wav;
 
 /// The load: calls per second, how many, and how long each caller talks before its BYE.
 const RATE: u32 = 5;

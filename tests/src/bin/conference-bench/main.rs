@@ -20,7 +20,6 @@ mod joins;
 mod load;
 mod mouth_to_ear;
 mod sipp_results;
-mod talk_wav;
 
 use std::time::Duration;
 

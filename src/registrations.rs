@@ -157,6 +157,7 @@ impl Registrations {
                 meanwhile: "registrations wait",
                 urls: amqp.urls.clone(),
                 exchange: settings.exchange.clone(),
+                queue: format!("{}.{}", settings.exchange, node.node_id),
                 bindings: vec!["registration.#".into()],
                 connection_name: format!("res_scale {} ({}) registrations", node.node_id, node.system_name),
                 heartbeat: amqp.heartbeat,

@@ -180,6 +180,7 @@ impl States {
                 meanwhile: "state changes wait",
                 urls: amqp.urls.clone(),
                 exchange: settings.exchange.clone(),
+                queue: format!("{}.{}", settings.exchange, node.node_id),
                 bindings,
                 connection_name: format!("res_scale {} ({}) state", node.node_id, node.system_name),
                 heartbeat: amqp.heartbeat,

@@ -5,9 +5,9 @@
 #   configs/rabbitmq/grant.sh node|kamailio|app USER PASSWORD [VHOST]
 #
 #   node      an Asterisk node with res_scale: declares the res_scale.* exchanges and its own
-#             server-named queues, publishes to the exchanges and (SYNC answers) through the
-#             default exchange to other nodes' queues, reads the registrations and state
-#             exchanges.
+#             queues (res_scale.registrations.<node ID>, res_scale.state.<node ID>), publishes
+#             to the exchanges and (SYNC answers) through the default exchange to other nodes'
+#             queues, reads the registrations and state exchanges and its queues.
 #   kamailio  Kamailio's registrar: publishes to res_scale.registrations, nothing else.
 #   app       a consumer of Stasis events: its own server-named queues, bound to
 #             res_scale.events; it can write to no exchange, so it can inject nothing.
@@ -23,9 +23,9 @@ role=$1 user=$2 password=$3 vhost=${4:-/}
 own_queues='amq\.gen-.*'
 case $role in
     node)
-        configure="^(res_scale\\..*|$own_queues)\$"
-        write="^(res_scale\\..*|$own_queues|amq\\.default)\$"
-        read="^(res_scale\\.registrations|res_scale\\.state|$own_queues)\$"
+        configure="^res_scale\\..*\$"
+        write="^(res_scale\\..*|amq\\.default)\$"
+        read="^res_scale\\.(registrations|state)(\\..*)?\$"
         ;;
     kamailio)
         configure='^$'

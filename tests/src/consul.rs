@@ -26,7 +26,7 @@ impl Consul {
     pub fn start(testbed: &Testbed, dir: &Path, token: Option<&str>) -> Consul {
         fs::create_dir_all(dir).unwrap();
         let http_port = free_port();
-        let api = ConsulApi { url: format!("http://127.0.0.1:{http_port}"), token: token.map(str::to_string) };
+        let api = ConsulApi::with_token(&format!("http://127.0.0.1:{http_port}"), token.map(str::to_string));
         let mut consul = Consul { http_port, api, binary: testbed.consul.clone(), dir: dir.to_path_buf(), ports: [free_port(), free_port(), free_port()], child: None };
         consul.restart();
         consul
@@ -91,11 +91,20 @@ pub struct ConsulApi {
     url: String,
     /// With ACLs on (default deny), the management token every request of ours carries.
     pub token: Option<String>,
+    http: ureq::Agent,
 }
 
 impl ConsulApi {
     pub fn new(url: &str) -> ConsulApi {
-        ConsulApi { url: url.to_string(), token: None }
+        ConsulApi::with_token(url, None)
+    }
+
+    fn with_token(url: &str, token: Option<String>) -> ConsulApi {
+        // Bounds on every call: a wedged agent fails the test instead of hanging it, and a
+        // killed or cut-off agent (a container whose address is gone) fails fast instead of
+        // after ureq's 30 s default connect timeout.
+        let http = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(1)).timeout(Duration::from_secs(10)).build();
+        ConsulApi { url: url.to_string(), token, http }
     }
 
     pub fn url(&self) -> String {
@@ -105,8 +114,7 @@ impl ConsulApi {
     /// The address (`ip:port`) of the cluster's Raft leader, `None` while it has none or the
     /// agent does not answer.
     pub fn leader(&self) -> Option<String> {
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
-        let body = agent.get(&format!("{}/v1/status/leader", self.url)).call().ok()?.into_string().ok()?;
+        let body = self.request("GET", "/v1/status/leader").timeout(Duration::from_secs(2)).call().ok()?.into_string().ok()?;
         Some(body.trim().trim_matches('"').to_string()).filter(|leader| !leader.is_empty())
     }
 
@@ -116,8 +124,7 @@ impl ConsulApi {
     }
 
     fn request(&self, method: &str, path: &str) -> ureq::Request {
-        // A bound on every call: a wedged agent fails the test instead of hanging it.
-        let request = ureq::request(method, &format!("{}{path}", self.url)).timeout(Duration::from_secs(10));
+        let request = self.http.request(method, &format!("{}{path}", self.url));
         match &self.token {
             Some(token) => request.set("X-Consul-Token", token),
             None => request,

@@ -210,8 +210,9 @@ fn registrar_contacts(dump: &str, aor: &str) -> Vec<String> {
 /// The contact URIs of `aor` on a node (`pjsip show aor`).
 fn node_contacts(node: &Node, aor: &str) -> Vec<String> {
     let shown = node.cli(&format!("pjsip show aor {aor}"));
+    // `Contact:  <aor>/<uri>  <hash> <status> <rtt>`, under a header line of the same shape.
     let mut contacts: Vec<String> =
-        shown.lines().filter_map(|l| l.trim().strip_prefix("Contact:")).filter_map(|rest| rest.split_whitespace().next()).map(|c| c.split_once('/').map_or(c, |(_, uri)| uri).to_string()).collect();
+        shown.lines().filter_map(|l| l.trim().strip_prefix("Contact:")?.split_whitespace().next()?.split_once('/').map(|(_, uri)| uri.to_string())).filter(|uri| uri.starts_with("sip")).collect();
     contacts.sort();
     contacts
 }
@@ -262,9 +263,10 @@ fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_b
         let (new_leader, took) = cluster.consul.wait_new_leader(leader, killed);
         faults.push(format!("Consul leader consul{} killed: consul{} leads after {took:.1?}", leader + 1, new_leader + 1));
         // Phones register while the Consul cluster is short of a server.
-        for user in phones {
-            let phone = Register { user: user.to_string(), call_id: format!("{user}-faults"), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: free_port() };
-            phone.send(&dir, kamailio.sip_port).unwrap_or_else(|e| panic!("{user} registers through Kamailio: {e}"));
+        let registered: Vec<Register> =
+            phones.iter().map(|user| Register { user: user.to_string(), call_id: format!("{user}-faults"), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: free_port() }).collect();
+        for phone in &registered {
+            phone.send(&dir, kamailio.sip_port).unwrap_or_else(|e| panic!("{} registers through Kamailio: {e}", phone.user));
         }
 
         // Within the minute: the killed server back, another server restarted, and the broker
@@ -280,7 +282,7 @@ fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_b
         let broker = broker_of(&pool, pool.node(0)).expect("node1 publishing");
         cluster.rabbitmq.nodes[broker].stop();
         // Registrations change while the broker is away: one phone leaves.
-        let bye = Register { user: "1002".into(), call_id: "1002-faults".into(), cseq: 2, expires: 0, user_agent: "SIPp phone".into(), local_port: free_port() };
+        let bye = Register { cseq: 2, expires: 0, ..registered[2].clone() };
         bye.send(&dir, kamailio.sip_port).expect("1002 unregisters through Kamailio");
         cluster.rabbitmq.nodes[broker].start();
         cluster.rabbitmq.wait_running(broker);
@@ -317,7 +319,8 @@ fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_b
         let truth = registrar_contacts(&dump, aor);
         assert_eq!(truth.is_empty(), aor == "1002", "Kamailio's contacts of {aor}: {truth:?}");
         for node in &pool.nodes {
-            wait::until(&format!("{aor} on {} as in Kamailio ({truth:?})", node.name), Duration::from_secs(10), Duration::from_millis(100), || (node_contacts(node, aor) == truth).then_some(()));
+            let same = wait::try_until(Duration::from_secs(10), Duration::from_millis(100), || (node_contacts(node, aor) == truth).then_some(()));
+            assert!(same.is_some(), "{}: {aor} is {:?}, Kamailio has {truth:?}", node.name, node_contacts(node, aor));
         }
     }
 

@@ -59,7 +59,7 @@ fn every_part_works_with_the_least_permissions_and_a_reader_cannot_inject_a_regi
     assert!(reader.try_publish("res_scale.state", "device.Custom:agent1", b"{}").is_err(), "the state exchange took a message from a reader");
     // Nor straight into a node's queue through the default exchange.
     let queues = rabbitmq.ctl(&["list_queues", "name"]);
-    let node_queues: Vec<&str> = queues.lines().filter(|l| l.starts_with("amq.gen-")).collect();
+    let node_queues: Vec<&str> = queues.lines().filter(|l| l.starts_with("res_scale.registrations.") || l.starts_with("res_scale.state.")).collect();
     assert!(!node_queues.is_empty(), "{queues}");
     for queue in node_queues {
         let refused = reader.try_publish("", queue, forged).expect_err("the default exchange took a message from a reader");

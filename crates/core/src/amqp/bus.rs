@@ -1,6 +1,6 @@
 //! A node's link to one of the pool's exchanges (registrations, state): one connection that
-//! consumes the node's own exclusive queue (bound with the subsystem's keys, e.g.
-//! `registration.#`) and publishes what the node has to say. It only moves bytes; what they
+//! consumes the node's own queue (bound with the subsystem's keys, e.g. `registration.#`) and
+//! publishes what the node has to say. It only moves bytes; what they
 //! mean is the subsystem's applier's business.
 //!
 //! On every (re)connect it reports [`Inbound::Connected`] with the queue's name, so that the
@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, BasicProperties, Channel, Connection, Consumer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,12 @@ use crate::state_log::StateLog;
 
 /// Unacknowledged deliveries at most.
 pub const PREFETCH: u16 = 2000;
+/// A node's queue goes this long after its last consumer left (a node that left the pool), so
+/// a node that comes back sooner (a restart, a network cut) finds what was sent meanwhile.
+const QUEUE_EXPIRES: Duration = Duration::from_secs(600);
+/// At most this many messages wait in a node's queue; past it the oldest go first (the node
+/// SYNCs after every reconnect, which brings back what a dropped message said).
+const QUEUE_MAX_LENGTH: i64 = 1_000_000;
 /// Deliveries acknowledged at once (or fewer when the queue goes quiet).
 const ACK_EVERY: u64 = 200;
 const ACK_WHEN_QUIET: Duration = Duration::from_millis(20);
@@ -37,6 +43,8 @@ pub struct BusSettings {
     pub meanwhile: &'static str,
     pub urls: Vec<String>,
     pub exchange: String,
+    /// The node's own queue, e.g. `res_scale.registrations.<node ID>`.
+    pub queue: String,
     /// What the node's queue is bound with, e.g. `registration.#`.
     pub bindings: Vec<String>,
     pub connection_name: String,
@@ -121,9 +129,15 @@ impl Bus {
         let s = &self.settings;
         let endpoint = Endpoint { connection_name: &s.connection_name, heartbeat: s.heartbeat, extra_ca: s.extra_ca.as_deref(), exchange: &s.exchange };
         let (connection, channel) = open(url, &endpoint).await?;
-        // Server-named, exclusive: it lives as long as this connection, and no other node reads it.
-        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
-        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await.map_err(text)?;
+        // Named after the node, durable and of type quorum (replicated on every broker of a
+        // RabbitMQ cluster): what is published while the node reconnects, to another broker
+        // or the same one, waits for it instead of being lost. Deleted at a clean stop.
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(QUEUE_EXPIRES.as_millis() as i64));
+        arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(QUEUE_MAX_LENGTH));
+        let options = QueueDeclareOptions { durable: true, ..Default::default() };
+        let queue = channel.queue_declare(s.queue.as_str().into(), options, arguments).await.map_err(text)?;
         let name = queue.name().clone();
         for binding in &s.bindings {
             channel.queue_bind(name.clone(), s.exchange.as_str().into(), binding.as_str().into(), QueueBindOptions::default(), FieldTable::default()).await.map_err(text)?;
@@ -167,6 +181,8 @@ impl Bus {
         };
         if result.is_ok() {
             let _ = ack(&mut unacked, &mut pending).await;
+            // A stopping node asks for nothing more; it SYNCs when it starts again.
+            let _ = link.channel.queue_delete(self.settings.queue.as_str().into(), QueueDeleteOptions::default()).await;
             let _ = link.connection.close(200, "res_scale stopping".into()).await;
         }
         result

@@ -141,7 +141,7 @@ fn registrations_line(running: &Running) -> SubsystemLine {
 const SHOW_REGISTRATIONS: Command = Command {
     words: c"scale show registrations",
     summary: c"List the SIP registrations shared across the pool",
-    usage: c"Usage: scale show registrations [<aor>]\n       Lists the contacts this node knows, all or those of one AOR: the AOR, the\n       contact URI, its origin ('this node' for phones registered here, else the\n       EID of the node or the id of the registrar that announced it), the time\n       left before it expires, and the user agent. Then the counters: applied,\n       ignored (own messages, duplicates, old or not from the owner), rejected by\n       reason, published, and the connection to the registrations exchange.\n",
+    usage: c"Usage: scale show registrations [<aor>]\n       Lists the contacts this node knows, all or those of one AOR: the AOR, the\n       contact URI, its origin ('this node' for phones registered here, else the\n       EID of the node or the id of the registrar that announced it), the time\n       left before it expires, and the user agent. Then the counters: applied,\n       ignored (own messages, duplicates, old or not from the owner), rejected by\n       reason (with [general] pool_key: unsigned, bad_signature), published, and\n       the connection to the registrations exchange.\n",
     run: |args| {
         let aor = match args {
             [] => None,
@@ -192,7 +192,7 @@ fn states_line(running: &Running) -> SubsystemLine {
 const SHOW_STATES: Command = Command {
     words: c"scale show states",
     summary: c"List the device and mailbox states shared across the pool",
-    usage: c"Usage: scale show states [<device or mailbox>]\n       Lists the devices whose state this node shares, all or one: this node's\n       own state, the state each other node (by EID) published, and the\n       aggregate Asterisk makes of them (what hints and DEVICE_STATE() see).\n       Then the counters: published (and dropped: queue full), applied,\n       ignored (own messages, duplicates or old, devices not shared), rejected\n       by reason, and the connection to the state exchange.\n       With [state] mwi, the same for mailboxes (mailbox@context): this node's\n       new/old counts, each other node's, and the one state Asterisk holds\n       with the node it came from (what MWI subscribers hear), and MWI counters.\n",
+    usage: c"Usage: scale show states [<device or mailbox>]\n       Lists the devices whose state this node shares, all or one: this node's\n       own state, the state each other node (by EID) published, and the\n       aggregate Asterisk makes of them (what hints and DEVICE_STATE() see).\n       Then the counters: published (and dropped: queue full), applied,\n       ignored (own messages, duplicates or old, devices not shared), rejected\n       by reason (with [general] pool_key: unsigned, bad_signature), and the\n       connection to the state exchange.\n       With [state] mwi, the same for mailboxes (mailbox@context): this node's\n       new/old counts, each other node's, and the one state Asterisk holds\n       with the node it came from (what MWI subscribers hear), and MWI counters.\n",
     run: |args| {
         let device = match args {
             [] => None,

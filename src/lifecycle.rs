@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use res_scale_core::amqp::signing::PoolKeys;
 use res_scale_core::config::{self, Config, ConfigError, RawConfig};
 use res_scale_core::consul::apps::{self, AppsTable, EventCounters};
 
@@ -104,7 +105,7 @@ impl Running {
         let config = &self.config;
         if config.state.is_enabled(&config.amqp) {
             let pool = self.consul.as_ref().map(|c| c.view.clone());
-            self.states = Some(States::start(self.runtime().handle(), &config.amqp, &config.state, &self.node, pool)?);
+            self.states = Some(States::start(self.runtime().handle(), &config.amqp, &config.state, PoolKeys::from_config(&config.general), &self.node, pool)?);
         }
         Ok(())
     }
@@ -120,7 +121,7 @@ impl Running {
         if self.config.registrations.enabled {
             let pool = self.consul.as_ref().map(|c| c.view.clone());
             let config = &self.config;
-            self.registrations = Some(Registrations::start(self.runtime().handle(), &config.amqp, &config.registrations, &self.node, pool)?);
+            self.registrations = Some(Registrations::start(self.runtime().handle(), &config.amqp, &config.registrations, PoolKeys::from_config(&config.general), &self.node, pool)?);
         }
         Ok(())
     }

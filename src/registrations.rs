@@ -22,6 +22,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_core::amqp::bus::{Bus, BusSettings, Destination, Inbound, Outgoing};
 use res_scale_core::amqp::publisher::AmqpStatus;
+use res_scale_core::amqp::signing::PoolKeys;
 use res_scale_core::config;
 use res_scale_core::consul::membership::{watch_members, Members, NodeWatch, NODE_LOSS_GRACE};
 use res_scale_core::consul::nodes::PoolView;
@@ -97,11 +98,18 @@ impl ContactSink for LocalSink {
 }
 
 impl Registrations {
-    pub fn start(runtime: &tokio::runtime::Handle, amqp: &config::Amqp, settings: &config::Registrations, node: &NodeIdentity, pool: Option<Arc<Mutex<PoolView>>>) -> Result<Registrations, String> {
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        amqp: &config::Amqp,
+        settings: &config::Registrations,
+        keys: Option<PoolKeys>,
+        node: &NodeIdentity,
+        pool: Option<Arc<Mutex<PoolView>>>,
+    ) -> Result<Registrations, String> {
         let status = Arc::new(Mutex::new(AmqpStatus { state: "connecting".into(), ..Default::default() }));
         let counters = Arc::new(Counters::default());
         let reconnects = Arc::new(AtomicU64::new(0));
-        let book = Arc::new(Mutex::new(Book::new(&node.eid)));
+        let book = Arc::new(Mutex::new(Book::new(&node.eid).with_unsigned_origins(settings.unsigned_origins.clone())));
         // Microseconds since the epoch: larger than any seq this node used before a restart.
         let first_seq = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
         let local = Arc::new(Mutex::new(LocalBook::new(&node.eid, first_seq)));
@@ -162,6 +170,7 @@ impl Registrations {
                 connection_name: format!("res_scale {} ({}) registrations", node.node_id, node.system_name),
                 heartbeat: amqp.heartbeat,
                 extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("registrations: cannot read ca_file {path}: {e}")).ok()),
+                keys,
             },
             status: status.clone(),
             reconnects: reconnects.clone(),
@@ -267,7 +276,10 @@ impl Applier {
             }
             self.check_refreshed(&mut location);
             match input {
-                Input::Bus(Inbound::Delivery { body, reply_to }) => {
+                Input::Bus(Inbound::Delivery { body, reply_to, signature }) => {
+                    if !lock(&self.book).admits(&body, signature, &self.counters) {
+                        continue;
+                    }
                     let registered_here = |key: &Key| lock(&self.local).contains(key);
                     let handled = Book::handle_shared(&self.book, &body, &mut location, &registered_here, &self.counters, unix_now());
                     if let (Handled::SyncRequest { origin }, Some(queue)) = (handled, reply_to) {

@@ -26,6 +26,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use res_scale_core::amqp::bus::{Bus, BusSettings, Destination, Inbound, Outgoing};
 use res_scale_core::amqp::publisher::AmqpStatus;
+use res_scale_core::amqp::signing::PoolKeys;
 use res_scale_core::config;
 use res_scale_core::consul::membership::{watch_members, Members, NodeWatch, NODE_LOSS_GRACE};
 use res_scale_core::consul::nodes::PoolView;
@@ -114,7 +115,14 @@ impl MwiSink for MailboxSink {
 }
 
 impl States {
-    pub fn start(runtime: &tokio::runtime::Handle, amqp: &config::Amqp, settings: &config::State, node: &NodeIdentity, pool: Option<Arc<Mutex<PoolView>>>) -> Result<States, String> {
+    pub fn start(
+        runtime: &tokio::runtime::Handle,
+        amqp: &config::Amqp,
+        settings: &config::State,
+        keys: Option<PoolKeys>,
+        node: &NodeIdentity,
+        pool: Option<Arc<Mutex<PoolView>>>,
+    ) -> Result<States, String> {
         let status = Arc::new(Mutex::new(AmqpStatus { state: "connecting".into(), ..Default::default() }));
         let counters = Arc::new(Counters::default());
         let reconnects = Arc::new(AtomicU64::new(0));
@@ -185,6 +193,7 @@ impl States {
                 connection_name: format!("res_scale {} ({}) state", node.node_id, node.system_name),
                 heartbeat: amqp.heartbeat,
                 extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("state: cannot read ca_file {path}: {e}")).ok()),
+                keys,
             },
             status: status.clone(),
             reconnects: reconnects.clone(),
@@ -236,8 +245,13 @@ impl Applier {
                 break;
             }
             match input {
-                Input::Bus(Inbound::Delivery { body, reply_to }) => {
-                    let handled = lock(&self.book).handle(&body, &mut asterisk, &self.counters);
+                Input::Bus(Inbound::Delivery { body, reply_to, signature }) => {
+                    let mut book = lock(&self.book);
+                    if !book.admits(signature, &self.counters) {
+                        continue;
+                    }
+                    let handled = book.handle(&body, &mut asterisk, &self.counters);
+                    drop(book);
                     if let (Handled::SyncRequest { origin }, Some(queue)) = (handled, reply_to) {
                         self.answer_sync(&origin, queue);
                     }

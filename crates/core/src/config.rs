@@ -60,6 +60,30 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A value that must never show in logs or CLI output (a key): its `Debug` is `****`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: &str) -> Secret {
+        Secret(value.to_string())
+    }
+
+    /// The value itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+/// Keys shorter than this are refused: an HMAC key is only as strong as it is unguessable.
+pub const MIN_POOL_KEY_LEN: usize = 16;
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct General {
     /// Consul service ID of this node; `None` means `asterisk-<eid without colons>`.
@@ -68,6 +92,11 @@ pub struct General {
     pub sip_address: Option<String>,
     /// How the gateway reaches this node's ARI; `None` means derived from http.conf.
     pub ari_url: Option<String>,
+    /// Signs every message published to the registrations and state exchanges and verifies
+    /// every one received (see `amqp::signing`); `None`: nothing signed or verified.
+    pub pool_key: Option<Secret>,
+    /// A second key accepted but never used to sign, for a rotation.
+    pub pool_key_accepted: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,11 +165,22 @@ pub struct Registrations {
     pub withdraw_on_node_loss: bool,
     /// PJSIP's contacts in res_scale's indexed store instead of sorcery's `memory` wizard.
     pub indexed_contacts: bool,
+    /// With a pool key: origins whose unsigned single registrations are applied anyway
+    /// (registrars that cannot sign, such as Kamailio).
+    pub unsigned_origins: Vec<String>,
 }
 
 impl Default for Registrations {
     fn default() -> Self {
-        Registrations { enabled: true, exchange: "res_scale.registrations".into(), publish_local: true, sync_on_start: true, withdraw_on_node_loss: true, indexed_contacts: true }
+        Registrations {
+            enabled: true,
+            exchange: "res_scale.registrations".into(),
+            publish_local: true,
+            sync_on_start: true,
+            withdraw_on_node_loss: true,
+            indexed_contacts: true,
+            unsigned_origins: Vec::new(),
+        }
     }
 }
 
@@ -240,8 +280,19 @@ impl Config {
         let st = &self.state;
         let g = &self.general;
         let auto = |v: &Option<String>| v.clone().unwrap_or_else(|| "(auto)".into());
+        let secret = |v: &Option<Secret>| if v.is_some() { "****" } else { "(none)" };
         vec![
-            ("general", format!("node_id={} sip_address={} ari_url={}", auto(&g.node_id), auto(&g.sip_address), auto(&g.ari_url))),
+            (
+                "general",
+                format!(
+                    "node_id={} sip_address={} ari_url={} pool_key={} pool_key_accepted={}",
+                    auto(&g.node_id),
+                    auto(&g.sip_address),
+                    auto(&g.ari_url),
+                    secret(&g.pool_key),
+                    secret(&g.pool_key_accepted)
+                ),
+            ),
             (
                 "consul",
                 format!(
@@ -272,13 +323,14 @@ impl Config {
             (
                 "registrations",
                 format!(
-                    "enabled={} exchange={} publish_local={} sync_on_start={} withdraw_on_node_loss={} indexed_contacts={}",
+                    "enabled={} exchange={} publish_local={} sync_on_start={} withdraw_on_node_loss={} indexed_contacts={} unsigned_origins={}",
                     on_off(r.enabled),
                     r.exchange,
                     on_off(r.publish_local),
                     on_off(r.sync_on_start),
                     on_off(r.withdraw_on_node_loss),
-                    on_off(r.indexed_contacts)
+                    on_off(r.indexed_contacts),
+                    if r.unsigned_origins.is_empty() { "(none)".into() } else { r.unsigned_origins.join(",") }
                 ),
             ),
             (
@@ -315,8 +367,17 @@ pub fn mask_password(text: &str) -> String {
     }
 }
 
+/// The value of a config line as an error may show it: secrets masked.
+fn shown_value(section: &str, key: &str, value: &str) -> String {
+    match (section, key) {
+        ("general", "pool_key" | "pool_key_accepted") | ("consul", "token") => "****".into(),
+        ("amqp", "url") => value.split(',').map(|u| mask_password(u.trim())).collect::<Vec<_>>().join(","),
+        _ => value.to_string(),
+    }
+}
+
 fn error_at(section: &str, entry: &RawEntry, reason: String) -> ConfigError {
-    ConfigError { section: section.to_string(), key: Some(entry.key.clone()), value: Some(entry.value.clone()), line: Some(entry.line), reason }
+    ConfigError { section: section.to_string(), key: Some(entry.key.clone()), value: Some(shown_value(section, &entry.key, &entry.value)), line: Some(entry.line), reason }
 }
 
 /// Feeds every entry of a known section to its setter; `Err` means the section is unknown.
@@ -336,6 +397,8 @@ fn set_general(g: &mut General, key: &str, v: &str) -> Result<(), Reject> {
         "node_id" => g.node_id = optional(v, identifier)?,
         "sip_address" => g.sip_address = optional(v, host_port)?,
         "ari_url" => g.ari_url = optional(v, |v| url_with_scheme(v, &["http", "https"]))?,
+        "pool_key" => g.pool_key = pool_key(v)?,
+        "pool_key_accepted" => g.pool_key_accepted = pool_key(v)?,
         _ => return Err(Reject::UnknownKey),
     }
     Ok(())
@@ -382,6 +445,7 @@ fn set_registrations(r: &mut Registrations, key: &str, v: &str) -> Result<(), Re
         "sync_on_start" => r.sync_on_start = boolean(v)?,
         "withdraw_on_node_loss" => r.withdraw_on_node_loss = boolean(v)?,
         "indexed_contacts" => r.indexed_contacts = boolean(v)?,
+        "unsigned_origins" => r.unsigned_origins = if v.is_empty() { Vec::new() } else { list(v, identifier)? },
         _ => return Err(Reject::UnknownKey),
     }
     Ok(())
@@ -407,6 +471,16 @@ fn check_relations(config: &Config, errors: &mut Vec<ConfigError>) {
     let others = [(amqp.enabled, "[amqp] events_exchange", &amqp.events_exchange), (config.registrations.enabled, "[registrations] exchange", &config.registrations.exchange)];
     for (_, name, _) in others.iter().filter(|(on, _, exchange)| *on && state.is_enabled(amqp) && **exchange == state.exchange) {
         errors.push(ConfigError { section: "state".into(), key: Some("exchange".into()), value: Some(state.exchange.clone()), line: None, reason: format!("must differ from {name}") });
+    }
+    let general = &config.general;
+    if general.pool_key.is_none() && general.pool_key_accepted.is_some() {
+        errors.push(ConfigError {
+            section: "general".into(),
+            key: Some("pool_key_accepted".into()),
+            value: Some("****".into()),
+            line: None,
+            reason: "set without pool_key (it only adds a second key to the one that signs)".into(),
+        });
     }
     if amqp.enabled && config.registrations.enabled && amqp.events_exchange == config.registrations.exchange {
         errors.push(ConfigError {
@@ -442,6 +516,17 @@ fn list(v: &str, parse: impl Fn(&str) -> Result<String, String>) -> Result<Vec<S
         return Err("expected at least one value (comma-separated list)".into());
     }
     items.into_iter().map(parse).collect()
+}
+
+/// Empty: no key.
+fn pool_key(v: &str) -> Result<Option<Secret>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    if v.chars().count() < MIN_POOL_KEY_LEN {
+        return Err(format!("too short: at least {MIN_POOL_KEY_LEN} characters (e.g. the output of `openssl rand -hex 32`)"));
+    }
+    Ok(Some(Secret::new(v)))
 }
 
 fn identifier(v: &str) -> Result<String, String> {
@@ -698,6 +783,38 @@ mod tests {
         assert!(!text.contains("topsecret") && !text.contains("hunter2"), "{text}");
         assert!(text.contains("token=****"));
         assert!(text.contains("amqp://user:****@mq:5672/%2f"));
+    }
+
+    const KEY: &str = "0123456789abcdef-pool-key";
+    const OLD_KEY: &str = "fedcba9876543210-old-key";
+
+    #[test]
+    fn pool_keys_are_read_and_never_shown() {
+        let c = Config::from_raw(&raw(&format!("[general]\npool_key = {KEY}\npool_key_accepted = {OLD_KEY}\n[registrations]\nunsigned_origins = kamailio, edge-1\n"))).unwrap();
+        assert_eq!(c.general.pool_key.as_ref().map(Secret::expose), Some(KEY));
+        assert_eq!(c.general.pool_key_accepted.as_ref().map(Secret::expose), Some(OLD_KEY));
+        assert_eq!(c.registrations.unsigned_origins, ["kamailio", "edge-1"]);
+        for text in [format!("{:?}", c.summary()), format!("{c:?}")] {
+            assert!(!text.contains(KEY) && !text.contains(OLD_KEY), "{text}");
+        }
+        assert!(format!("{:?}", c.summary()).contains("pool_key=**** pool_key_accepted=****"));
+        let unset = Config::default();
+        assert!(unset.general.pool_key.is_none() && unset.registrations.unsigned_origins.is_empty(), "off by default");
+        assert!(format!("{:?}", unset.summary()).contains("pool_key=(none) pool_key_accepted=(none)"));
+    }
+
+    #[test]
+    fn pool_key_errors_do_not_show_the_key() {
+        let e = Config::from_raw(&raw("[general]\npool_key = short-secret\n")).unwrap_err();
+        assert_eq!(e[0].to_string(), "res_scale.conf [general] pool_key = '****' (line 2): too short: at least 16 characters (e.g. the output of `openssl rand -hex 32`)");
+        let e = Config::from_raw(&raw(&format!("[general]\npool_key = {KEY}\npool_key = {OLD_KEY}\n[consul]\ntoken = a\ntoken = b\n[amqp]\nurl = amqp://u:hunter2@mq\nurl = amqp://u:hunter2@mq\n")))
+            .unwrap_err();
+        let text: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(text.iter().all(|t| !t.contains(OLD_KEY) && !t.contains("= 'b'") && !t.contains("hunter2")), "{text:?}");
+        let e = Config::from_raw(&raw(&format!("[general]\npool_key_accepted = {OLD_KEY}\n"))).unwrap_err();
+        assert_eq!(e[0].to_string(), "res_scale.conf [general] pool_key_accepted = '****': set without pool_key (it only adds a second key to the one that signs)");
+        assert!(Config::from_raw(&raw("[registrations]\nunsigned_origins = kamailio, bad name\n")).is_err());
     }
 
     #[test]

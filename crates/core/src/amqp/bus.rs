@@ -8,6 +8,10 @@
 //! queue). Messages are acknowledged in groups after they were handed to the applier, and at
 //! most [`PREFETCH`] are unacknowledged, so a slow applier slows the broker down instead of
 //! filling memory.
+//!
+//! With a pool key it signs every message it publishes and checks every delivery's signature
+//! (`amqp::signing`), on the runtime's threads; the applier decides what a delivery that fails
+//! the check means.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::lapin_broker::{open, text, Endpoint};
 use crate::amqp::publisher::{first_reachable, record_failure, AmqpStatus};
+use crate::amqp::signing::{PoolKeys, Signature, HEADER};
 use crate::backoff::Backoff;
 use crate::state_log::StateLog;
 
@@ -50,6 +55,8 @@ pub struct BusSettings {
     pub connection_name: String,
     pub heartbeat: Duration,
     pub extra_ca: Option<String>,
+    /// `[general] pool_key`: signs what is published, checks what arrives; None: neither.
+    pub keys: Option<PoolKeys>,
 }
 
 /// What the bus hands to the applier.
@@ -62,6 +69,7 @@ pub enum Inbound {
     Delivery {
         body: Vec<u8>,
         reply_to: Option<String>,
+        signature: Signature,
     },
 }
 
@@ -161,7 +169,8 @@ impl Bus {
                         None => break Err("the broker cancelled the consumer".into()),
                     };
                     let reply_to = delivery.properties.reply_to().as_ref().map(|q| q.to_string());
-                    let message = Inbound::Delivery { body: delivery.data, reply_to };
+                    let signature = self.check(&delivery);
+                    let message = Inbound::Delivery { body: delivery.data, reply_to, signature };
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
                         sent = inbound.send(message.into()) => if sent.is_err() { break Ok(()) },
@@ -173,7 +182,7 @@ impl Bus {
                     }
                 }
                 message = outbound.recv() => match message {
-                    Some(message) => publish(&link.channel, &self.settings.exchange, message).await?,
+                    Some(message) => publish(&link.channel, &self.settings.exchange, self.settings.keys.as_ref(), message).await?,
                     None => break Ok(()),
                 },
                 _ = tokio::time::sleep(ACK_WHEN_QUIET), if pending > 0 => ack(&mut unacked, &mut pending).await?,
@@ -189,6 +198,18 @@ impl Bus {
     }
 }
 
+impl Bus {
+    fn check(&self, delivery: &lapin::message::Delivery) -> Signature {
+        let Some(keys) = &self.settings.keys else { return Signature::NotChecked };
+        let header = delivery.properties.headers().as_ref().and_then(|table| table.inner().iter().find(|(name, _)| name.as_str() == HEADER)).map(|(_, value)| match value {
+            AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).unwrap_or(""),
+            // Of another type: no signature of ours.
+            _ => "",
+        });
+        keys.check(&delivery.data, header)
+    }
+}
+
 /// Acknowledges every delivery up to the last one handed over.
 async fn ack(unacked: &mut Option<Acker>, pending: &mut u64) -> Result<(), String> {
     if let Some(acker) = unacked.take() {
@@ -198,8 +219,13 @@ async fn ack(unacked: &mut Option<Acker>, pending: &mut u64) -> Result<(), Strin
     Ok(())
 }
 
-async fn publish(channel: &Channel, exchange: &str, message: Outgoing) -> Result<(), String> {
+async fn publish(channel: &Channel, exchange: &str, keys: Option<&PoolKeys>, message: Outgoing) -> Result<(), String> {
     let mut properties = BasicProperties::default().with_content_type("application/json".into());
+    if let Some(keys) = keys {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER.into(), AMQPValue::LongString(keys.sign(&message.body).into()));
+        properties = properties.with_headers(headers);
+    }
     if let Some(queue) = message.reply_to {
         properties = properties.with_reply_to(queue.into());
     }

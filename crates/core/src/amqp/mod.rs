@@ -7,3 +7,4 @@ pub mod lapin_broker;
 pub mod publisher;
 mod runtime_kit;
 pub mod show;
+pub mod signing;

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use super::message::{self, Contact, Kind, Message, Rejection, Update};
 use super::seq::SeqTracker;
+use crate::amqp::signing::{self, Signature};
 use crate::rate_log::RateLimitedLog;
 
 /// PJSIP's contacts, as the book changes them. The module's implementation calls the location
@@ -58,7 +59,7 @@ pub enum Refusal {
 }
 
 /// The reasons a message (or one contact of a batch) is rejected, each with its counter.
-pub const REASONS: [&str; 8] = ["too_large", "bad_json", "unknown_type", "missing_field", "bad_field", "unknown_aor", "refused", "expired"];
+pub const REASONS: [&str; 10] = ["too_large", "bad_json", "unknown_type", "missing_field", "bad_field", "unknown_aor", "refused", "expired", "unsigned", "bad_signature"];
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -152,12 +153,44 @@ pub struct Book {
     remote: BTreeMap<Key, Entry>,
     seq: SeqTracker,
     log: RateLimitedLog,
+    /// `[registrations] unsigned_origins`.
+    unsigned_origins: Vec<String>,
 }
 
 impl Book {
     /// `origin` is this node's own (its EID).
     pub fn new(origin: &str) -> Book {
-        Book { origin: origin.to_string(), remote: BTreeMap::new(), seq: SeqTracker::default(), log: RateLimitedLog::new("registrations") }
+        Book { origin: origin.to_string(), remote: BTreeMap::new(), seq: SeqTracker::default(), log: RateLimitedLog::new("registrations"), unsigned_origins: Vec::new() }
+    }
+
+    /// With a pool key, these origins' single messages are applied unsigned too (see
+    /// [`signing::admits_unsigned`]).
+    pub fn with_unsigned_origins(mut self, origins: Vec<String>) -> Book {
+        self.unsigned_origins = origins;
+        self
+    }
+
+    /// Whether a message whose signature the bus found to be `signature` may be handled;
+    /// if not, it is counted and logged (rate-limited). An unsigned ANNOUNCE, WITHDRAW or
+    /// REPLACE passes when its origin is one of `unsigned_origins`: batches and SYNC requests
+    /// come from nodes, which sign, and a batch speaks for many origins.
+    pub fn admits(&mut self, body: &[u8], signature: Signature, counters: &Counters) -> bool {
+        let Some((reason, why)) = signature.refusal() else { return true };
+        if signature == Signature::Missing && !self.unsigned_origins.is_empty() {
+            if let Ok(Message::Single(update)) = message::decode(body) {
+                if signing::admits_unsigned(&self.unsigned_origins, &update.origin) {
+                    return true;
+                }
+            }
+        }
+        counters.reject(reason);
+        // The origin it claims, for the operator (decoded only when a line is due).
+        let from = || match message::decode(body) {
+            Ok(Message::Single(Update { origin, .. }) | Message::Batch { origin, .. } | Message::SyncRequest { origin }) => format!(" claiming origin {origin}"),
+            Err(_) => String::new(),
+        };
+        self.log.warn(reason, || format!("message{} refused ({reason}): {why}", from()));
+        false
     }
 
     pub fn entries(&self) -> &BTreeMap<Key, Entry> {
@@ -795,5 +828,65 @@ mod tests {
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].starts_with("registrations: message refused (bad_json)"), "{lines:?}");
         assert_eq!(c.rejected_total(), 3);
+    }
+
+    /// What the applier does with a delivery: the signature first, then the message.
+    fn deliver(book: &mut Book, body: &[u8], signature: Signature, loc: &mut FakeLocation, c: &Counters) {
+        if book.admits(body, signature, c) {
+            book.handle(body, loc, &no_local, c, NOW);
+        }
+    }
+
+    #[test]
+    fn with_a_pool_key_only_verified_messages_apply() {
+        let (book, mut loc, c) = setup();
+        let mut book = book.with_unsigned_origins(vec!["kamailio".into()]);
+        deliver(&mut book, &announce("ANNOUNCE", "alice", "sip:a@h1", "n1", 1), Signature::Missing, &mut loc, &c);
+        deliver(&mut book, &announce("ANNOUNCE", "alice", "sip:a@h2", "n1", 2), Signature::Invalid, &mut loc, &c);
+        assert!(loc.contacts.is_empty(), "a forged message applied");
+        assert_eq!(c.rejected_by_reason(), "unsigned=1 bad_signature=1");
+        deliver(&mut book, &announce("ANNOUNCE", "alice", "sip:a@h3", "n1", 3), Signature::Verified, &mut loc, &c);
+        deliver(&mut book, &announce("ANNOUNCE", "bob", "sip:b@h1", "n1", 4), Signature::NotChecked, &mut loc, &c);
+        assert_eq!(loc.contacts.len(), 2, "verified, and without a key everything as before");
+        assert_eq!(c.rejected_total(), 2);
+    }
+
+    #[test]
+    fn unsigned_origins_pass_unsigned_single_messages_only() {
+        let (book, mut loc, c) = setup();
+        let mut book = book.with_unsigned_origins(vec!["kamailio".into()]);
+        deliver(&mut book, &announce("ANNOUNCE", "alice", "sip:a@h1", "kamailio-1764633000", 1), Signature::Missing, &mut loc, &c);
+        assert_eq!(loc.contacts.len(), 1, "Kamailio's registration");
+        deliver(&mut book, &announce("WITHDRAW", "alice", "sip:a@h1", "kamailio-1764633000", 2), Signature::Missing, &mut loc, &c);
+        assert!(loc.contacts.is_empty(), "and its withdrawal");
+        deliver(&mut book, &announce("ANNOUNCE", "alice", "sip:a@h2", "02:00:00:00:00:09", 1), Signature::Missing, &mut loc, &c);
+        deliver(&mut book, &announce("ANNOUNCE", "alice", "sip:a@h3", "kamailio-1", 3), Signature::Invalid, &mut loc, &c);
+        let batch = format!(r#"{{"type":"ANNOUNCE","origin":"kamailio","contacts":[{}]}}"#, String::from_utf8(announce("ANNOUNCE", "alice", "sip:a@h4", "n1", 1)).unwrap());
+        deliver(&mut book, batch.as_bytes(), Signature::Missing, &mut loc, &c);
+        let mut sync = Handled::Done;
+        if book.admits(br#"{"type":"SYNC_REQUEST","origin":"kamailio"}"#, Signature::Missing, &c) {
+            sync = book.handle(br#"{"type":"SYNC_REQUEST","origin":"kamailio"}"#, &mut loc, &no_local, &c, NOW);
+        }
+        assert!(loc.contacts.is_empty() && sync == Handled::Done, "another origin, a bad signature, a batch and a SYNC request need a signature");
+        assert_eq!(c.rejected_by_reason(), "unsigned=3 bad_signature=1");
+        let (mut strict, _, c) = setup();
+        deliver(&mut strict, &announce("ANNOUNCE", "alice", "sip:a@h1", "kamailio", 1), Signature::Missing, &mut loc, &c);
+        assert_eq!((loc.contacts.len(), c.rejected_by_reason().as_str()), (0, "unsigned=1"), "no unsigned origins by default");
+    }
+
+    #[test]
+    fn a_signature_refusal_says_which_origin_the_message_claims() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut book, mut loc, c) = setup();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(Capture(lines.clone())), || {
+            tracing::callsite::rebuild_interest_cache();
+            for seq in 1..=3 {
+                deliver(&mut book, &announce("ANNOUNCE", "alice", "sip:a@h1", "n7", seq), Signature::Invalid, &mut loc, &c);
+            }
+        });
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("registrations: message claiming origin n7 refused (bad_signature): its x-res-scale-signature verifies with neither"), "{lines:?}");
     }
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 use super::devices::DevicePatterns;
 use super::message::{self, DeviceState, Message, Update};
 use super::mwi::book::{Mailboxes, MwiBook};
+use crate::amqp::signing::Signature;
 use crate::rate_log::RateLimitedLog;
 use crate::reasons::ByReason;
 
@@ -34,7 +35,7 @@ pub trait DeviceStates {
 }
 
 /// The reasons a message is rejected, each with its counter.
-pub const REASONS: [&str; 8] = ["too_large", "bad_json", "unknown_type", "missing_field", "bad_field", "unknown_state", "too_many", "refused"];
+pub const REASONS: [&str; 10] = ["too_large", "bad_json", "unknown_type", "missing_field", "bad_field", "unknown_state", "too_many", "refused", "unsigned", "bad_signature"];
 
 /// What [`StateBook::handle`] leaves to its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +145,14 @@ impl StateBook {
 
     pub fn mwi_mut(&mut self) -> Option<&mut MwiBook> {
         self.mwi.as_mut()
+    }
+
+    /// Whether a message whose signature the bus found to be `signature` may be handled; if
+    /// not, it is counted and logged (rate-limited). Only nodes publish state, and they sign.
+    pub fn admits(&mut self, signature: Signature, counters: &Counters) -> bool {
+        let Some((reason, why)) = signature.refusal() else { return true };
+        self.refuse(counters, reason, || format!("message refused ({reason}): {why}"));
+        false
     }
 
     /// Decodes one message body and applies what it says; a SYNC request is the caller's to
@@ -352,6 +361,21 @@ mod tests {
         assert!(book.remote().is_empty(), "a refused state is not remembered");
         book.handle(&msg("Custom:agent1", "INUSE", A, 3), &mut ast, &c);
         assert_eq!(ast.slots.len(), 1);
+    }
+
+    #[test]
+    fn with_a_pool_key_only_verified_messages_apply() {
+        let (mut book, mut ast, c) = setup("*");
+        for (seq, signature) in [(1, Signature::Missing), (2, Signature::Invalid)] {
+            let body = msg("Custom:agent1", "INUSE", A, seq);
+            if book.admits(signature, &c) {
+                book.handle(&body, &mut ast, &c);
+            }
+        }
+        assert!(ast.slots.is_empty(), "a forged state applied");
+        assert_eq!(c.rejected.by_reason(), "unsigned=1 bad_signature=1");
+        assert!(book.admits(Signature::Verified, &c) && book.admits(Signature::NotChecked, &c));
+        assert_eq!(c.rejected.total(), 2);
     }
 
     #[test]

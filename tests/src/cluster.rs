@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::consul::ConsulApi;
+use crate::node::NodeAddress;
 use crate::wait;
 
 const RABBITMQ_IMAGE: &str = "res_scale/rabbitmq";
@@ -24,6 +25,8 @@ pub const AMQP_PASSWORD: &str = "demo-amqp-secret";
 const BROKER_HOST: u8 = 11;
 const SERVER_HOST: u8 = 21;
 const AGENT_HOST: u8 = 31;
+/// Asterisk nodes of their own address (`PoolBuilder::nodes_on_the_cluster_network`): .41...
+const NODE_HOST: u8 = 41;
 
 /// Runs `docker <args>`; the output on success, the error text otherwise.
 fn docker(args: &[&str]) -> Result<String, String> {
@@ -64,6 +67,12 @@ impl Network {
 
     pub fn ip(&self, host: u8) -> String {
         format!("{}.{host}", self.prefix)
+    }
+
+    /// The host's own address on the network (its gateway): where SIPp on the host sends from
+    /// to reach a node of its own address.
+    pub fn host_ip(&self) -> String {
+        self.ip(1)
     }
 }
 
@@ -277,5 +286,10 @@ impl Cluster {
         let consul = ConsulCluster::start(&network, pool_id, servers, asterisk_nodes);
         let rabbitmq = RabbitCluster::start(&network, pool_id, brokers);
         Cluster { rabbitmq, consul, network }
+    }
+
+    /// The address of Asterisk node `n` (from 1) on the cluster's network.
+    pub fn node_address(&self, n: usize) -> NodeAddress {
+        NodeAddress { network: self.network.name.clone(), ip: self.network.ip(NODE_HOST + n as u8 - 1) }
     }
 }

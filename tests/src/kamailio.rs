@@ -200,7 +200,12 @@ pub struct Register {
 impl Register {
     /// The Contact URI the scenario sends.
     pub fn contact_uri(&self) -> String {
-        format!("sip:{}@127.0.0.1:{};transport=udp", self.user, self.local_port)
+        self.contact_uri_from("127.0.0.1")
+    }
+
+    /// The Contact URI the scenario sends from `local_ip`.
+    pub fn contact_uri_from(&self, local_ip: &str) -> String {
+        format!("sip:{}@{local_ip}:{};transport=udp", self.user, self.local_port)
     }
 
     /// Runs SIPp once against `sip_port`; Err with SIPp's output when the REGISTER did not get
@@ -212,15 +217,20 @@ impl Register {
     /// As `send`, with another scenario of `tests/sipp` taking the same keys (e.g.
     /// `unregister_all.xml`: `Contact: *`, `Expires: 0`).
     pub fn send_scenario(&self, dir: &Path, sip_port: u16, scenario: &str) -> Result<(), String> {
+        self.send_between(dir, "127.0.0.1", &format!("127.0.0.1:{sip_port}"), scenario)
+    }
+
+    /// As `send_scenario`, from `local_ip` to `target` (`ip:port`): a node of its own address.
+    pub fn send_between(&self, dir: &Path, local_ip: &str, target: &str, scenario: &str) -> Result<(), String> {
         let mut args: Vec<String> = vec!["-sf".into(), sipp_dir().join(scenario).display().to_string()];
-        args.extend(["-s".into(), self.user.clone(), "-i".into(), "127.0.0.1".into(), "-p".into(), self.local_port.to_string()]);
+        args.extend(["-s".into(), self.user.clone(), "-i".into(), local_ip.into(), "-p".into(), self.local_port.to_string()]);
         args.extend(["-m", "1", "-timeout", "10s", "-timeout_error"].map(String::from));
         // SIPp matches replies to its call by Call-ID: a fixed -cid_str is [call_id].
         args.extend(["-cid_str".into(), self.call_id.replace('%', "%%")]);
         args.extend(["-key".into(), "reg_cseq".into(), self.cseq.to_string()]);
         args.extend(["-key".into(), "reg_expires".into(), self.expires.to_string()]);
         args.extend(["-key".into(), "reg_user_agent".into(), self.user_agent.clone()]);
-        args.push(format!("127.0.0.1:{sip_port}"));
+        args.push(target.to_string());
         Sipp::spawn(dir, &format!("register-{}-{}", self.call_id, self.cseq), &args).wait(Duration::from_secs(15))
     }
 }

@@ -114,6 +114,16 @@ pub struct NodeSpec {
     /// Extra AORs `bench-aor-0` .. `bench-aor-<n-1>` (no endpoint) in pjsip.conf, for contacts
     /// announced by a benchmark.
     pub extra_aors: usize,
+    /// A container on this Docker network at this address instead of the host's network
+    /// (loopback): then `docker network disconnect` cuts the node off.
+    pub address: Option<NodeAddress>,
+}
+
+/// Where a node of its own address lives.
+#[derive(Debug, Clone)]
+pub struct NodeAddress {
+    pub network: String,
+    pub ip: String,
 }
 
 enum Process {
@@ -126,6 +136,9 @@ pub struct Node {
     pub eid: String,
     pub sip_port: u16,
     pub http_port: u16,
+    /// Where SIP and HTTP listen: 127.0.0.1, or the node's own address on its network.
+    pub ip: String,
+    address: Option<NodeAddress>,
     /// The node's folder as the host sees it.
     pub dir: PathBuf,
     /// The same folder as Asterisk sees it (inside the rootfs).
@@ -172,6 +185,8 @@ impl Node {
             eid: spec.eid.clone(),
             sip_port: ports.sip,
             http_port: ports.http,
+            ip: spec.address.as_ref().map_or_else(|| "127.0.0.1".to_string(), |a| a.ip.clone()),
+            address: spec.address.clone(),
             container: format!("res_scale-{}-{}", pool.id, spec.name),
             pool_dir: pool.dir.clone(),
             pool_inner: pool.inner.clone(),
@@ -215,7 +230,7 @@ impl Node {
         modules.push_str(&extra_include("modules"));
         self.write_config("modules.conf", &modules);
         self.write_config("logger.conf", "[general]\ndateformat = %F %T.%3q\n[logfiles]\nmessages.log => notice,warning,error,verbose(3)\nconsole => notice,warning,error\n");
-        self.write_config("http.conf", &format!("[general]\nenabled = yes\nbindaddr = 127.0.0.1\nbindport = {}\n", self.http_port));
+        self.write_config("http.conf", &format!("[general]\nenabled = yes\nbindaddr = {}\nbindport = {}\n", self.ip, self.http_port));
         self.write_config(
             "ari.conf",
             &format!("[general]\nenabled = yes\npretty = no\nallowed_origins = *\n[{ARI_USER}]\ntype = user\nread_only = no\npassword = {ARI_PASSWORD}\npassword_format = plain\n"),
@@ -225,8 +240,8 @@ impl Node {
         self.write_config("sorcery.conf", "[res_pjsip]\ncontact = memory\n");
         let mut pjsip = format!(
             "[global]\ntype = global\nendpoint_identifier_order = username,ip\n\
-             [transport-udp]\ntype = transport\nprotocol = udp\nbind = 127.0.0.1:{}\n",
-            self.sip_port
+             [transport-udp]\ntype = transport\nprotocol = udp\nbind = {}:{}\n",
+            self.ip, self.sip_port
         );
         for user in ["alice", "bob", "carol"] {
             pjsip.push_str(&format!(
@@ -320,16 +335,37 @@ impl Node {
         format!("{}/etc/asterisk.conf", self.inner_dir)
     }
 
+    /// Cuts a node of its own address off its network: it reaches no broker, no Consul agent,
+    /// no phone, and none reaches it (the CLI still answers, through `docker exec`).
+    pub fn disconnect(&self) {
+        let address = self.address.as_ref().expect("only a node of its own address can be cut off");
+        let out = Command::new("docker").args(["network", "disconnect", &address.network, &self.container]).output().expect("run docker");
+        assert!(out.status.success(), "docker network disconnect {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Puts a cut-off node back on its network at its address.
+    pub fn connect(&self) {
+        let address = self.address.as_ref().expect("only a node of its own address can be cut off");
+        let out = Command::new("docker").args(["network", "connect", "--ip", &address.ip, &address.network, &self.container]).output().expect("run docker");
+        assert!(out.status.success(), "docker network connect {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Starts Asterisk and waits until it is fully booted.
     pub fn start(&mut self) {
         assert!(self.process.is_none(), "{} already running", self.name);
         let conf = self.asterisk_conf();
         let console = fs::File::create(self.dir.join("log/console.out")).unwrap();
+        assert!(self.address.is_none() || self.testbed.use_docker(), "{}: a node of its own address needs Docker", self.name);
+        let network: Vec<&str> = match &self.address {
+            Some(address) => vec!["--network", &address.network, "--ip", &address.ip],
+            None => vec!["--network", "host"],
+        };
         let process = if self.testbed.use_docker() {
             // The pool folder is mounted at the same path it has in the rootfs, so paths in the
             // generated configs are the same for chroot and container.
             let out = Command::new("docker")
-                .args(["run", "-d", "--rm", "--network", "host", "--name", &self.container])
+                .args(["run", "-d", "--rm", "--name", &self.container])
+                .args(&network)
                 .arg("-v")
                 .arg(format!("{}:{}", self.pool_dir.display(), self.pool_inner))
                 .arg(self.testbed.image.as_deref().unwrap())
@@ -415,7 +451,7 @@ impl Node {
     }
 
     pub fn ari(&self) -> Ari {
-        Ari::new(&format!("http://127.0.0.1:{}/ari", self.http_port), ARI_USER, ARI_PASSWORD)
+        Ari::new(&format!("http://{}:{}/ari", self.ip, self.http_port), ARI_USER, ARI_PASSWORD)
     }
 
     /// The host PID of the Asterisk process.
@@ -428,6 +464,13 @@ impl Node {
             }
             None => panic!("{} is not running", self.name),
         }
+    }
+
+    /// Resident memory of the Asterisk process, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
+        kib / 1024.0
     }
 
     /// Threads of the Asterisk process, as the kernel counts them.

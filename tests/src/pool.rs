@@ -27,6 +27,8 @@ pub struct PoolBuilder {
     amqp_user: Option<(String, String)>,
     /// (RabbitMQ nodes, Consul servers) of a clustered pool.
     cluster: Option<(usize, usize)>,
+    /// The nodes of a clustered pool on its network, each at its own address.
+    nodes_on_network: bool,
 }
 
 impl Default for PoolBuilder {
@@ -43,6 +45,7 @@ impl Default for PoolBuilder {
             extra_aors: 0,
             amqp_user: None,
             cluster: None,
+            nodes_on_network: false,
         }
     }
 }
@@ -85,6 +88,14 @@ impl PoolBuilder {
     /// and `with_rabbitmq`.
     pub fn clustered(mut self, brokers: usize, servers: usize) -> Self {
         self.cluster = Some((brokers, servers));
+        self
+    }
+
+    /// In a clustered pool, every Asterisk node a container on the cluster's network at an
+    /// address of its own (instead of the host's loopback), so a test can cut one off with
+    /// `Node::disconnect`. Tests reach it at `node.ip`.
+    pub fn nodes_on_the_cluster_network(mut self) -> Self {
+        self.nodes_on_network = true;
         self
     }
 
@@ -167,6 +178,7 @@ impl PoolBuilder {
                 preload_module: self.preload_module,
                 res_scale_conf: Some(conf.replace("{consul_url}", consul_url_of(i - 1).as_deref().unwrap_or(""))),
                 extra_aors: self.extra_aors,
+                address: cluster.as_ref().filter(|_| self.nodes_on_network).map(|c| c.node_address(i)),
             };
             // RTP ranges sit below Linux's ephemeral range (32768-60999), where free_port and
             // every outgoing connection take their ports.

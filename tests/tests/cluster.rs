@@ -15,6 +15,14 @@ use res_scale_tests::{wait, Node, Pool};
 
 const EVENTS: &str = "res_scale.events";
 
+/// One clustered pool at a time: each is 3 brokers, 3 Consul servers, an agent per node and the
+/// nodes, and two at once on a 2-core machine turn the faults' timings into the load's.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Puts application `conf` in Consul (through node 1's agent) and waits until every node runs it.
 fn create_app(pool: &Pool, app: &str) {
     pool.cluster.as_ref().unwrap().consul.agent(0).put_kv(&format!("res_scale/apps/{app}"), "{}");
@@ -51,6 +59,16 @@ fn place_calls(pool: &Pool, app: &str, stop: &AtomicBool) -> Vec<String> {
     channels
 }
 
+/// Sets the flag when dropped: a failed assertion inside `thread::scope` must still stop the
+/// scope's callers and samplers, or the scope would wait for them forever.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Per channel, the types of its events in arrival order.
 fn types_by_channel(messages: &[Received]) -> BTreeMap<String, Vec<String>> {
     let mut by = BTreeMap::<String, Vec<String>>::new();
@@ -75,6 +93,7 @@ fn duplicates(messages: &[Received]) -> usize {
 
 #[test]
 fn killing_the_broker_node_a_module_uses_fails_it_over_with_no_event_lost() {
+    let _one = one_cluster();
     let pool = Pool::builder().nodes(2).clustered(3, 3).start();
     let cluster = pool.cluster.as_ref().unwrap();
     create_app(&pool, "conf");
@@ -90,6 +109,7 @@ fn killing_the_broker_node_a_module_uses_fails_it_over_with_no_event_lost() {
     let stop = AtomicBool::new(false);
     let (channels, recovered) = std::thread::scope(|s| {
         let calls = s.spawn(|| place_calls(&pool, "conf", &stop));
+        let stop_calls = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_secs(4));
         let killed_at = Instant::now();
         cluster.rabbitmq.nodes[0].kill();
@@ -104,7 +124,7 @@ fn killing_the_broker_node_a_module_uses_fails_it_over_with_no_event_lost() {
             .collect();
         // Calls go on after the failover.
         std::thread::sleep(Duration::from_secs(6));
-        stop.store(true, Ordering::SeqCst);
+        drop(stop_calls);
         (calls.join().unwrap(), recovered)
     });
 
@@ -219,6 +239,7 @@ fn node_contacts(node: &Node, aor: &str) -> Vec<String> {
 
 #[test]
 fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_block_nothing_and_lose_nothing() {
+    let _one = one_cluster();
     const CALLS: u32 = 250;
     const PER_SECOND: u32 = 5;
     const TTL: Duration = Duration::from_secs(3);
@@ -251,6 +272,7 @@ fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_b
     let stop = AtomicBool::new(false);
     let (watched, faults) = std::thread::scope(|s| {
         let watcher = s.spawn(|| watch(&pool, &stop));
+        let stop_watching = StopOnDrop(&stop);
         let callers = Sipp::spawn(&dir, "callers", &sipp_args);
         let started = Instant::now();
         let at = |secs: u64| std::thread::sleep(Duration::from_secs(secs).saturating_sub(started.elapsed()));
@@ -289,7 +311,7 @@ fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_b
         faults.push(format!("rmq{} restarted at 25 s (back after {:.1?})", broker + 1, started.elapsed() - Duration::from_secs(25)));
 
         callers.wait(Duration::from_secs(180)).expect("every SIPp call completed");
-        stop.store(true, Ordering::SeqCst);
+        drop(stop_watching);
         (watcher.join().unwrap(), faults)
     });
 
@@ -328,4 +350,77 @@ fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_b
     for (node, seen) in pool.nodes.iter().zip(&watched) {
         eprintln!("  {}: worst GET /asterisk/info {:?}, longest not passing in Consul {:?}", node.name, seen.worst_info, seen.longest_unregistered);
     }
+}
+
+#[test]
+fn a_node_cut_off_for_20_s_keeps_its_calls_and_events_and_the_pool_takes_its_phones_back() {
+    let _one = one_cluster();
+    const EVENTS_DURING: usize = 200;
+    let pool = Pool::builder().nodes(2).clustered(3, 3).nodes_on_the_cluster_network().start();
+    let cluster = pool.cluster.as_ref().unwrap();
+    let (a, b) = (pool.node(0), pool.node(1));
+    create_app(&pool, "conf");
+    for node in &pool.nodes {
+        wait::until(&format!("{} publishing events", node.name), Duration::from_secs(15), Duration::from_millis(100), || events_connected(node).then_some(()));
+        node.wait_connected("registrations");
+    }
+    let probe = AmqpProbe::new(&cluster.rabbitmq.url(2));
+    probe.bind_quorum_queue("partition-app", EVENTS, "stasis.app.conf.#");
+
+    // A phone registers on node2 (SIPp on the host, from its address on the network), and
+    // node1 learns it.
+    let dir = pool.dir.join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let host_ip = cluster.network.host_ip();
+    let phone = Register { user: "dave".into(), call_id: "dave-partition".into(), cseq: 1, expires: 300, user_agent: "SIPp phone".into(), local_port: free_port() };
+    phone.send_between(&dir, &host_ip, &format!("{}:{}", b.ip, b.sip_port), "register.xml").expect("dave registers with node2");
+    let uri = phone.contact_uri_from(&host_ip);
+    let holds = |node: &Node| node.cli("pjsip show aor dave").contains(&uri);
+    wait::until("node1 to learn dave", Duration::from_secs(10), Duration::from_millis(50), || holds(a).then_some(()));
+    // A call on node2 that lasts (extension 101 waits 300 s), in Stasis.
+    let reply = b.ari().post("/channels?endpoint=Local/101@from-sip&app=conf");
+    assert_eq!(reply.status, 200, "originate on node2: {}", reply.body);
+    let call = reply.json()["id"].as_str().unwrap().to_string();
+
+    b.disconnect();
+    let cut = Instant::now();
+    // The others apply the node loss rule: node2's TTL check goes critical, and after the
+    // grace its phones are withdrawn.
+    wait::until("node1 to withdraw node2's phone", Duration::from_secs(20), Duration::from_millis(100), || (!holds(a)).then_some(()));
+    let withdrawn_after = cut.elapsed();
+    // node2 goes on: events of its apps wait in its queue (the CLI answers through docker exec).
+    let out = b.cli(&format!("scale test events conf {EVENTS_DURING} 200"));
+    assert!(out.contains(&format!("sent {EVENTS_DURING} events to conf")), "{out}");
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(cut.elapsed()));
+    let during = b.cli("scale show amqp");
+    assert!(during.contains("Dropped:       0"), "node2 dropped events while cut off: {during}");
+    assert!(b.cli("core show channels concise").contains(&call), "node2 lost its call while cut off");
+
+    b.connect();
+    let back = Instant::now();
+    wait::until("node1 to take dave back", Duration::from_secs(30), Duration::from_millis(100), || holds(a).then_some(()));
+    let taken_back_after = back.elapsed();
+    assert_eq!(b.ari().get(&format!("/channels/{call}")).status, 200, "node2's call after the cut");
+    let hung_up = b.ari().delete(&format!("/channels/{call}"));
+    assert_eq!(hung_up.status, 204, "{}", hung_up.body);
+
+    // Nothing lost: the call's StasisStart..StasisEnd and every event made while cut off.
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seqs = |messages: &[Received]| messages.iter().filter(|m| m.json["type"] == "BenchEvent").filter_map(|m| m.json["seq"].as_u64()).collect::<std::collections::BTreeSet<u64>>();
+    while !(started_and_ended(types_by_channel(&messages).get(&call)) && seqs(&messages).len() == EVENTS_DURING) && Instant::now() < deadline {
+        messages.extend(probe.drain("partition-app", 1, Duration::from_millis(500)));
+    }
+    assert!(started_and_ended(types_by_channel(&messages).get(&call)), "node2's call: {:?}", types_by_channel(&messages).get(&call));
+    assert_eq!(seqs(&messages), (0..EVENTS_DURING as u64).collect(), "the events made while node2 was cut off");
+    // Nothing left inconsistent: both nodes hold the same contacts, node2 still as their origin.
+    assert_eq!(node_contacts(a, "dave"), node_contacts(b, "dave"));
+    assert!(a.cli("scale show registrations dave").contains(&b.eid), "{}", a.cli("scale show registrations dave"));
+
+    eprintln!(
+        "partition of node2 for 20 s: its phone withdrawn on node1 after {withdrawn_after:.1?}, taken back {taken_back_after:.1?} after the reconnect; {} events, {} duplicates",
+        messages.len(),
+        duplicates(&messages)
+    );
+    eprintln!("node2 while cut off:\n{during}");
 }

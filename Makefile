@@ -11,7 +11,7 @@ TEST_MODULE  := target/test-module/res_scale.so
 CACHE        := $(or $(RES_SCALE_CACHE),/var/cache/res_scale)
 
 .PHONY: build gateway install provision lint test unit-test integration-test run call stop images \
-        provision-demo demo-bin demo-wheels bench scale mutants clean
+        provision-demo demo-bin demo-wheels bench scale soak mutants clean
 
 ## build: target/release/res_scale.so and target/release/scale-gateway
 build: gateway
@@ -134,6 +134,12 @@ bench: provision $(TEST_MODULE) gateway
 ## `memory` side by side (about 20 minutes)
 scale: provision $(TEST_MODULE)
 	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin scale-bench -- pool registrations-growth
+
+## soak: 15 minutes of calls, registration churn, apps added and removed and a broker restart on
+## two nodes; RSS and threads of each Asterisk every minute, then what was lost or left, and
+## whether memory stayed flat (figures go to BENCHMARKS.md; `make test` runs a 2-minute version)
+soak: provision $(TEST_MODULE)
+	RES_SCALE_MODULE=$(CURDIR)/$(TEST_MODULE) $(CARGO) run --release -p res-scale-tests --bin soak
 
 ## mutants: mutation testing of crates/core with cargo-mutants (slow, hence not in `make test`:
 ## hours for the whole crate on 2 cores). MUTANTS_FILES scopes it to some files, MUTANTS_ARGS

@@ -22,6 +22,7 @@ pub mod phone;
 pub mod pool;
 pub mod ports;
 pub mod rabbitmq;
+pub mod soak;
 pub mod stats;
 pub mod talk_wav;
 pub mod testbed;

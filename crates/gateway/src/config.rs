@@ -48,6 +48,9 @@ pub struct Amqp {
     pub url: Vec<String>,
     pub events_exchange: String,
     pub queue_max_length: u32,
+    /// `queue_type = "quorum"`: the applications' queues are quorum queues, replicated on every
+    /// broker of a RabbitMQ cluster (`"classic"`, the default, keeps each on one broker).
+    pub quorum_queues: bool,
     /// Deliveries handed to a socket's writer before they are acknowledged: what a slow client
     /// can hold in the gateway's memory per application.
     pub prefetch: u16,
@@ -231,6 +234,17 @@ impl<'a> Reader<'a> {
                 default.to_string()
             }
         }
+    }
+
+    /// A string that must be one of `choices` (the first is the default).
+    fn choice(&mut self, key: &'static str, choices: &[&str]) -> String {
+        let value = self.string(key, choices[0]);
+        if choices.contains(&value.as_str()) {
+            return value;
+        }
+        let e = format!("{} = \"{value}\": expected one of {}", self.name(key), choices.join(", "));
+        self.errors.push(e);
+        choices[0].to_string()
     }
 
     fn optional(&mut self, key: &'static str) -> Option<String> {
@@ -429,6 +443,7 @@ fn from_table(root: &Table) -> Result<Config, Vec<String>> {
             url: r.list("url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             events_exchange: r.string("events_exchange", "res_scale.events"),
             queue_max_length: r.number("queue_max_length", 100_000, 1, 100_000_000) as u32,
+            quorum_queues: r.choice("queue_type", &["classic", "quorum"]) == "quorum",
             prefetch: r.number("prefetch", 1000, 1, 65_535) as u16,
             heartbeat: r.duration("heartbeat", "30s", Duration::ZERO),
             ca_file: r.optional("ca_file"),
@@ -575,6 +590,7 @@ mod tests {
         assert_eq!(c.consul.url, ["http://127.0.0.1:8500"]);
         assert_eq!(c.consul.apps_prefix, "res_scale/apps/");
         assert_eq!(c.amqp.queue_max_length, 100_000);
+        assert!(!c.amqp.quorum_queues);
         assert_eq!(c.apps.linger, Duration::from_secs(30));
         assert_eq!(c.clients.len(), 1);
         assert!(!c.instance_id.is_empty());
@@ -582,13 +598,22 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let text = "listen = \"nowhere\"\nbogus = 1\n[amqp]\nqueue_max_length = \"lots\"\nurl = \"http://x\"\n[apps]\nlinger = \"soon\"\n[nodes]\nari_password = \"x\"\n";
+        let text = "listen = \"nowhere\"\nbogus = 1\n[amqp]\nqueue_max_length = \"lots\"\nqueue_type = \"mirrored\"\nurl = \"http://x\"\n[apps]\nlinger = \"soon\"\n[nodes]\nari_password = \"x\"\n";
         let errors = parse(text, &[]).unwrap_err();
         let all = errors.join("\n");
-        for expected in ["listen = \"nowhere\"", "bogus: unknown key", "[amqp] queue_max_length", "[amqp] url", "[apps] linger", "[nodes] ari_user", "[[clients]]"] {
+        for expected in [
+            "listen = \"nowhere\"",
+            "bogus: unknown key",
+            "[amqp] queue_max_length",
+            "[amqp] queue_type = \"mirrored\": expected one of classic, quorum",
+            "[amqp] url",
+            "[apps] linger",
+            "[nodes] ari_user",
+            "[[clients]]",
+        ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
-        assert_eq!(errors.len(), 7, "{all}");
+        assert_eq!(errors.len(), 8, "{all}");
     }
 
     /// The documented sample holds every key with its default: it parses, names no unknown
@@ -609,6 +634,7 @@ mod tests {
             ("SCALE_GATEWAY_CONSUL_URL", "http://a:8500,http://b:8500"),
             ("SCALE_GATEWAY_APPS_LINGER", "5s"),
             ("SCALE_GATEWAY_AMQP_QUEUE_MAX_LENGTH", "50"),
+            ("SCALE_GATEWAY_AMQP_QUEUE_TYPE", "quorum"),
             ("SCALE_GATEWAY_CLIENTS", "x:y,z:w"),
         ];
         let c = parse(MINIMAL, &env).unwrap();
@@ -616,6 +642,7 @@ mod tests {
         assert_eq!(c.consul.url, ["http://a:8500", "http://b:8500"]);
         assert_eq!(c.apps.linger, Duration::from_secs(5));
         assert_eq!(c.amqp.queue_max_length, 50);
+        assert!(c.amqp.quorum_queues);
         assert_eq!(c.clients.iter().map(|c| c.user.as_str()).collect::<Vec<_>>(), ["x", "z"]);
     }
 

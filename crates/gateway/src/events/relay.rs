@@ -84,9 +84,13 @@ pub fn queue_name(instance_id: &str, app: &str) -> String {
 }
 
 /// The queue's arguments, the same on every declare (RabbitMQ refuses a re-declare that
-/// differs): bounded, dropping the oldest, gone once unused for the app's linger.
-pub fn queue_arguments(max_length: u32, linger: Duration) -> FieldTable {
+/// differs): bounded, dropping the oldest, gone once unused for the app's linger; a quorum
+/// queue (replicated on every broker of a cluster) when configured so.
+pub fn queue_arguments(max_length: u32, linger: Duration, quorum: bool) -> FieldTable {
     let mut args = FieldTable::default();
+    if quorum {
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    }
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(max_length)));
     args.insert("x-overflow".into(), AMQPValue::LongString("drop-head".into()));
     args.insert("x-expires".into(), AMQPValue::LongLongInt(linger.as_millis().max(1) as i64));
@@ -116,7 +120,7 @@ async fn declare(gw: &Gateway, channel: &Channel, app: &str) -> lapin::Result<Sh
     let amqp = &gw.config.amqp;
     let queue: ShortString = queue_name(&gw.config.instance_id, app).into();
     let options = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(queue.clone(), options, queue_arguments(amqp.queue_max_length, gw.config.apps.linger)).await?;
+    channel.queue_declare(queue.clone(), options, queue_arguments(amqp.queue_max_length, gw.config.apps.linger, amqp.quorum_queues)).await?;
     let binding = format!("stasis.app.{app}.#");
     channel.queue_bind(queue.clone(), amqp.events_exchange.as_str().into(), binding.into(), QueueBindOptions::default(), FieldTable::default()).await?;
     Ok(queue)
@@ -296,12 +300,15 @@ mod tests {
     #[test]
     fn queue_name_and_arguments_are_stable() {
         assert_eq!(queue_name("gw-1", "conf"), "scale-gateway.gw-1.conf");
-        let args = queue_arguments(100_000, Duration::from_secs(30));
-        assert_eq!(args, queue_arguments(100_000, Duration::from_secs(30)), "a re-declare sends the same arguments");
+        let args = queue_arguments(100_000, Duration::from_secs(30), false);
+        assert_eq!(args, queue_arguments(100_000, Duration::from_secs(30), false), "a re-declare sends the same arguments");
         let inner = args.inner();
         assert_eq!(inner.get("x-max-length"), Some(&AMQPValue::LongLongInt(100_000)));
         assert_eq!(inner.get("x-overflow"), Some(&AMQPValue::LongString("drop-head".into())));
         assert_eq!(inner.get("x-expires"), Some(&AMQPValue::LongLongInt(30_000)));
+        assert_eq!(inner.get("x-queue-type"), None, "classic unless configured");
+        let quorum = queue_arguments(100_000, Duration::from_secs(30), true);
+        assert_eq!(quorum.inner().get("x-queue-type"), Some(&AMQPValue::LongString("quorum".into())));
     }
 
     #[test]

@@ -19,8 +19,7 @@ use res_scale_tests::control_socket::socket_cli;
 use res_scale_tests::{wait, Node, Pool};
 
 use super::{
-    applied, bench_update, process_cpu, registrations_counters, registrations_line, reset_contact_taskprocessor, rss_mib, until_contact_applied, until_taskprocessors_idle, BENCH_ORIGIN,
-    REGISTRATIONS_EXCHANGE,
+    applied, bench_update, process_cpu, registrations_counters, registrations_line, reset_contact_taskprocessor, until_contact_applied, until_taskprocessors_idle, BENCH_ORIGIN, REGISTRATIONS_EXCHANGE,
 };
 
 /// Contacts per batch message, as a registrar's SYNC answer sends them.
@@ -150,7 +149,7 @@ fn growth(levels: &[usize], probe_size: usize, indexed: bool) {
             update
         })
         .collect();
-    let rss_empty = rss_mib(node.pid());
+    let rss_empty = node.rss_mib();
     node.cli("module load res_scale.so");
     super::wait_registrations_connected(node);
 
@@ -168,7 +167,7 @@ fn growth(levels: &[usize], probe_size: usize, indexed: bool) {
             announce(&probe, node, &updates, held, level);
             held = level;
         }
-        let rss = rss_mib(node.pid());
+        let rss = node.rss_mib();
         let added = announce(&probe, node, &updates, largest, total);
         let gone = withdraw(&probe, node, &updates, largest, total);
         println!("| {level} | {:.1} | {:.1} | {:.1} | {:.1} | {} / {} | {rss:.0} |", added.cpu_us(), added.wall_us(), gone.cpu_us(), gone.wall_us(), added.max_depth, gone.max_depth);

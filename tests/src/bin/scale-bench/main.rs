@@ -563,13 +563,6 @@ fn thread_cpu(pid: u32) -> BTreeMap<u32, (String, Duration)> {
     threads
 }
 
-/// Resident memory of a process, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
-    kib / 1024.0
-}
-
 /// CPU time (user + system) of a whole process, all its threads together.
 fn process_cpu(pid: u32) -> Duration {
     stat_cpu(std::path::Path::new(&format!("/proc/{pid}/stat"))).map_or(Duration::ZERO, |(_, _, cpu)| cpu)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use res_scale_tests::amqp::AmqpProbe;
 use res_scale_tests::{wait, Pool};
 
-use super::{app_rounds, process_cpu, rss_mib, summary, test_events, REGISTRATIONS_EXCHANGE};
+use super::{app_rounds, process_cpu, summary, test_events, REGISTRATIONS_EXCHANGE};
 
 /// The phone whose contact goes back and forth: an endpoint of every node (so its state is
 /// published) that registers nowhere.
@@ -45,7 +45,7 @@ pub fn many_nodes(nodes: usize, app_rounds_n: usize, registration_rounds: usize)
     std::thread::sleep(Duration::from_secs(30));
     let consul_cpu = process_cpu(consul_pid) - consul_before;
     let idle: Vec<f64> = pool.nodes.iter().zip(&asterisk_before).map(|(n, before)| (process_cpu(n.pid()) - *before).as_secs_f64() / 30.0 * 100.0).collect();
-    let rss: Vec<f64> = pool.nodes.iter().map(|n| rss_mib(n.pid())).collect();
+    let rss: Vec<f64> = pool.nodes.iter().map(|n| n.rss_mib()).collect();
     println!("- memory at rest (RSS): {} MiB (mean {:.0} MiB)", rss.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", "), rss.iter().sum::<f64>() / rss.len() as f64);
     println!(
         "- idle for 30 s: Consul agent {:.2}% of one core ({:.2} s of CPU); each Asterisk {:.2}% on average (max {:.2}%)",

@@ -60,11 +60,11 @@ impl SoakReport {
         self.left_over.iter().all(|(channels, apps)| *channels == 0 && apps.is_empty())
     }
 
-    /// Node `i`'s RSS in the last samples after `from` against its RSS at `from`: the largest
+    /// Node `i`'s RSS in the samples from `window` on against its RSS at `base`: the largest
     /// relative change (0.05 = 5 %).
-    pub fn rss_drift_after(&self, from: Duration, i: usize) -> Option<f64> {
-        let base = self.samples.iter().find(|s| s.at >= from)?.nodes[i].0;
-        self.samples.iter().filter(|s| s.at > from).map(|s| (s.nodes[i].0 - base).abs() / base).reduce(f64::max)
+    pub fn rss_drift(&self, i: usize, base: Duration, window: Duration) -> Option<f64> {
+        let base = self.samples.iter().find(|s| s.at >= base)?.nodes[i].0;
+        self.samples.iter().filter(|s| s.at >= window).map(|s| (s.nodes[i].0 - base).abs() / base).reduce(f64::max)
     }
 
     pub fn print(&self) {

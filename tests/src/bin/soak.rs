@@ -27,7 +27,7 @@ fn main() {
     // Memory flat: every sample of the last 5 minutes within 5 % of minute 5.
     if minutes >= 10 {
         for i in 0..report.samples[0].nodes.len() {
-            let drift = report.rss_drift_after(Duration::from_secs(minutes * 60 - 5 * 60), i).unwrap_or(f64::INFINITY);
+            let drift = report.rss_drift(i, Duration::from_secs(5 * 60), Duration::from_secs((minutes - 5) * 60)).unwrap_or(f64::INFINITY);
             println!("node{}: RSS drift over the last 5 minutes {:.1} %", i + 1, drift * 100.0);
             if drift > 0.05 {
                 failed.push(format!("node{} RSS drifted {:.1} % in the last 5 minutes", i + 1, drift * 100.0));

@@ -466,6 +466,16 @@ impl Node {
         }
     }
 
+    /// The contact URIs of `aor` (`pjsip show aor`), sorted.
+    pub fn contact_uris(&self, aor: &str) -> Vec<String> {
+        let shown = self.cli(&format!("pjsip show aor {aor}"));
+        // `Contact:  <aor>/<uri>  <hash> <status> <rtt>`, under a header line of the same shape.
+        let mut uris: Vec<String> =
+            shown.lines().filter_map(|l| l.trim().strip_prefix("Contact:")?.split_whitespace().next()?.split_once('/').map(|(_, uri)| uri.to_string())).filter(|uri| uri.starts_with("sip")).collect();
+        uris.sort();
+        uris
+    }
+
     /// Resident memory of the Asterisk process, in MiB.
     pub fn rss_mib(&self) -> f64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();

@@ -84,14 +84,6 @@ fn amqp_counter(node: &Node, label: &str) -> u64 {
     text.lines().find_map(|l| l.trim_start().strip_prefix(&format!("{label}:"))).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
-fn contacts(node: &Node, aor: &str) -> Vec<String> {
-    let shown = node.cli(&format!("pjsip show aor {aor}"));
-    let mut uris: Vec<String> =
-        shown.lines().filter_map(|l| l.trim().strip_prefix("Contact:")?.split_whitespace().next()?.split_once('/').map(|(_, uri)| uri.to_string())).filter(|uri| uri.starts_with("sip")).collect();
-    uris.sort();
-    uris
-}
-
 fn apps_of(node: &Node) -> Vec<String> {
     let listed = node.ari().get("/applications");
     listed.json().as_array().map(|a| a.iter().filter_map(|app| app["name"].as_str().map(str::to_string)).collect()).unwrap_or_default()
@@ -245,8 +237,8 @@ pub fn run(total: Duration, sample_every: Duration) -> SoakReport {
             let held = nodes
                 .iter()
                 .map(|n| {
-                    wait::try_until(Duration::from_secs(10), Duration::from_millis(100), || Some(contacts(n, &user)).filter(|c| *c == truth.iter().cloned().collect::<Vec<_>>()))
-                        .unwrap_or_else(|| contacts(n, &user))
+                    wait::try_until(Duration::from_secs(10), Duration::from_millis(100), || Some(n.contact_uris(&user)).filter(|c| *c == truth.iter().cloned().collect::<Vec<_>>()))
+                        .unwrap_or_else(|| n.contact_uris(&user))
                 })
                 .collect();
             (user, (truth, held))

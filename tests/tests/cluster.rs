@@ -35,6 +35,21 @@ fn events_connected(node: &Node) -> bool {
     node.cli("scale show amqp").contains("State:         connected")
 }
 
+/// Application `conf` on every node, every node publishing its events and connected for
+/// registrations, and the application's consumer: a quorum queue (replicated on every broker)
+/// bound to the app's events, read through the last broker (the one the faults leave up).
+fn app_with_consumer(pool: &Pool, queue: &str) -> AmqpProbe {
+    create_app(pool, "conf");
+    for node in &pool.nodes {
+        wait::until(&format!("{} publishing events", node.name), Duration::from_secs(15), Duration::from_millis(100), || events_connected(node).then_some(()));
+        node.wait_connected("registrations");
+    }
+    let rabbitmq = &pool.cluster.as_ref().unwrap().rabbitmq;
+    let probe = AmqpProbe::new(&rabbitmq.url(rabbitmq.nodes.len() - 1));
+    probe.bind_quorum_queue(queue, EVENTS, "stasis.app.conf.#");
+    probe
+}
+
 /// Which broker of the cluster the node's events go to, once its publisher is connected.
 fn broker_of(pool: &Pool, node: &Node) -> Option<usize> {
     let shown = node.cli("scale show amqp");
@@ -96,15 +111,10 @@ fn killing_the_broker_node_a_module_uses_fails_it_over_with_no_event_lost() {
     let _one = one_cluster();
     let pool = Pool::builder().nodes(2).clustered(3, 3).start();
     let cluster = pool.cluster.as_ref().unwrap();
-    create_app(&pool, "conf");
+    let probe = app_with_consumer(&pool, "cluster-app");
     for node in &pool.nodes {
-        wait::until(&format!("{} connected to rmq1", node.name), Duration::from_secs(15), Duration::from_millis(100), || (broker_of(&pool, node) == Some(0)).then_some(()));
-        node.wait_connected("registrations");
+        assert_eq!(broker_of(&pool, node), Some(0), "{} publishes to the first broker listed", node.name);
     }
-    // The application's consumer: a quorum queue (replicated on every broker), read through the
-    // broker that stays up.
-    let probe = AmqpProbe::new(&cluster.rabbitmq.url(2));
-    probe.bind_quorum_queue("cluster-app", EVENTS, "stasis.app.conf.#");
 
     let stop = AtomicBool::new(false);
     let (channels, recovered) = std::thread::scope(|s| {
@@ -227,16 +237,6 @@ fn registrar_contacts(dump: &str, aor: &str) -> Vec<String> {
     contacts
 }
 
-/// The contact URIs of `aor` on a node (`pjsip show aor`).
-fn node_contacts(node: &Node, aor: &str) -> Vec<String> {
-    let shown = node.cli(&format!("pjsip show aor {aor}"));
-    // `Contact:  <aor>/<uri>  <hash> <status> <rtt>`, under a header line of the same shape.
-    let mut contacts: Vec<String> =
-        shown.lines().filter_map(|l| l.trim().strip_prefix("Contact:")?.split_whitespace().next()?.split_once('/').map(|(_, uri)| uri.to_string())).filter(|uri| uri.starts_with("sip")).collect();
-    contacts.sort();
-    contacts
-}
-
 #[test]
 fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_block_nothing_and_lose_nothing() {
     let _one = one_cluster();
@@ -245,13 +245,7 @@ fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_b
     const TTL: Duration = Duration::from_secs(3);
     let pool = Pool::builder().nodes(2).clustered(3, 3).start();
     let cluster = pool.cluster.as_ref().unwrap();
-    create_app(&pool, "conf");
-    for node in &pool.nodes {
-        wait::until(&format!("{} publishing events", node.name), Duration::from_secs(15), Duration::from_millis(100), || events_connected(node).then_some(()));
-        node.wait_connected("registrations");
-    }
-    let probe = AmqpProbe::new(&cluster.rabbitmq.url(2));
-    probe.bind_quorum_queue("cluster-calls", EVENTS, "stasis.app.conf.#");
+    let probe = app_with_consumer(&pool, "cluster-calls");
     let kamailio = Kamailio::in_front_of(&pool);
     let dir = pool.dir.join("sipp");
     std::fs::create_dir_all(&dir).unwrap();
@@ -341,8 +335,8 @@ fn consul_leader_loss_then_a_consul_server_and_a_broker_restarting_under_calls_b
         let truth = registrar_contacts(&dump, aor);
         assert_eq!(truth.is_empty(), aor == "1002", "Kamailio's contacts of {aor}: {truth:?}");
         for node in &pool.nodes {
-            let same = wait::try_until(Duration::from_secs(10), Duration::from_millis(100), || (node_contacts(node, aor) == truth).then_some(()));
-            assert!(same.is_some(), "{}: {aor} is {:?}, Kamailio has {truth:?}", node.name, node_contacts(node, aor));
+            let same = wait::try_until(Duration::from_secs(10), Duration::from_millis(100), || (node.contact_uris(aor) == truth).then_some(()));
+            assert!(same.is_some(), "{}: {aor} is {:?}, Kamailio has {truth:?}", node.name, node.contact_uris(aor));
         }
     }
 
@@ -359,13 +353,7 @@ fn a_node_cut_off_for_20_s_keeps_its_calls_and_events_and_the_pool_takes_its_pho
     let pool = Pool::builder().nodes(2).clustered(3, 3).nodes_on_the_cluster_network().start();
     let cluster = pool.cluster.as_ref().unwrap();
     let (a, b) = (pool.node(0), pool.node(1));
-    create_app(&pool, "conf");
-    for node in &pool.nodes {
-        wait::until(&format!("{} publishing events", node.name), Duration::from_secs(15), Duration::from_millis(100), || events_connected(node).then_some(()));
-        node.wait_connected("registrations");
-    }
-    let probe = AmqpProbe::new(&cluster.rabbitmq.url(2));
-    probe.bind_quorum_queue("partition-app", EVENTS, "stasis.app.conf.#");
+    let probe = app_with_consumer(&pool, "partition-app");
 
     // A phone registers on node2 (SIPp on the host, from its address on the network), and
     // node1 learns it.
@@ -414,7 +402,7 @@ fn a_node_cut_off_for_20_s_keeps_its_calls_and_events_and_the_pool_takes_its_pho
     assert!(started_and_ended(types_by_channel(&messages).get(&call)), "node2's call: {:?}", types_by_channel(&messages).get(&call));
     assert_eq!(seqs(&messages), (0..EVENTS_DURING as u64).collect(), "the events made while node2 was cut off");
     // Nothing left inconsistent: both nodes hold the same contacts, node2 still as their origin.
-    assert_eq!(node_contacts(a, "dave"), node_contacts(b, "dave"));
+    assert_eq!(a.contact_uris("dave"), b.contact_uris("dave"));
     assert!(a.cli("scale show registrations dave").contains(&b.eid), "{}", a.cli("scale show registrations dave"));
 
     eprintln!(

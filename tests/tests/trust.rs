@@ -16,6 +16,18 @@ fn has_contact(node: &Node, aor: &str, uri: &str) -> bool {
     node.cli(&format!("pjsip show aor {aor}")).contains(uri)
 }
 
+/// A device state changed on `a` reaches `b` live, and one changed while `b`'s module was
+/// unloaded reaches it by SYNC once loaded again.
+fn state_crosses_live_and_by_sync(a: &Node, b: &Node) {
+    a.cli("devstate change Custom:agent1 INUSE");
+    b.wait_hint("agent1", "InUse");
+    b.cli("module unload res_scale.so");
+    a.cli("devstate change Custom:agent2 BUSY");
+    b.cli("module load res_scale.so");
+    let told = format!("{}=BUSY", a.eid);
+    wait::until("node2 has node1's state by SYNC", Duration::from_secs(10), Duration::from_millis(100), || b.cli("scale show states Custom:agent2").contains(&told).then_some(()));
+}
+
 #[test]
 fn every_part_works_with_the_least_permissions_and_a_reader_cannot_inject_a_registration() {
     let pool = Pool::builder().nodes(2).with_consul().with_rabbitmq_user("node", "node-secret").start();
@@ -29,13 +41,7 @@ fn every_part_works_with_the_least_permissions_and_a_reader_cannot_inject_a_regi
 
     // Nodes with the node role: device state goes from one to the other, live and by SYNC (whose
     // answers go through the default exchange).
-    a.cli("devstate change Custom:agent1 INUSE");
-    b.wait_hint("agent1", "InUse");
-    b.cli("module unload res_scale.so");
-    a.cli("devstate change Custom:agent2 BUSY");
-    b.cli("module load res_scale.so");
-    let told = format!("{}=BUSY", a.eid);
-    wait::until("node2 has node1's state by SYNC", Duration::from_secs(10), Duration::from_millis(100), || b.cli("scale show states Custom:agent2").contains(&told).then_some(()));
+    state_crosses_live_and_by_sync(a, b);
     // Had the broker refused a SYNC answer, node1 would have lost its connection and told its
     // states again after reconnecting: the state arrives either way, the reconnect tells.
     let published = a.cli("scale show states");
@@ -131,14 +137,8 @@ fn with_a_pool_key_only_signed_messages_apply_and_kamailio_passes_as_an_unsigned
     let tapped = probe.drain("trust-tap", 1, Duration::from_secs(5));
     let announced = tapped.iter().find(|m| m.body.contains("ANNOUNCE")).unwrap_or_else(|| panic!("no ANNOUNCE of dave on the exchange: {:?}", tapped.iter().map(|m| &m.body).collect::<Vec<_>>()));
     assert_eq!(announced.headers.get(HEADER), Some(&signature(POOL_KEY, announced.body.as_bytes())), "{:?}", announced.headers);
-    a.cli("devstate change Custom:agent1 INUSE");
-    b.wait_hint("agent1", "InUse");
     // SYNC answers (straight to the asker's queue) and re-announcements are signed too.
-    b.cli("module unload res_scale.so");
-    a.cli("devstate change Custom:agent2 BUSY");
-    b.cli("module load res_scale.so");
-    let told = format!("{}=BUSY", a.eid);
-    wait::until("node2 has node1's state by SYNC", Duration::from_secs(10), Duration::from_millis(100), || b.cli("scale show states Custom:agent2").contains(&told).then_some(()));
+    state_crosses_live_and_by_sync(a, b);
     wait::until("node2 has dave again by SYNC", Duration::from_secs(10), Duration::from_millis(100), || has_contact(b, "dave", &dave.contact_uri()).then_some(()));
 
     // Kamailio cannot sign: its registrations pass as from an unsigned origin.

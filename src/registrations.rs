@@ -160,18 +160,7 @@ impl Registrations {
 
         let tasks = Tasks::new();
         let bus = Bus {
-            settings: BusSettings {
-                subsystem: "registrations",
-                meanwhile: "registrations wait",
-                urls: amqp.urls.clone(),
-                exchange: settings.exchange.clone(),
-                queue: format!("{}.{}", settings.exchange, node.node_id),
-                bindings: vec!["registration.#".into()],
-                connection_name: format!("res_scale {} ({}) registrations", node.node_id, node.system_name),
-                heartbeat: amqp.heartbeat,
-                extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("registrations: cannot read ca_file {path}: {e}")).ok()),
-                keys,
-            },
+            settings: BusSettings::for_node("registrations", "registrations wait", amqp, &settings.exchange, vec!["registration.#".into()], node, keys),
             status: status.clone(),
             reconnects: reconnects.clone(),
         };

@@ -182,22 +182,7 @@ impl States {
         }
 
         let tasks = Tasks::new();
-        let bus = Bus {
-            settings: BusSettings {
-                subsystem: "state",
-                meanwhile: "state changes wait",
-                urls: amqp.urls.clone(),
-                exchange: settings.exchange.clone(),
-                queue: format!("{}.{}", settings.exchange, node.node_id),
-                bindings,
-                connection_name: format!("res_scale {} ({}) state", node.node_id, node.system_name),
-                heartbeat: amqp.heartbeat,
-                extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("state: cannot read ca_file {path}: {e}")).ok()),
-                keys,
-            },
-            status: status.clone(),
-            reconnects: reconnects.clone(),
-        };
+        let bus = Bus { settings: BusSettings::for_node("state", "state changes wait", amqp, &settings.exchange, bindings, node, keys), status: status.clone(), reconnects: reconnects.clone() };
         tasks.spawn(runtime, bus.run(inbox.clone(), outbox_rx, tasks.shutdown()));
         tasks.spawn(runtime, watch_members(inbox.clone(), pool, node.eid.clone(), TICK, tasks.shutdown()));
         Ok(States { status, counters, reconnects, book, local, exchange: settings.exchange.clone(), devices: settings.devices.clone(), mwi, inbox, stopping, applier: Some(applying), tasks })

@@ -27,6 +27,8 @@ use crate::amqp::lapin_broker::{open, text, Endpoint};
 use crate::amqp::publisher::{first_reachable, record_failure, AmqpStatus};
 use crate::amqp::signing::{PoolKeys, Signature, HEADER};
 use crate::backoff::Backoff;
+use crate::config;
+use crate::consul::registration::NodeIdentity;
 use crate::state_log::StateLog;
 
 /// Unacknowledged deliveries at most.
@@ -57,6 +59,27 @@ pub struct BusSettings {
     pub extra_ca: Option<String>,
     /// `[general] pool_key`: signs what is published, checks what arrives; None: neither.
     pub keys: Option<PoolKeys>,
+}
+
+impl BusSettings {
+    /// The bus of `subsystem` (`registrations`, `state`) on `node`: the brokers, heartbeat and
+    /// CA file of `[amqp]`, the node's own queue `<exchange>.<node ID>`, and a connection named
+    /// `res_scale <node ID> (<system name>) <subsystem>`. An unreadable CA file is logged and left
+    /// out (the broker's certificate is then checked against the system's store alone).
+    pub fn for_node(subsystem: &'static str, meanwhile: &'static str, amqp: &config::Amqp, exchange: &str, bindings: Vec<String>, node: &NodeIdentity, keys: Option<PoolKeys>) -> BusSettings {
+        BusSettings {
+            subsystem,
+            meanwhile,
+            urls: amqp.urls.clone(),
+            exchange: exchange.to_string(),
+            queue: format!("{exchange}.{}", node.node_id),
+            bindings,
+            connection_name: format!("res_scale {} ({}) {subsystem}", node.node_id, node.system_name),
+            heartbeat: amqp.heartbeat,
+            extra_ca: amqp.ca_file.as_deref().and_then(|path| std::fs::read_to_string(path).map_err(|e| tracing::error!("{subsystem}: cannot read ca_file {path}: {e}")).ok()),
+            keys,
+        }
+    }
 }
 
 /// What the bus hands to the applier.
@@ -196,9 +219,8 @@ impl Bus {
         }
         result
     }
-}
 
-impl Bus {
+    /// What the pool key says of a delivery's `x-res-scale-signature` header.
     fn check(&self, delivery: &lapin::message::Delivery) -> Signature {
         let Some(keys) = &self.settings.keys else { return Signature::NotChecked };
         let header = delivery.properties.headers().as_ref().and_then(|table| table.inner().iter().find(|(name, _)| name.as_str() == HEADER)).map(|(_, value)| match value {

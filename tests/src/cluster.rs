@@ -203,6 +203,11 @@ impl RabbitCluster {
         format!("amqp://{AMQP_USER}:{AMQP_PASSWORD}@{}:5672/%2f", self.nodes[i].ip)
     }
 
+    /// The URL of the last node: the one the fault tests leave up, for consumers and Kamailio.
+    pub fn last_url(&self) -> String {
+        self.url(self.nodes.len() - 1)
+    }
+
     /// Every node's URL, comma-separated, as `[amqp] url` takes them (failover in this order).
     pub fn urls(&self) -> String {
         (0..self.nodes.len()).map(|i| self.url(i)).collect::<Vec<_>>().join(",")

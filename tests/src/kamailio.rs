@@ -112,7 +112,7 @@ impl Kamailio {
     pub fn in_front_of(pool: &Pool) -> Kamailio {
         let amqp_url = match (&pool.rabbitmq, &pool.cluster) {
             (Some(rabbitmq), _) => rabbitmq.url(),
-            (None, Some(cluster)) => cluster.rabbitmq.url(cluster.rabbitmq.nodes.len() - 1),
+            (None, Some(cluster)) => cluster.rabbitmq.last_url(),
             (None, None) => panic!("the pool has no broker for Kamailio"),
         };
         let mut spec = KamailioSpec::new(&amqp_url);

@@ -476,6 +476,13 @@ impl Node {
         uris
     }
 
+    /// A counter of `scale show amqp` (`Queued`, `Confirmed`, ...).
+    pub fn amqp_counter(&self, label: &str) -> u64 {
+        let text = self.cli("scale show amqp");
+        let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{label}:"))).unwrap_or_else(|| panic!("no {label} in:\n{text}"));
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    }
+
     /// Resident memory of the Asterisk process, in MiB.
     pub fn rss_mib(&self) -> f64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();

@@ -79,11 +79,6 @@ impl SoakReport {
     }
 }
 
-fn amqp_counter(node: &Node, label: &str) -> u64 {
-    let text = node.cli("scale show amqp");
-    text.lines().find_map(|l| l.trim_start().strip_prefix(&format!("{label}:"))).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
-}
-
 fn apps_of(node: &Node) -> Vec<String> {
     let listed = node.ari().get("/applications");
     listed.json().as_array().map(|a| a.iter().filter_map(|app| app["name"].as_str().map(str::to_string)).collect()).unwrap_or_default()
@@ -256,7 +251,7 @@ pub fn run(total: Duration, sample_every: Duration) -> SoakReport {
     let report = SoakReport {
         calls_complete: complete(&messages),
         calls: channels.len(),
-        queued_confirmed: nodes.iter().map(|n| (amqp_counter(n, "Queued"), amqp_counter(n, "Confirmed"))).collect(),
+        queued_confirmed: nodes.iter().map(|n| (n.amqp_counter("Queued"), n.amqp_counter("Confirmed"))).collect(),
         duplicates: messages.len() - distinct.len(),
         events_received: messages.len(),
         samples,

@@ -44,8 +44,7 @@ fn app_with_consumer(pool: &Pool, queue: &str) -> AmqpProbe {
         wait::until(&format!("{} publishing events", node.name), Duration::from_secs(15), Duration::from_millis(100), || events_connected(node).then_some(()));
         node.wait_connected("registrations");
     }
-    let rabbitmq = &pool.cluster.as_ref().unwrap().rabbitmq;
-    let probe = AmqpProbe::new(&rabbitmq.url(rabbitmq.nodes.len() - 1));
+    let probe = AmqpProbe::new(&pool.cluster.as_ref().unwrap().rabbitmq.last_url());
     probe.bind_quorum_queue(queue, EVENTS, "stasis.app.conf.#");
     probe
 }

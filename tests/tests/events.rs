@@ -63,13 +63,6 @@ fn first_seqs(messages: &[Received]) -> Vec<u64> {
     messages.iter().filter(|m| m.json["type"] == "BenchEvent").filter_map(|m| m.json["seq"].as_u64()).filter(|seq| seen.insert(*seq)).collect()
 }
 
-/// A counter of `scale show amqp` (`Queued`, `Confirmed`, ...).
-fn amqp_counter(node: &Node, label: &str) -> u64 {
-    let text = node.cli("scale show amqp");
-    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{label}:"))).unwrap_or_else(|| panic!("no {label} in:\n{text}"));
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
-}
-
 fn hang_up(node: &Node, channel: &str) {
     let reply = node.ari().delete(&format!("/channels/{channel}"));
     assert!(matches!(reply.status, 204 | 404), "hangup: {}", reply.body);
@@ -242,10 +235,10 @@ fn a_broker_outage_keeps_asterisk_fast_and_loses_no_event() {
     // The counters account for every event the consumer got.
     let distinct: std::collections::BTreeSet<&str> = early.iter().chain(&messages).map(|m| m.body.as_str()).collect();
     let amqp = wait::until("every queued event confirmed", Duration::from_secs(10), Duration::from_millis(50), || {
-        let queued = amqp_counter(node, "Queued");
-        (amqp_counter(node, "Confirmed") >= queued).then(|| node.cli("scale show amqp"))
+        let queued = node.amqp_counter("Queued");
+        (node.amqp_counter("Confirmed") >= queued).then(|| node.cli("scale show amqp"))
     });
-    assert_eq!(amqp_counter(node, "Queued"), distinct.len() as u64, "queued events against distinct events received: {amqp}");
+    assert_eq!(node.amqp_counter("Queued"), distinct.len() as u64, "queued events against distinct events received: {amqp}");
 
     before.sort();
     during.sort();
@@ -372,7 +365,7 @@ fn the_exchange_is_declared_again_on_every_reconnect() {
     // The publisher learns of the broken connection when a publish fails.
     assert_eq!(node.ari().post("/events/user/ping?application=conf").status, 204);
     wait::until("a reconnect", Duration::from_secs(15), Duration::from_millis(50), || {
-        (amqp_counter(node, "Reconnects") >= 1 && node.cli("scale show amqp").contains("State:         connected")).then_some(())
+        (node.amqp_counter("Reconnects") >= 1 && node.cli("scale show amqp").contains("State:         connected")).then_some(())
     });
     probe.bind_queue_to_existing("test-redeclare", EXCHANGE, "stasis.app.conf.#");
     assert_eq!(node.ari().post("/events/user/ping?application=conf").status, 204);
@@ -393,9 +386,9 @@ fn events_beyond_the_queue_capacity_are_dropped_and_counted_and_the_rest_deliver
     inject(node, "conf", 25, 0);
     let amqp = node.cli("scale show amqp");
     assert!(amqp.contains("Queue depth:   10 of 10"), "{amqp}");
-    assert_eq!(amqp_counter(node, "Dropped"), 15, "{amqp}");
+    assert_eq!(node.amqp_counter("Dropped"), 15, "{amqp}");
     // The ping and the ten kept.
-    assert_eq!(amqp_counter(node, "Queued"), 11, "{amqp}");
+    assert_eq!(node.amqp_counter("Queued"), 11, "{amqp}");
 
     pool.rabbitmq.as_mut().unwrap().restart();
     let node = pool.node(0);
@@ -406,7 +399,7 @@ fn events_beyond_the_queue_capacity_are_dropped_and_counted_and_the_rest_deliver
     }
     got.extend(probe.drain("test-full", 0, Duration::from_millis(500)));
     assert_eq!(first_seqs(&got), (0..10).collect::<Vec<u64>>(), "the oldest ten are kept, the newest dropped");
-    assert_eq!(amqp_counter(node, "Dropped"), 15);
+    assert_eq!(node.amqp_counter("Dropped"), 15);
 }
 
 #[test]
